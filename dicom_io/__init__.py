@@ -1,0 +1,30 @@
+"""dicom_io: reading and writing DICOM, NIfTI, NRRD and photographs, with geometry and provenance.
+
+Never imports torch or medxai.
+"""
+
+from .atomic import atomic_dir, atomic_path, safe_filename
+from .dicom_series import SeriesInfo, find_series, read_dicom_volume, read_series
+from .errors import (
+    DicomIOError,
+    GeometryError,
+    MissingSliceError,
+    SeriesSelectionError,
+    UnreadableFileError,
+    UnsupportedInputError,
+)
+from .photo import read_photo
+from .reader import read_image
+from .types import FrameRef, Photo, SourceRef, Volume
+from .volume_files import read_nifti, read_nrrd, write_nifti, write_nrrd, write_volume
+from .write_series import StudyInfo, write_ct_series
+
+__all__ = [
+    "FrameRef", "Photo", "SourceRef", "Volume",
+    "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo",
+    "read_nifti", "read_nrrd", "write_nifti", "write_nrrd", "write_volume",
+    "StudyInfo", "write_ct_series",
+    "atomic_dir", "atomic_path", "safe_filename",
+    "DicomIOError", "UnreadableFileError", "SeriesSelectionError", "GeometryError",
+    "MissingSliceError", "UnsupportedInputError",
+]

@@ -1,0 +1,44 @@
+"""``medxai ingest``: read a DICOM series / file, NIfTI, NRRD or photograph and write a volume file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ingest")
+    def ingest_cmd(
+        source: Path = typer.Argument(
+            ..., help="DICOM folder (searched recursively), DICOM file, .nii.gz/.nrrd, or a fundus .jpg/.png."
+        ),
+        out: Optional[Path] = typer.Option(
+            None, "-o", "--out", help="Output .nii.gz or .nrrd (volumes; NIfTI in RAS, NRRD in LPS) or .png (photos)."
+        ),
+        series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
+        allow_gaps: bool = typer.Option(
+            False, "--allow-gaps", help="Accept missing slices: interpolate over the gap and warn loudly."
+        ),
+    ) -> None:
+        """Read an image, print a short summary, and write it with correct geometry."""
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        from pipelines.ingest import ingest, summarize
+
+        obj, written = ingest(source, out, series_uid=series, allow_gaps=allow_gaps)
+        summary = summarize(obj)
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for key, value in summary.items():
+            if key == "warnings":
+                continue
+            table.add_row(f"[bold]{key}[/]", escape(str(value)))
+        console = Console(highlight=False)
+        console.print(table)
+        for w in summary.get("warnings", []):
+            Console(stderr=True, highlight=False).print(f"[bold yellow]WARNING:[/] {escape(w)}")
+        if written is not None:
+            console.print(f"wrote {escape(str(written))}")

@@ -1,0 +1,105 @@
+"""The ingest job: read a DICOM folder/file, NIfTI, NRRD or photograph, summarise it, write it out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_io import Photo, Volume, read_image, write_volume
+from dicom_io.photo import write_photo
+
+__all__ = ["ingest", "summarize", "orientation_codes"]
+
+_AXES = (("L", "R"), ("P", "A"), ("S", "I"))
+
+
+def orientation_codes(direction: np.ndarray) -> tuple[str, float]:
+    """LPS codes of the index axes (x, y, z), e.g. ``"LPS"``, and the largest angle (degrees) by which
+    an axis leaves its nearest patient axis (0 for a non-oblique volume)."""
+    codes = []
+    worst = 0.0
+    for c in range(3):
+        v = direction[:, c] / np.linalg.norm(direction[:, c])
+        a = int(np.argmax(np.abs(v)))
+        codes.append(_AXES[a][0] if v[a] > 0 else _AXES[a][1])
+        worst = max(worst, float(np.degrees(np.arccos(min(1.0, abs(v[a]))))))
+    return "".join(codes), worst
+
+
+def summarize(obj: Volume | Photo) -> dict[str, Any]:
+    """Key facts about a loaded image, for printing (values are plain Python types)."""
+    src = obj.source
+    ps = src.patient_study if src is not None else {}
+    out: dict[str, Any] = {
+        "patient": f"{ps.get('PatientName', '')} (ID {ps.get('PatientID', '')})" if ps else None,
+        "study": (
+            f"{src.study_instance_uid} {ps.get('StudyDate', '')} {ps.get('StudyDescription', '')}".strip()
+            if src is not None and src.study_instance_uid
+            else None
+        ),
+        "series": (
+            f"{src.series_instance_uid} #{src.series_number} {src.modality or ''} "
+            f"'{src.series_description or ''}'"
+            if src is not None and src.series_instance_uid
+            else None
+        ),
+    }
+    if isinstance(obj, Volume):
+        codes, oblique = orientation_codes(obj.direction)
+        a = obj.array
+        out.update(
+            kind="volume",
+            shape_zyx=list(obj.shape),
+            spacing_xyz_mm=[round(s, 4) for s in obj.spacing],
+            origin_lps_mm=[round(o, 3) for o in obj.origin],
+            orientation=codes + (f" (oblique, up to {oblique:.1f} deg)" if oblique > 0.5 else ""),
+            value_range=[float(a.min()), float(a.max())],
+            mean=float(a.mean()),
+        )
+        if obj.warnings:
+            out["warnings"] = list(obj.warnings)
+    else:
+        a = obj.array
+        out.update(
+            kind="photo",
+            shape_hw=list(obj.shape),
+            pixel_spacing_mm=list(obj.pixel_spacing) if obj.pixel_spacing else None,
+            value_range=[int(a.min()), int(a.max())],
+            mean_rgb=[round(float(m), 1) for m in a.reshape(-1, 3).mean(axis=0)],
+        )
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def ingest(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    *,
+    series_uid: str | None = None,
+    allow_gaps: bool = False,
+) -> tuple[Volume | Photo, Path | None]:
+    """Read ``source`` and write it to ``out`` (``.nii.gz``/``.nrrd`` for volumes, ``.png`` for photos).
+
+    The output's extension is checked before anything is read, so a wrong name fails fast.
+    """
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        name = out_path.name.lower()
+        if not name.endswith((".nii", ".nii.gz", ".nrrd", ".png")):
+            raise ValueError(f"Output '{out_path}' must end in .nii.gz or .nrrd (volumes) or .png (photographs).")
+        if out_path.resolve() == Path(source).resolve():
+            raise ValueError(f"Output '{out_path}' is the input; medxai never overwrites its input.")
+    obj = read_image(source, series_uid=series_uid, allow_gaps=allow_gaps)
+    if out_path is None:
+        return obj, None
+    if isinstance(obj, Volume):
+        if out_path.name.lower().endswith(".png"):
+            raise ValueError(f"'{source}' is a volume; write it to .nii.gz or .nrrd, not '{out_path.name}'.")
+        write_volume(obj, out_path)
+    else:
+        if not out_path.name.lower().endswith(".png"):
+            raise ValueError(f"'{source}' is a photograph; write it to .png, not '{out_path.name}'.")
+        write_photo(obj, out_path)
+    return obj, out_path
