@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from .fastheader import FastHeader, scan_header
 from .errors import (
     DicomIOError,
     GeometryError,
@@ -78,12 +79,45 @@ _STEP_RTOL = 0.02
 _ORIENT_ATOL = 1e-3
 
 
+class _Obj:
+    """One DICOM object found on disk: either scanned by the fast header path (``fast`` + file bytes)
+    or parsed by pydicom (``ds``)."""
+
+    def __init__(self, path: str, ds: Dataset | None = None, fast: FastHeader | None = None,
+                 data: bytes | None = None) -> None:
+        self.path = path
+        self._ds = ds
+        self.fast = fast
+        self.data = data
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        if self.fast is not None:
+            v = self.fast.values.get(keyword)
+            return default if v is None else v
+        return self._ds.get(keyword, default)  # type: ignore[union-attr]
+
+    @property
+    def ds(self) -> Dataset:
+        """The pydicom dataset (read lazily, header only, for objects scanned by the fast path)."""
+        if self._ds is None:
+            self._ds = _read_dataset(self.path, stop_before_pixels=True)
+        return self._ds
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID: {self.path})")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.get("NumberOfFrames", 1) or 1)
+
+
 @dataclass
 class _Frame:
     """One 2D frame found on disk (a single-frame file, or one frame of a multi-frame file)."""
 
     path: str
-    ds: Dataset
+    obj: _Obj
     frame_index: int | None  # 0-based frame within a multi-frame object; None for single frame
     position: np.ndarray  # (3,) LPS of the first transmitted pixel
     row_dir: np.ndarray  # (3,) direction of increasing column index (along a row)
@@ -91,6 +125,14 @@ class _Frame:
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
     slope: float
     intercept: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.obj.get("Rows"))
+
+    @property
+    def cols(self) -> int:
+        return int(self.obj.get("Columns"))
 
 
 @dataclass
@@ -169,49 +211,67 @@ def _is_image_class(ds: Dataset) -> bool:
     return "Image Storage" in name or "Photograph" in name or "Rows" in ds
 
 
-def _scan(source: Path) -> tuple[dict[str, list[tuple[str, Dataset]]], list[str]]:
-    """Read every DICOM file under ``source`` once (pixels included). Returns series -> files, skipped."""
-    by_series: dict[str, list[tuple[str, Dataset]]] = defaultdict(list)
+def _scan(source: Path) -> tuple[dict[str, list[_Obj]], list[str]]:
+    """Read every DICOM file under ``source`` once (pixels included). Returns series -> objects, skipped."""
+    by_series: dict[str, list[_Obj]] = defaultdict(list)
     skipped: list[str] = []
     for path in _iter_files(source):
         base = os.path.basename(path)
         if base == "DICOMDIR" or not _looks_like_dicom(path):
             skipped.append(path)
             continue
-        ds = _read_dataset(path, stop_before_pixels=False)
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            if _sop_class_name(ds) == "unknown SOP class":
-                raise UnreadableFileError(
-                    f"'{path}' starts like a DICOM file but holds no SOP class or pixel data: it is damaged or "
-                    "truncated. Re-export or re-transfer it, or remove it from the folder.",
-                    path,
-                )
-            if _is_image_class(ds):
-                # An image object without pixel data was cut short; skipping it would lose a slice silently.
-                raise UnreadableFileError(
-                    f"'{path}' is truncated: it is an image object ({_sop_class_name(ds)}) but its pixel data is "
-                    "missing. Re-export or re-transfer the file, or remove it from the folder.",
-                    path,
-                )
-            # Structured reports, presentation states, DICOMDIRs: not images.
+        obj = _open_object(path)
+        if obj is None:
             skipped.append(path)
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID: {path})")
-        by_series[uid].append((path, ds))
+        by_series[obj.series_uid].append(obj)
     if skipped:
         logger.info("skipped %d non-image file(s) under %s", len(skipped), source)
     return by_series, skipped
 
 
-def _series_info(uid: str, items: list[tuple[str, Dataset]]) -> SeriesInfo:
-    ds0 = items[0][1]
-    n = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items)
+def _open_object(path: str) -> _Obj | None:
+    """Read one file: the fast header path where it applies, else pydicom. None for non-image objects."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UnreadableFileError(f"Cannot open '{path}': {e}.", path) from e
+    fast = scan_header(data)
+    if fast is not None:
+        obj = _Obj(path, fast=fast, data=data)
+        _check_pixel_length(obj)
+        return obj
+    ds = _read_dataset(path, stop_before_pixels=False)
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        if _sop_class_name(ds) == "unknown SOP class":
+            raise UnreadableFileError(
+                f"'{path}' starts like a DICOM file but holds no SOP class or pixel data: it is damaged or "
+                "truncated. Re-export or re-transfer it, or remove it from the folder.",
+                path,
+            )
+        if _is_image_class(ds):
+            # An image object without pixel data was cut short; skipping it would lose a slice silently.
+            raise UnreadableFileError(
+                f"'{path}' is truncated: it is an image object ({_sop_class_name(ds)}) but its pixel data is "
+                "missing. Re-export or re-transfer the file, or remove it from the folder.",
+                path,
+            )
+        # Structured reports, presentation states, DICOMDIRs: not images.
+        return None
+    obj = _Obj(path, ds=ds)
+    _check_pixel_length(obj)
+    return obj
+
+
+def _series_info(uid: str, objs: list[_Obj]) -> SeriesInfo:
+    o0 = objs[0]
     return SeriesInfo(
         series_instance_uid=uid,
-        description=str(ds0.get("SeriesDescription", "") or ""),
-        modality=str(ds0.get("Modality", "") or ""),
-        files=[p for p, _ in items],
-        n_frames=n,
+        description=str(o0.get("SeriesDescription", "") or ""),
+        modality=str(o0.get("Modality", "") or ""),
+        files=[o.path for o in objs],
+        n_frames=sum(o.n_frames for o in objs),
     )
 
 
@@ -276,9 +336,23 @@ def _orientation(iop: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
     return row / nr, col / nc
 
 
-def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
-    """Split one dataset into frames with their geometry and rescale."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+def _frames_of(obj: _Obj) -> list[_Frame]:
+    """Split one object into frames with their geometry and rescale."""
+    path = obj.path
+    if obj.fast is not None:
+        v = obj.fast.values
+        row, col = _orientation(_floats(v["ImageOrientationPatient"], 6, "ImageOrientationPatient", path), path)
+        ps = _floats(v["PixelSpacing"], 2, "PixelSpacing", path)
+        slope = v.get("RescaleSlope") or [1.0]
+        inter = v.get("RescaleIntercept") or [0.0]
+        return [
+            _Frame(
+                path, obj, None, _floats(v["ImagePositionPatient"], 3, "ImagePositionPatient", path), row, col,
+                (float(ps[0]), float(ps[1])), float(slope[0]), float(inter[0]),  # type: ignore[index]
+            )
+        ]
+    ds = obj.ds
+    n_frames = obj.n_frames
     pfg = ds.get("PerFrameFunctionalGroupsSequence")
     frames: list[_Frame] = []
     if pfg is not None or "SharedFunctionalGroupsSequence" in ds:
@@ -307,7 +381,7 @@ def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
             )
             frames.append(
                 _Frame(
-                    path, ds, i, _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
+                    path, obj, i, _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
                     (float(ps[0]), float(ps[1])), slope, inter,
                 )
             )
@@ -329,7 +403,7 @@ def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
     ps = _floats(ds.PixelSpacing, 2, "PixelSpacing", path)
     return [
         _Frame(
-            path, ds, None, _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
+            path, obj, None, _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
             (float(ps[0]), float(ps[1])), float(ds.get("RescaleSlope", 1.0) or 1.0),
             float(ds.get("RescaleIntercept", 0.0) or 0.0),
         )
@@ -341,43 +415,66 @@ def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _expected_bytes(ds: Dataset, n_frames: int) -> int:
-    bits = int(ds.BitsAllocated)
-    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * n_frames * bits // 8
+def _expected_bytes(obj: _Obj) -> int:
+    bits = int(obj.get("BitsAllocated"))
+    return int(obj.get("Rows")) * int(obj.get("Columns")) * int(obj.get("SamplesPerPixel", 1)) * obj.n_frames * bits // 8
 
 
-def _raw_frames(path: str, ds: Dataset) -> np.ndarray:
-    """Stored values of all frames, shape (frames, rows, cols), with every byte accounted for."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise UnsupportedInputError(
-            f"'{path}': {ds.SamplesPerPixel} samples per pixel; a volume needs grayscale slices.", path
+def _check_pixel_length(obj: _Obj) -> int:
+    """For native (uncompressed) pixel data: raise if the file holds fewer bytes than its header
+    promises. Returns the number of bytes needed (0 for compressed data, checked when decoded)."""
+    if obj.fast is not None:
+        have = obj.fast.pixel_length
+    else:
+        ds = obj.ds
+        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if ts not in _UNCOMPRESSED or "PixelData" not in ds:
+            return 0
+        have = len(ds.PixelData)
+    need = _expected_bytes(obj)
+    if have < need:
+        raise UnreadableFileError(
+            f"'{obj.path}' is truncated: its pixel data holds {have} bytes where {obj.get('Rows')}x"
+            f"{obj.get('Columns')}x{obj.n_frames} frame(s) at {obj.get('BitsAllocated')} bits need {need}. "
+            "Re-export or re-transfer the file.",
+            obj.path,
         )
+    return need
+
+
+def _native_values(obj: _Obj, buf: bytes, offset: int) -> np.ndarray:
+    """Stored values from native little-endian pixel bytes, shape (frames, rows, cols)."""
+    bits_alloc = int(obj.get("BitsAllocated"))
+    bits_stored = int(obj.get("BitsStored", bits_alloc) or bits_alloc)
+    signed = int(obj.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_alloc // 8}").newbyteorder("<")
+    need = _expected_bytes(obj)
+    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize, offset=offset)
+    arr = arr.reshape(obj.n_frames, int(obj.get("Rows")), int(obj.get("Columns")))
+    if bits_stored < bits_alloc:
+        if signed:
+            # Sign-extend from BitsStored: shift the sign bit to the top, then back.
+            shift = bits_alloc - bits_stored
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & dtype.type((1 << bits_stored) - 1)
+    return arr
+
+
+def _raw_frames(obj: _Obj) -> np.ndarray:
+    """Stored values of all frames, shape (frames, rows, cols), with every byte accounted for."""
+    path = obj.path
+    if int(obj.get("SamplesPerPixel", 1)) != 1:
+        raise UnsupportedInputError(
+            f"'{path}': {obj.get('SamplesPerPixel')} samples per pixel; a volume needs grayscale slices.", path
+        )
+    if obj.fast is not None:
+        return _native_values(obj, obj.data, obj.fast.pixel_offset)  # type: ignore[arg-type]
+    ds = obj.ds
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    bits_alloc = int(ds.BitsAllocated)
-    bits_stored = int(ds.get("BitsStored", bits_alloc))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if ts in _UNCOMPRESSED and bits_alloc in (8, 16, 32) and "PixelData" in ds:
-        # Fast path: view the file's bytes directly (pixel_array would make extra copies).
-        buf = ds.PixelData
-        need = _expected_bytes(ds, n_frames)
-        if len(buf) < need:
-            raise UnreadableFileError(
-                f"'{path}' is truncated: its pixel data holds {len(buf)} bytes where {ds.Rows}x{ds.Columns}"
-                f"x{n_frames} frame(s) at {bits_alloc} bits need {need}. Re-export or re-transfer the file.",
-                path,
-            )
-        dtype = np.dtype(f"{'i' if signed else 'u'}{bits_alloc // 8}").newbyteorder("<")
-        arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize)
-        arr = arr.reshape(n_frames, int(ds.Rows), int(ds.Columns))
-        if bits_stored < bits_alloc:
-            if signed:
-                # Sign-extend from BitsStored: shift the sign bit to the top, then back.
-                shift = bits_alloc - bits_stored
-                arr = (arr << shift) >> shift
-            else:
-                arr = arr & dtype.type((1 << bits_stored) - 1)
-        return arr
+    if ts in _UNCOMPRESSED and int(ds.BitsAllocated) in (8, 16, 32) and "PixelData" in ds:
+        _check_pixel_length(obj)
+        return _native_values(obj, ds.PixelData, 0)
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - decoder errors come in many types
@@ -387,7 +484,7 @@ def _raw_frames(path: str, ds: Dataset) -> np.ndarray:
             "compression no installed decoder handles.",
             path,
         ) from e
-    return arr.reshape(n_frames, int(ds.Rows), int(ds.Columns))
+    return arr.reshape(obj.n_frames, int(ds.Rows), int(ds.Columns))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,26 +503,35 @@ def patient_study_attributes(ds: Dataset) -> dict[str, Any]:
 
 
 def _check_consistent(frames: Sequence[_Frame]) -> None:
+    """All frames must share size, orientation and pixel spacing (checked as arrays: series are long)."""
     f0 = frames[0]
-    for f in frames[1:]:
-        if (int(f.ds.Rows), int(f.ds.Columns)) != (int(f0.ds.Rows), int(f0.ds.Columns)):
-            raise GeometryError(
-                f"'{f.path}' has {f.ds.Rows}x{f.ds.Columns} pixels but '{f0.path}' has "
-                f"{f0.ds.Rows}x{f0.ds.Columns}: the series mixes image sizes (a localizer?). "
-                "Select the right series or remove the odd file.",
-                f.path,
-            )
-        if not (np.allclose(f.row_dir, f0.row_dir, atol=_ORIENT_ATOL) and np.allclose(f.col_dir, f0.col_dir, atol=_ORIENT_ATOL)):
-            raise GeometryError(
-                f"'{f.path}' has orientation {np.round(np.r_[f.row_dir, f.col_dir], 4).tolist()} but "
-                f"'{f0.path}' has {np.round(np.r_[f0.row_dir, f0.col_dir], 4).tolist()}: the slices do not "
-                "form one volume (mixed localizers or reformats).",
-                f.path,
-            )
-        if not np.allclose(f.pixel_spacing, f0.pixel_spacing, rtol=1e-4, atol=1e-6):
-            raise GeometryError(
-                f"'{f.path}' has PixelSpacing {f.pixel_spacing} but '{f0.path}' has {f0.pixel_spacing}.", f.path
-            )
+    sizes = np.array([(f.rows, f.cols) for f in frames])
+    orient = np.array([np.r_[f.row_dir, f.col_dir] for f in frames])
+    spacing = np.array([f.pixel_spacing for f in frames])
+    bad = np.flatnonzero(np.any(sizes != sizes[0], axis=1))
+    if bad.size:
+        f = frames[int(bad[0])]
+        raise GeometryError(
+            f"'{f.path}' has {f.rows}x{f.cols} pixels but '{f0.path}' has "
+            f"{f0.rows}x{f0.cols}: the series mixes image sizes (a localizer?). "
+            "Select the right series or remove the odd file.",
+            f.path,
+        )
+    bad = np.flatnonzero(np.any(np.abs(orient - orient[0]) > _ORIENT_ATOL, axis=1))
+    if bad.size:
+        f = frames[int(bad[0])]
+        raise GeometryError(
+            f"'{f.path}' has orientation {np.round(orient[bad[0]], 4).tolist()} but "
+            f"'{f0.path}' has {np.round(orient[0], 4).tolist()}: the slices do not "
+            "form one volume (mixed localizers or reformats).",
+            f.path,
+        )
+    bad = np.flatnonzero(np.any(np.abs(spacing - spacing[0]) > 1e-6 + 1e-4 * np.abs(spacing[0]), axis=1))
+    if bad.size:
+        f = frames[int(bad[0])]
+        raise GeometryError(
+            f"'{f.path}' has PixelSpacing {f.pixel_spacing} but '{f0.path}' has {f0.pixel_spacing}.", f.path
+        )
 
 
 def _regular_steps(
@@ -438,7 +544,8 @@ def _regular_steps(
     """
     warns: list[str] = []
     if len(frames) == 1:
-        thick = float(frames[0].ds.get("SpacingBetweenSlices", 0) or frames[0].ds.get("SliceThickness", 0) or 1.0)
+        ds = frames[0].obj.ds
+        thick = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 1.0)
         return abs(thick), dist.copy(), warns
     steps = np.diff(dist)
     dup = np.flatnonzero(steps < 1e-3)
@@ -546,7 +653,16 @@ def read_series(
         )
     else:
         items = next(iter(by_series.values()))
-    return _assemble([f for path, ds in items for f in _frames_of(path, ds)], allow_gaps)
+    return _assemble([f for obj in items for f in _frames_of(obj)], allow_gaps)
+
+
+def _rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
+    """out = stored * slope + intercept in float32, in one pass when slope is 1."""
+    if slope == 1.0:
+        np.add(stored, np.float32(intercept), out=out, casting="unsafe")
+    else:
+        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+        out += np.float32(intercept)
 
 
 def _assemble(frames: list[_Frame], allow_gaps: bool) -> Volume:
@@ -577,7 +693,7 @@ def _assemble(frames: list[_Frame], allow_gaps: bool) -> Volume:
         k_dir, spacing_z = normal, step
     direction = np.stack([f0.row_dir, f0.col_dir, k_dir], axis=1)
 
-    rows, cols = int(f0.ds.Rows), int(f0.ds.Columns)
+    rows, cols = f0.rows, f0.cols
     vol = np.empty((len(target), rows, cols), dtype=np.float32)
     raw_cache: dict[int, np.ndarray] = {}
     slice_of_target = np.searchsorted(dist, target - 1e-3 * step)
@@ -585,10 +701,10 @@ def _assemble(frames: list[_Frame], allow_gaps: bool) -> Volume:
 
     def frame_values(idx: int) -> np.ndarray:
         f = frames[idx]
-        key = id(f.ds)
+        key = id(f.obj)
         if key not in raw_cache:
             raw_cache.clear()  # keep one object's frames at a time
-            raw_cache[key] = _raw_frames(f.path, f.ds)
+            raw_cache[key] = _raw_frames(f.obj)
         return raw_cache[key][f.frame_index or 0]
 
     refs: list[FrameRef | None] = []
@@ -596,12 +712,10 @@ def _assemble(frames: list[_Frame], allow_gaps: bool) -> Volume:
         if exact[k]:
             i = int(slice_of_target[k])
             f = frames[i]
-            out = vol[k]
-            np.multiply(frame_values(i), f.slope, out=out, casting="unsafe")
-            out += f.intercept
+            _rescale_into(frame_values(i), f.slope, f.intercept, vol[k])
             refs.append(
                 FrameRef(
-                    str(f.ds.SOPInstanceUID), str(f.ds.SOPClassUID),
+                    str(f.obj.get("SOPInstanceUID")), str(f.obj.get("SOPClassUID")),
                     None if f.frame_index is None else f.frame_index + 1,
                 )
             )
@@ -615,7 +729,7 @@ def _assemble(frames: list[_Frame], allow_gaps: bool) -> Volume:
             vol[k] = (1 - w) * a + w * b
             refs.append(None)
 
-    ds0 = f0.ds
+    ds0 = f0.obj.ds
     origin = frames[0].position
     files: list[str] = []
     for f in frames:
@@ -646,8 +760,10 @@ def read_dicom_volume(paths: Iterable[str | os.PathLike[str]], *, allow_gaps: bo
     """Read an explicit list of DICOM files (one series) into a `Volume`; see `read_series`."""
     frames: list[_Frame] = []
     for p in paths:
-        ds = _read_dataset(str(p), stop_before_pixels=False)
-        frames.extend(_frames_of(str(p), ds))
+        obj = _open_object(str(p))
+        if obj is None:
+            raise UnsupportedInputError(f"'{p}' holds no image.", str(p))
+        frames.extend(_frames_of(obj))
     if not frames:
         raise SeriesSelectionError("No DICOM files given.")
     return _assemble(frames, allow_gaps)

@@ -1,0 +1,125 @@
+"""Helpers shared by the DICOM exporters: source headers, codes, UIDs, patient orientation, atomic save."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..atomic import atomic_path
+from ..errors import UnreadableFileError
+
+__all__ = [
+    "MEDXAI_SCHEME",
+    "HEATMAP_QUANTITY",
+    "HIGH_ATTRIBUTION_REGION",
+    "EXPLANATION_CATEGORY",
+    "SOFTWARE_VERSION",
+    "read_source_headers",
+    "patient_orientation",
+    "anatomic_region",
+    "save_dataset",
+    "derived_series_number",
+]
+
+logger = logging.getLogger(__name__)
+
+SOFTWARE_VERSION = "medxai 0.1.0"
+
+#: Private coding scheme of medxai (DICOM PS3.16 allows "99"-prefixed local schemes).
+MEDXAI_SCHEME = "99MEDXAI"
+#: Quantity of the Parametric Map: a per-voxel attribution (saliency) score, unitless ("1" in UCUM).
+#: No DCM/SCT concept names "explanation attribution" (checked against PS3.16 2024), hence a private code.
+HEATMAP_QUANTITY = Code("MX0001", MEDXAI_SCHEME, "Attribution score")
+#: Segmented property type of the thresholded heatmap.
+HIGH_ATTRIBUTION_REGION = Code("MX0002", MEDXAI_SCHEME, "High attribution region")
+#: Segmented property category of the thresholded heatmap.
+EXPLANATION_CATEGORY = Code("MX0003", MEDXAI_SCHEME, "Model explanation")
+
+_BODY_PARTS: dict[str, Code] = {
+    "CHEST": codes.SCT.Chest,
+    "THORAX": codes.SCT.Chest,
+    "LUNG": codes.SCT.Lung,
+    "ABDOMEN": codes.SCT.Abdomen,
+    "HEAD": codes.SCT.Head,
+    "BRAIN": codes.SCT.Brain,
+    "EYE": codes.SCT.Eye,
+    "RETINA": codes.SCT.Retina,
+}
+
+
+def read_source_headers(files: Sequence[str | os.PathLike[str]]) -> list[Dataset]:
+    """Read source DICOM headers (no pixel data) for derived objects to copy and reference.
+
+    Parameters
+    ----------
+    files : sequence of path
+        Source files, usually ``SourceRef.files`` (slice order).
+
+    Returns
+    -------
+    list of Dataset
+        One header per file, in the given order. Files are opened read-only and never modified.
+    """
+    if not files:
+        raise ValueError("files is empty: derived DICOM objects need the source DICOM files (SourceRef.files).")
+    out: list[Dataset] = []
+    for f in files:
+        try:
+            out.append(pydicom.dcmread(os.fspath(f), stop_before_pixels=True))
+        except Exception as e:  # noqa: BLE001
+            raise UnreadableFileError(f"Cannot read source DICOM header '{f}': {type(e).__name__}: {e}.", str(f)) from e
+    return out
+
+
+def _letter(v: np.ndarray) -> str:
+    i = int(np.argmax(np.abs(v)))
+    return ("L", "P", "H")[i] if v[i] > 0 else ("R", "A", "F")[i]
+
+
+def patient_orientation(ds: Dataset | None) -> tuple[str, str]:
+    """(row, column) PatientOrientation letters from ImageOrientationPatient (default ``("L", "P")``)."""
+    iop = None
+    if ds is not None:
+        iop = ds.get("ImageOrientationPatient")
+        if iop is None:
+            for seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+                grp = ds.get(seq)
+                if grp and "PlaneOrientationSequence" in grp[0]:
+                    iop = grp[0].PlaneOrientationSequence[0].ImageOrientationPatient
+                    break
+    if iop is None:
+        return ("L", "P")
+    v = np.asarray([float(x) for x in iop])
+    return _letter(v[:3]), _letter(v[3:])
+
+
+def anatomic_region(ds: Dataset | None) -> Code:
+    """SNOMED CT code for BodyPartExamined (CHEST -> Chest), default 'Entire body'."""
+    part = str(ds.get("BodyPartExamined", "")).upper() if ds is not None else ""
+    return _BODY_PARTS.get(part, codes.SCT.EntireBody)
+
+
+def derived_series_number(source: Dataset | None, offset: int) -> int:
+    """Series number for a derived series: ``offset`` + the source's series number (IS fits 2**31)."""
+    base = 0
+    if source is not None and source.get("SeriesNumber") not in (None, ""):
+        try:
+            base = int(source.SeriesNumber)
+        except (TypeError, ValueError):
+            base = 0
+    return int((offset + base) % 2_000_000_000) or offset
+
+
+def save_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:
+    """Save a dataset as a DICOM file (preamble + file meta) under a temporary name, then rename."""
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return Path(path)
