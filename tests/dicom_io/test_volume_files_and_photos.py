@@ -117,3 +117,39 @@ def test_truncated_jpeg_is_an_error(tmp_path: Path) -> None:
     bad.write_bytes(src.read_bytes()[:2000])
     with pytest.raises(UnreadableFileError, match="cut.jpg"):
         read_photo(bad)
+
+
+def test_ophthalmic_photography_jpeg_baseline(tmp_path: Path) -> None:
+    """An OP 8-bit object carrying the real retina.jpg as JPEG baseline (as fundus cameras write them)."""
+    import skimage
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, OphthalmicPhotography8BitImageStorage, generate_uid
+    from PIL import Image
+
+    jpg = Path(skimage.__file__).parent / "data" / "retina.jpg"
+    with Image.open(jpg) as im:
+        w, h = im.size
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.file_meta.MediaStorageSOPClassUID = OphthalmicPhotography8BitImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = OphthalmicPhotography8BitImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "OP", "EYE1", "Fundus^Test"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = h, w, 3
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [0.01, 0.01]
+    ds.PixelData = encapsulate([jpg.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    p = tmp_path / "op.dcm"
+    ds.save_as(p, enforce_file_format=True)
+
+    ph = read_image(p)
+    ref = read_image(jpg)
+    assert isinstance(ph, Photo) and ph.shape == ref.shape
+    assert ph.pixel_spacing == (0.01, 0.01) and ph.source.modality == "OP"
+    # Same JPEG decoded by two decoders: equal up to decoder rounding.
+    assert np.abs(ph.array.astype(int) - ref.array.astype(int)).mean() < 2.0
