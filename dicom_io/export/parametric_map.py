@@ -47,6 +47,33 @@ def frame_anatomy_item(region: Code, laterality: str = "U") -> Dataset:
     return item
 
 
+def _order_frames_ascending(pm: Dataset) -> None:
+    """Reorder the frames of a single-plane-orientation map so positions ascend along the slice normal."""
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    per_frame = list(pm.PerFrameFunctionalGroupsSequence)
+    if "PlaneOrientationSequence" in shared:
+        iop = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    elif "PlaneOrientationSequence" in per_frame[0]:
+        iop = per_frame[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    else:
+        return
+    v = np.asarray([float(x) for x in iop])
+    normal = np.cross(v[:3], v[3:])
+    dist = np.array([float(np.dot([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient], normal))
+                     for f in per_frame])
+    order = np.argsort(dist, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    keyword = next(k for k in ("FloatPixelData", "DoubleFloatPixelData", "PixelData") if k in pm)
+    raw = pm[keyword].value
+    size = len(raw) // len(per_frame)
+    if size * len(per_frame) != len(raw):
+        logger.warning("frame sizes of the parametric map are not uniform; frames left in highdicom's order")
+        return
+    pm.PerFrameFunctionalGroupsSequence = [per_frame[i] for i in order]
+    setattr(pm, keyword, b"".join(raw[i * size : (i + 1) * size] for i in order))
+
+
 def _coding_scheme() -> CodingSchemeIdentificationItem:
     return CodingSchemeIdentificationItem(
         designator=MEDXAI_SCHEME,
@@ -69,6 +96,7 @@ def write_parametric_map(
     series_instance_uid: str | None = None,
     manufacturer: str = "medxai",
     anatomy: Code | None = None,
+    ascending_frames: bool = True,
 ) -> Path:
     """Write a float heatmap on the source CT grid as a DICOM Parametric Map.
 
@@ -92,6 +120,11 @@ def write_parametric_map(
         Of the new series (number default: 2000 + the source's).
     anatomy : Code, optional
         Frame anatomy region (default from the source's BodyPartExamined).
+    ascending_frames : bool
+        Store frames in ascending order along the slice normal (row x column direction). highdicom sorts
+        frames the other way for axial series; dcmqi's ``paramap2itkimage`` (used by 3D Slicer) ignores
+        per-frame positions and stacks frames in stored order from the lowest position, so it would read
+        the map upside down. Only the storage order changes; every frame keeps its position and indices.
 
     Returns
     -------
@@ -158,6 +191,8 @@ def write_parametric_map(
     shared = pm.SharedFunctionalGroupsSequence[0]
     if "FrameAnatomySequence" not in shared:
         shared.FrameAnatomySequence = [frame_anatomy_item(region)]
+    if ascending_frames:
+        _order_frames_ascending(pm)
     out = save_dataset(pm, path)
     logger.info("wrote Parametric Map %s (%d frames)", out, data.shape[0])
     return out

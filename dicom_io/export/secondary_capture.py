@@ -173,6 +173,7 @@ class MultiFrameTrueColorSCImage(hd.SOPClass):
             if len(frame_labels) != n:
                 raise ValueError(f"frame_labels has {len(frame_labels)} values for {n} frames.")
             self.FrameLabelVector = [str(s)[:64] for s in frame_labels]
+            self.FrameIncrementPointer = [Tag("SliceLocationVector"), Tag("FrameLabelVector")]
         self.LossyImageCompression = "00"
         self.PixelData = b"".join(
             encode_frame(
@@ -357,7 +358,6 @@ def write_photo_secondary_capture(
     ref.StudyID = "MEDXAI"
     ref.AccessionNumber = ""
     ref.ReferringPhysicianName = ""
-    ref.PatientIdentityRemoved = "YES"
     base = os.path.basename(source_file_name or "unknown image file")
     ref.StudyDescription = f"medxai export of image file {base}"[:64]
     ref.SpecificCharacterSet = "ISO_IR 192"
@@ -369,7 +369,7 @@ def write_photo_secondary_capture(
         patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description[:64],
     )
-    ds.copy_patient_and_study_information(ref)
+    ds.StudyDescription = ref.StudyDescription
     ds.BurnedInAnnotation = "YES"
     ds.RecognizableVisualFeatures = "YES"
     ds.ImageLaterality = "U"

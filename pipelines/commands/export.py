@@ -1,0 +1,50 @@
+"""``medxai export``: write a heatmap (and counterfactual) as DICOM SC + Parametric Map + SEG and a Slicer bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        source: Path = typer.Option(..., "--source", help="Source CT DICOM folder (the study the exports join)."),
+        heatmap: Path = typer.Option(..., "--heatmap", help="Heatmap .nii.gz/.nrrd on the CT grid."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (OUT/<patient>/<study>/...)."),
+        method: str = typer.Option("unknown", "--method", help="Explanation method, shown in the legend."),
+        target: str = typer.Option("unknown", "--target", help="What was explained, shown in the legend."),
+        score_before: Optional[float] = typer.Option(None, "--score-before", help="Model score of the query."),
+        score_after: Optional[float] = typer.Option(None, "--score-after", help="Model score of the counterfactual."),
+        counterfactual: Optional[Path] = typer.Option(
+            None, "--counterfactual", help="Counterfactual CT volume (.nii.gz/.nrrd, HU) on the CT grid."
+        ),
+        series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
+        multiframe: bool = typer.Option(False, "--multiframe", help="One multi-frame SC object instead of one per slice."),
+        slices: str = typer.Option("nonzero", "--slices", help="'all' or 'nonzero' (slices where the heatmap is non-zero)."),
+        window: str = typer.Option("lung", "--window", help="CT window: lung, soft-tissue, mediastinum, bone."),
+        colormap: str = typer.Option("inferno", "--colormap", help="matplotlib colour map of the heatmap."),
+        no_seg: bool = typer.Option(False, "--no-seg", help="Skip the binary Segmentation."),
+        no_slicer: bool = typer.Option(False, "--no-slicer", help="Skip the 3D Slicer bundle."),
+    ) -> None:
+        """Export an explanation where users look: SC overlays and a Parametric Map in the source study, and a 3D Slicer bundle."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        from pipelines.export import export_explanation
+
+        if slices not in ("all", "nonzero"):
+            raise ValueError(f"--slices must be 'all' or 'nonzero'; got {slices!r}.")
+        res = export_explanation(
+            source, heatmap, out, method=method, target=target, score_before=score_before,
+            score_after=score_after, counterfactual=counterfactual, series_uid=series, multiframe=multiframe,
+            slices=slices, window=window, colormap=colormap, segmentation=not no_seg, slicer=not no_slicer,
+        )
+        c = Console(highlight=False)
+        c.print(f"overlay SC: {len(res.overlay_files)} file(s)  counterfactual SC: {len(res.counterfactual_files)} file(s)")
+        for label, p in (("parametric map", res.parametric_map), ("segmentation", res.segmentation),
+                         ("slicer bundle", res.slicer_bundle), ("summary", res.summary)):
+            if p is not None:
+                c.print(f"{label}: {escape(str(p))}")
