@@ -17,13 +17,13 @@ from .photo import read_photo
 from .reader import read_image
 from .types import FrameRef, Photo, SourceRef, Volume
 from .volume_files import read_nifti, read_nrrd, write_nifti, write_nrrd, write_volume
-from .write_series import StudyInfo, write_ct_series
+from .write_series import StudyInfo, write_ct_series, write_photo_dicom
 
 __all__ = [
     "FrameRef", "Photo", "SourceRef", "Volume",
     "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo",
     "read_nifti", "read_nrrd", "write_nifti", "write_nrrd", "write_volume",
-    "StudyInfo", "write_ct_series",
+    "StudyInfo", "write_ct_series", "write_photo_dicom",
     "atomic_dir", "atomic_path", "safe_filename",
     "DicomIOError", "UnreadableFileError", "SeriesSelectionError", "GeometryError",
     "MissingSliceError", "UnsupportedInputError",

@@ -29,7 +29,7 @@ from pydicom.uid import (
 from .atomic import atomic_path
 from .types import Volume
 
-__all__ = ["StudyInfo", "write_ct_series", "COMPRESSIONS"]
+__all__ = ["StudyInfo", "write_ct_series", "write_photo_dicom", "COMPRESSIONS"]
 
 #: Transfer syntaxes the writer can encode (all lossless), by short name.
 COMPRESSIONS: dict[str, UID] = {
@@ -227,3 +227,77 @@ def write_ct_series(
             ds.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_photo_dicom(
+    rgb: np.ndarray,
+    path: str | os.PathLike[str],
+    info: StudyInfo | None = None,
+    *,
+    modality: str = "OP",
+    laterality: str | None = None,
+    pixel_spacing: tuple[float, float] | None = None,
+) -> Path:
+    """Write an RGB photograph (e.g. a fundus image) as a Secondary Capture object, atomically.
+
+    highdicom's ``SCImage`` builds the object; the Ophthalmic Photography IOD would need acquisition
+    device and illumination codes a synthetic or converted photo cannot honestly state.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        uint8 (H, W, 3).
+    path : path
+        Output ``.dcm`` file.
+    info : StudyInfo, optional
+        Patient/study/series attributes (UIDs generated when missing, deterministic with ``uid_seed``).
+    modality : str
+        Modality of the series (``OP`` for ophthalmic photography).
+    laterality : {'L', 'R'}, optional
+        Image laterality (which eye).
+    pixel_spacing : (row, column) mm, optional
+    """
+    import highdicom as hd
+
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"rgb must be uint8 (H, W, 3); got {arr.dtype} {arr.shape}.")
+    info = info or StudyInfo()
+    now = _dt.datetime.now()
+    kwargs: dict[str, object] = {}
+    if laterality:
+        kwargs["laterality"] = laterality
+    if pixel_spacing is not None:
+        kwargs["pixel_spacing"] = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+    series_uid = info.series_instance_uid or info.uid("series", info.series_number)
+    ds = hd.sc.SCImage(
+        pixel_array=arr,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=info.study_instance_uid or info.uid("study"),
+        series_instance_uid=series_uid,
+        sop_instance_uid=info.uid("sop", series_uid, 0),
+        series_number=info.series_number,
+        instance_number=1,
+        manufacturer=info.manufacturer,
+        patient_id=info.patient_id,
+        patient_name=info.patient_name,
+        patient_birth_date=info.patient_birth_date or None,
+        patient_sex=info.patient_sex or None,
+        accession_number=info.accession_number or None,
+        study_id=info.study_id,
+        study_date=info.study_date or now.strftime("%Y%m%d"),
+        study_time=info.study_time or now.strftime("%H%M%S"),
+        patient_orientation=("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=info.series_description or None,
+        **kwargs,
+    )
+    ds.Modality = modality
+    if info.study_description:
+        ds.StudyDescription = info.study_description
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return out

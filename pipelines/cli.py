@@ -63,7 +63,13 @@ _register_commands()
 def _is_bad_input(e: BaseException) -> bool:
     from dicom_io.errors import DicomIOError
 
-    return isinstance(e, (DicomIOError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError))
+    bad = (DicomIOError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError)
+    cur: BaseException | None = e
+    while cur is not None:  # a pipeline step re-raises naming itself; the cause says what was wrong
+        if isinstance(cur, bad):
+            return True
+        cur = cur.__cause__
+    return False
 
 
 def _paragraph(e: BaseException) -> str:

@@ -9,7 +9,7 @@ marker follow the label with probability ``shortcut`` (a biased split). Pure num
 from __future__ import annotations
 
 from ._common import case_seed
-from .cohort import LABEL_COLUMNS, cohort_seeds, label_rows, write_labels_csv
+from .cohort import LABEL_COLUMNS, cohort_seeds, label_rows, write_label_rows, write_labels_csv
 from .ct import (
     CT_BENCHMARK,
     CT_MASK_NAMES,
@@ -58,5 +58,6 @@ __all__ = [
     "make_ct_cohort",
     "make_fundus_case",
     "make_fundus_cohort",
+    "write_label_rows",
     "write_labels_csv",
 ]

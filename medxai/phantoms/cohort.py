@@ -14,7 +14,7 @@ from ._common import case_seed
 from .ct import CTCase
 from .fundus import FundusCase
 
-__all__ = ["case_seed", "cohort_seeds", "label_rows", "write_labels_csv", "LABEL_COLUMNS"]
+__all__ = ["case_seed", "cohort_seeds", "label_rows", "write_labels_csv", "write_label_rows", "LABEL_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,14 @@ def write_labels_csv(cases: Iterable[Case], path: Union[str, os.PathLike]) -> Pa
     pathlib.Path
         The path written.
     """
+    return write_label_rows(label_rows(cases), path)
+
+
+def write_label_rows(rows: list[dict[str, object]], path: Union[str, os.PathLike]) -> Path:
+    """Write rows from :func:`label_rows` (e.g. gathered while streaming a cohort) as the label CSV."""
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"path must be a file path, got the folder {str(path)!r}; pass e.g. {str(path / 'labels.csv')!r}")
-    rows = label_rows(cases)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
