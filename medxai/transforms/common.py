@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.transforms.utils import convert_applied_interp_mode
+from monai.utils import TraceKeys
 from monai.transforms import Compose, CropForeground, InvertibleTransform, Invertd, MapTransform
 
 __all__ = ["SquareCropd", "square_box", "invert_with_transform", "run_transform"]
@@ -148,7 +150,16 @@ def invert_with_transform(
             f"{tuple(image.shape[1:])}; pass a map on the transformed grid."
         )
     tmp_key = "__medxai_heatmap__"
-    inverter = Invertd(keys=tmp_key, transform=transform, orig_keys=image_key, nearest_interp=nearest)
+    if nearest:
+        # Invertd(nearest_interp=True) would use torch's "nearest", which indexes with floor() and shifts
+        # content by up to a pixel per resize; "nearest-exact" keeps label maps in place.
+        image = image.clone()
+        ops = convert_applied_interp_mode(deepcopy(data[image_key].applied_operations), mode="nearest", align_corners=None)
+        for op in ops:  # resampling (grid_sample) has no "nearest-exact"; only Resize needs it
+            if op.get(TraceKeys.CLASS_NAME) == "Resize":
+                op[TraceKeys.EXTRA_INFO]["mode"] = "nearest-exact"
+        image.applied_operations = ops
+    inverter = Invertd(keys=tmp_key, transform=transform, orig_keys=image_key, nearest_interp=False)
     out = inverter({image_key: image, tmp_key: MetaTensor(heat, affine=deepcopy(image.affine))})[tmp_key]
     if not isinstance(out, MetaTensor):  # pragma: no cover - Invertd returns MetaTensor for tensor input
         out = MetaTensor(out)

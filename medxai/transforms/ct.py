@@ -631,7 +631,7 @@ def ct_stack_transforms(
             Resized(
                 keys=stack_keys,
                 spatial_size=(cfg.size, cfg.size),
-                mode=("bilinear",) + ("nearest",) * (len(stack_keys) - 1),
+                mode=("bilinear",) + ("nearest-exact",) * (len(stack_keys) - 1),
                 anti_aliasing=(True,) + (False,) * (len(stack_keys) - 1),
             ),
             DeleteItemsd(keys="body_mask"),

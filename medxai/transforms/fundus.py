@@ -319,7 +319,7 @@ def fundus_transforms(
         Resized(
             keys=spatial_keys,
             spatial_size=(cfg.size, cfg.size),
-            mode=("bilinear",) + ("nearest",) * (len(spatial_keys) - 1),
+            mode=("bilinear",) + ("nearest-exact",) * (len(spatial_keys) - 1),
             anti_aliasing=(True,) + (False,) * (len(spatial_keys) - 1),
         ),
         ScaleIntensityRanged(keys=image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),

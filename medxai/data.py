@@ -1,0 +1,122 @@
+"""Model-ready arrays from the phantoms: CT four-slice stacks and fundus crops with their labels and
+ground-truth masks on the same grid (the transforms' output grid)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["StackSet", "ct_stack_set", "fundus_set"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackSet:
+    """A labelled set of model inputs.
+
+    Attributes
+    ----------
+    x : np.ndarray
+        float32 (N, C, S, S): CT stacks (C=4 slices, [0, 1] lung window) or fundus crops (C=3 RGB).
+    y : np.ndarray
+        int64 (N,) labels.
+    extent : np.ndarray
+        float32 (N,) continuous lesion extent of each case.
+    masks : dict of np.ndarray
+        name -> float32 (N, C', S, S) ground truth on the input grid (C'=4 for CT, 1 for fundus).
+    has_marker : np.ndarray
+        bool (N,).
+    seeds : np.ndarray
+        int64 (N,) case seeds.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    extent: np.ndarray
+    masks: dict[str, np.ndarray]
+    has_marker: np.ndarray
+    seeds: np.ndarray
+
+    def save(self, path: str) -> None:
+        np.savez_compressed(path, x=self.x, y=self.y, extent=self.extent, has_marker=self.has_marker,
+                            seeds=self.seeds, **{f"mask_{k}": v for k, v in self.masks.items()})
+
+    @staticmethod
+    def load(path: str) -> "StackSet":
+        with np.load(path) as f:
+            masks = {k[5:]: f[k] for k in f.files if k.startswith("mask_")}
+            return StackSet(f["x"], f["y"], f["extent"], masks, f["has_marker"], f["seeds"])
+
+
+def _collect(items: list[tuple[np.ndarray, int, float, dict[str, np.ndarray], bool, int]]) -> StackSet:
+    names = items[0][3].keys()
+    return StackSet(
+        x=np.stack([i[0] for i in items]).astype(np.float32),
+        y=np.array([i[1] for i in items], dtype=np.int64),
+        extent=np.array([i[2] for i in items], dtype=np.float32),
+        masks={k: np.stack([i[3][k] for i in items]).astype(np.float32) for k in names},
+        has_marker=np.array([i[4] for i in items], dtype=bool),
+        seeds=np.array([i[5] for i in items], dtype=np.int64),
+    )
+
+
+def ct_stack_set(
+    n: int,
+    seed: int,
+    *,
+    phantom: str = "test",
+    size: int = 64,
+    shortcut: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> StackSet:
+    """Generate ``n`` CT phantom cases and turn each into its (4, size, size) lung stack.
+
+    Masks returned: ``biomarker``, ``distractor``, ``marker``, ``lungs`` on the stack grid.
+    """
+    from medxai.phantoms import ct_config, iter_ct_cohort
+    from medxai.transforms import CTStackConfig, CTStackTransform
+
+    names = ("biomarker", "distractor", "marker", "lungs")
+    tf = CTStackTransform(CTStackConfig(size=size), label_keys=names)
+    items = []
+    for case in iter_ct_cohort(n, seed, ct_config(phantom), shortcut=shortcut):
+        labels = {k: np.asarray(case.masks[k], dtype=np.float32) for k in names}
+        d = tf(np.array(case.hu), case.spacing, case.origin, np.eye(3), labels=labels)
+        masks = {k: (np.asarray(d[k]) > 0.5).astype(np.float32) for k in names}
+        items.append((np.asarray(d["image"], np.float32), case.label, case.extent, masks, case.has_marker, case.seed))
+        if progress:
+            progress(1)
+    return _collect(items)
+
+
+def fundus_set(
+    n: int,
+    seed: int,
+    *,
+    phantom: str = "test",
+    size: int = 64,
+    shortcut: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> StackSet:
+    """Generate ``n`` fundus phantom photographs and crop each to its (3, size, size) field of view.
+
+    Masks returned: ``lesions`` and ``marker`` (1, size, size) on the crop grid.
+    """
+    from medxai.phantoms import fundus_config, iter_fundus_cohort
+    from medxai.transforms import FundusConfig, FundusTransform
+
+    names = ("lesions", "marker")
+    tf = FundusTransform(FundusConfig(size=size), label_keys=names)
+    items = []
+    for case in iter_fundus_cohort(n, seed, fundus_config(phantom), shortcut=shortcut):
+        labels = {k: np.asarray(case.masks[k], dtype=np.float32) for k in names}
+        d = tf(np.array(case.rgb), labels=labels)
+        masks = {k: (np.asarray(d[k]) > 0.5).astype(np.float32) for k in names}
+        items.append((np.asarray(d["image"], np.float32), case.label, case.extent, masks, case.has_marker, case.seed))
+        if progress:
+            progress(1)
+    return _collect(items)
