@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -52,15 +52,35 @@ class StackSet:
             return StackSet(f["x"], f["y"], f["extent"], masks, f["has_marker"], f["seeds"])
 
 
-def _collect(items: list[tuple[np.ndarray, int, float, dict[str, np.ndarray], bool, int]]) -> StackSet:
-    names = items[0][3].keys()
+def _build(
+    cases: Iterable[Any],
+    transform: Callable[..., dict[str, Any]],
+    image_of: Callable[[Any], tuple[np.ndarray, ...]],
+    names: tuple[str, ...],
+    progress: Callable[[int], None] | None,
+) -> StackSet:
+    """Run each case through ``transform`` with its masks as labels and gather the outputs."""
+    xs, ys, ext, markers, seeds = [], [], [], [], []
+    masks: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for case in cases:
+        labels = {k: np.asarray(case.masks[k], dtype=np.float32) for k in names}
+        d = transform(*image_of(case), labels=labels)
+        xs.append(np.asarray(d["image"], np.float32))
+        for k in names:
+            masks[k].append((np.asarray(d[k]) > 0.5).astype(np.float32))
+        ys.append(case.label)
+        ext.append(case.extent)
+        markers.append(case.has_marker)
+        seeds.append(case.seed)
+        if progress:
+            progress(1)
     return StackSet(
-        x=np.stack([i[0] for i in items]).astype(np.float32),
-        y=np.array([i[1] for i in items], dtype=np.int64),
-        extent=np.array([i[2] for i in items], dtype=np.float32),
-        masks={k: np.stack([i[3][k] for i in items]).astype(np.float32) for k in names},
-        has_marker=np.array([i[4] for i in items], dtype=bool),
-        seeds=np.array([i[5] for i in items], dtype=np.int64),
+        x=np.stack(xs),
+        y=np.array(ys, dtype=np.int64),
+        extent=np.array(ext, dtype=np.float32),
+        masks={k: np.stack(v) for k, v in masks.items()},
+        has_marker=np.array(markers, dtype=bool),
+        seeds=np.array(seeds, dtype=np.int64),
     )
 
 
@@ -82,15 +102,8 @@ def ct_stack_set(
 
     names = ("biomarker", "distractor", "marker", "lungs")
     tf = CTStackTransform(CTStackConfig(size=size), label_keys=names)
-    items = []
-    for case in iter_ct_cohort(n, seed, ct_config(phantom), shortcut=shortcut):
-        labels = {k: np.asarray(case.masks[k], dtype=np.float32) for k in names}
-        d = tf(np.array(case.hu), case.spacing, case.origin, np.eye(3), labels=labels)
-        masks = {k: (np.asarray(d[k]) > 0.5).astype(np.float32) for k in names}
-        items.append((np.asarray(d["image"], np.float32), case.label, case.extent, masks, case.has_marker, case.seed))
-        if progress:
-            progress(1)
-    return _collect(items)
+    cases = iter_ct_cohort(n, seed, ct_config(phantom), shortcut=shortcut)
+    return _build(cases, tf, lambda c: (np.array(c.hu), c.spacing, c.origin, np.eye(3)), names, progress)
 
 
 def fundus_set(
@@ -111,12 +124,5 @@ def fundus_set(
 
     names = ("lesions", "marker")
     tf = FundusTransform(FundusConfig(size=size), label_keys=names)
-    items = []
-    for case in iter_fundus_cohort(n, seed, fundus_config(phantom), shortcut=shortcut):
-        labels = {k: np.asarray(case.masks[k], dtype=np.float32) for k in names}
-        d = tf(np.array(case.rgb), labels=labels)
-        masks = {k: (np.asarray(d[k]) > 0.5).astype(np.float32) for k in names}
-        items.append((np.asarray(d["image"], np.float32), case.label, case.extent, masks, case.has_marker, case.seed))
-        if progress:
-            progress(1)
-    return _collect(items)
+    cases = iter_fundus_cohort(n, seed, fundus_config(phantom), shortcut=shortcut)
+    return _build(cases, tf, lambda c: (np.array(c.rgb),), names, progress)
