@@ -1,0 +1,363 @@
+"""The one base class of all explainers, and the model-state guard they share.
+
+``Explainer.explain(x, target)`` validates the input and the target, puts the model in eval mode
+with frozen parameters, runs the method (``_explain``), and then restores the model exactly: the
+train/eval flag of every module, ``requires_grad`` of every parameter, the ``.grad`` tensors,
+``inplace`` flags, and removes every hook registered during the call -- also when the method
+raises. With ``check_weights=True`` the parameters and buffers are compared bit for bit with a
+snapshot afterwards; a change is undone and reported with a warning.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import logging
+import time
+import warnings
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from medxai.explanation import Explanation
+from medxai.targets import NeuronTarget, Target, as_target
+
+__all__ = [
+    "Explainer",
+    "ModelStateGuard",
+    "find_layer",
+    "layer_names",
+    "infer_input_spec",
+    "hook_count",
+]
+
+logger = logging.getLogger(__name__)
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_HOOK_SIDE_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of all sub-modules of ``model`` (as in ``named_modules()``, without the root)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """Return the sub-module called ``name``.
+
+    Raises
+    ------
+    ValueError
+        If there is no such module; the message lists close matches and a few valid names.
+    """
+    modules = dict(model.named_modules())
+    if isinstance(name, str) and name in modules and name:
+        return modules[name]
+    names = layer_names(model)
+    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
+    # prefer the last few modules: the usual choice for CAM methods
+    sample = close or (names[:3] + (["..."] if len(names) > 6 else []) + names[-3:])
+    raise ValueError(
+        f"layer {name!r} does not exist in {type(model).__name__}; valid layer names include "
+        f"{', '.join(repr(n) if n != '...' else n for n in sample)} (see medxai.explainers.layer_names(model))."
+    )
+
+
+def infer_input_spec(model: nn.Module) -> tuple[int | None, int | None]:
+    """Guess ``(in_channels, spatial_dims)`` from the first convolution of ``model``.
+
+    Returns ``(None, None)`` when the model has no convolution (nothing is checked then).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
+            return int(module.in_channels), dims
+        if isinstance(module, (nn.modules.conv._ConvNd,)):
+            return int(module.in_channels), len(module.kernel_size)
+    return None, None
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward/backward (pre-)hooks registered on ``model`` and all its sub-modules."""
+    return sum(len(getattr(m, d, {})) for m in model.modules() for d in _HOOK_DICTS)
+
+
+class ModelStateGuard:
+    """Context manager that snapshots a model and restores it on exit (also on exceptions).
+
+    Inside the context the model is in eval mode and all parameters have ``requires_grad=False``
+    (explainers differentiate with respect to the input only), unless ``freeze=False``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The black box.
+    check_weights : bool
+        Clone parameters and buffers on entry and verify them bit for bit on exit.
+    freeze : bool
+        Set ``requires_grad=False`` on all parameters and ``eval()`` the model inside the context.
+    """
+
+    def __init__(self, model: nn.Module, check_weights: bool = True, freeze: bool = True) -> None:
+        self.model = model
+        self.check_weights = check_weights
+        self.freeze = freeze
+
+    def __enter__(self) -> "ModelStateGuard":
+        model = self.model
+        self._modules = list(model.modules())
+        self._training = [m.training for m in self._modules]
+        self._inplace = [(m, m.__dict__["inplace"]) for m in self._modules if "inplace" in m.__dict__]
+        self._full_bw = [getattr(m, "_is_full_backward_hook", None) for m in self._modules]
+        self._hooks = [{d: set(getattr(m, d, {}).keys()) for d in _HOOK_DICTS} for m in self._modules]
+        self._params = list(model.parameters())
+        self._requires_grad = [p.requires_grad for p in self._params]
+        self._grads = [p.grad for p in self._params]
+        self._snapshot: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
+        if self.check_weights:
+            self._snapshot = [(k, v, v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()]
+        if self.freeze:
+            model.eval()
+            for p in self._params:
+                p.requires_grad_(False)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        removed = 0
+        for m, before, bw in zip(self._modules, self._hooks, self._full_bw):
+            for d in _HOOK_DICTS:
+                hooks = getattr(m, d, None)
+                if hooks is None:
+                    continue
+                for key in list(hooks.keys()):
+                    if key not in before[d]:
+                        del hooks[key]
+                        removed += 1
+                        for side in _HOOK_SIDE_DICTS:
+                            side_dict = getattr(m, side, None)
+                            if side_dict is not None:
+                                side_dict.pop(key, None)
+            if hasattr(m, "_is_full_backward_hook"):
+                m._is_full_backward_hook = bw
+        if removed:
+            logger.debug("removed %d hook(s) left on %s", removed, type(self.model).__name__)
+        for m, flag in zip(self._modules, self._training):
+            m.training = flag
+        for m, flag in self._inplace:
+            m.__dict__["inplace"] = flag
+        for p, flag, grad in zip(self._params, self._requires_grad, self._grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        if self._snapshot is not None:
+            changed = []
+            with torch.no_grad():
+                for name, live, saved in self._snapshot:
+                    if live.shape != saved.shape or not torch.equal(live, saved):
+                        changed.append(name)
+                        live.data = saved
+            self._snapshot = None
+            if changed:
+                warnings.warn(
+                    f"the explainer changed the model's weights/buffers {changed[:5]}; they were restored.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+class Explainer(abc.ABC):
+    """Base class of all explainers.
+
+    Subclasses set ``method`` and implement :meth:`_explain`; they register hooks only inside
+    ``_explain`` (the guard removes anything left over) and draw randomness only from the generator
+    they are given.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The black-box classifier: ``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> ``(B, K)`` logits.
+    in_channels : int, optional
+        Channels the model expects; inferred from its first convolution when omitted.
+    spatial_dims : int, optional
+        2 or 3; inferred from the first convolution when omitted.
+    seed : int or None
+        Seed of the explainer's own ``torch.Generator`` (used by stochastic methods).
+    check_weights : bool
+        Verify after every call that parameters and buffers are bitwise unchanged.
+    """
+
+    method: ClassVar[str] = "explainer"
+    #: whether the method draws random numbers (then ``seed`` is recorded in the explanation)
+    stochastic: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        in_channels: int | None = None,
+        spatial_dims: int | None = None,
+        seed: int | None = 0,
+        check_weights: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if spatial_dims is not None and spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        if in_channels is not None and (not isinstance(in_channels, int) or in_channels < 1):
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}.")
+        guess_c, guess_d = infer_input_spec(model)
+        self.model = model
+        self.in_channels = in_channels if in_channels is not None else guess_c
+        self.spatial_dims = spatial_dims if spatial_dims is not None else guess_d
+        self.seed = seed
+        self.check_weights = check_weights
+
+    # ----------------------------------------------------------------- public API
+    def explain(self, x: torch.Tensor, target: Target | int) -> Explanation:
+        """Explain ``target`` for the batch ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, H, W)`` or ``(B, C, D, H, W)``; never modified.
+        target : Target or int
+            What to explain; an int means ``ClassTarget(int)``.
+
+        Returns
+        -------
+        Explanation
+            ``heatmaps`` of shape ``(B, T, *spatial)`` on the input grid (a torch tensor on the CPU),
+            ``scores["query"]`` = model output ``(B, K)``, ``scores["query_target"]`` = target score ``(B,)``.
+        """
+        target = as_target(target)
+        x = self._check_input(x)
+        generator = self._make_generator()
+        start = time.perf_counter()
+        with ModelStateGuard(self.model, check_weights=self.check_weights):
+            if isinstance(target, NeuronTarget):
+                target.attach(self.model)
+            try:
+                with torch.no_grad():
+                    logits = self._forward_checked(x)
+                    target.validate(logits)
+                    query_target = target(logits).detach()
+                result = self._explain(x, target, generator)
+            finally:
+                if isinstance(target, NeuronTarget):
+                    target.detach()
+        if isinstance(result, tuple):
+            heatmaps, extra = result
+        else:
+            heatmaps, extra = result, {}
+        heatmaps = self._check_heatmaps(heatmaps, x)
+        extra = dict(extra)
+        extra.setdefault("seconds", time.perf_counter() - start)
+        counterfactuals = extra.pop("counterfactuals", None)
+        scores = {"query": logits.detach().cpu(), "query_target": query_target.cpu()}
+        scores.update(extra.pop("scores", {}))
+        return Explanation(
+            method=self.method,
+            target=target.describe(),
+            heatmaps=heatmaps,
+            counterfactuals=counterfactuals,
+            scores=scores,
+            parameters=self.get_parameters(),
+            seed=self.seed if self.stochastic else None,
+            extra=extra,
+        )
+
+    def get_parameters(self) -> dict[str, Any]:
+        """The explainer's settings (JSON-serialisable); subclasses extend this."""
+        return {"in_channels": self.in_channels, "spatial_dims": self.spatial_dims}
+
+    # ------------------------------------------------------------- for subclasses
+    @abc.abstractmethod
+    def _explain(
+        self, x: torch.Tensor, target: Target, generator: torch.Generator | None
+    ) -> torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]:
+        """Compute heatmaps ``(B, T, *spatial)`` (optionally with a dict of extras).
+
+        Called with the model in eval mode and its parameters frozen. ``extra`` may carry
+        ``"counterfactuals"`` (dict of arrays) and ``"scores"`` (dict of arrays).
+        """
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ------------------------------------------------------------------ helpers
+    def _make_generator(self) -> torch.Generator | None:
+        if not self.stochastic:
+            return None
+        gen = torch.Generator(device="cpu")
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(self.seed)
+        return gen
+
+    def _expected_shape(self) -> str:
+        c = self.in_channels if self.in_channels is not None else "C"
+        if self.spatial_dims == 3:
+            return f"(B, {c}, D, H, W)"
+        if self.spatial_dims == 2:
+            return f"(B, {c}, H, W)"
+        return f"(B, {c}, H, W) or (B, {c}, D, H, W)"
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape {self._expected_shape()}, got {type(x).__name__}.")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert with x.float().")
+        if x.ndim not in (4, 5) or (self.spatial_dims is not None and x.ndim != self.spatial_dims + 2):
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but the model expects {self._expected_shape()}; "
+                "add the batch axis with x[None] or select the right number of spatial axes."
+            )
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model expects "
+                f"{self._expected_shape()}; pass inputs with {self.in_channels} channels."
+            )
+        if x.shape[0] < 1:
+            raise ValueError(f"x has an empty batch (shape {tuple(x.shape)}); pass at least one input.")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values; clean the input first.")
+        return x.detach()
+
+    def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = self._forward(x)
+        except RuntimeError as err:
+            raise ValueError(
+                f"the model rejected x of shape {tuple(x.shape)} (expected {self._expected_shape()} with a "
+                f"spatial size the model supports): {err}"
+            ) from err
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"the model returned {type(out).__name__}; explainers need a tensor of logits (B, K). "
+                "Wrap the model so that forward returns a tensor."
+            )
+        return out
+
+    @staticmethod
+    def _check_heatmaps(heatmaps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        heatmaps = torch.as_tensor(heatmaps).detach().float().cpu()
+        if heatmaps.ndim != x.ndim or heatmaps.shape[0] != x.shape[0] or heatmaps.shape[2:] != x.shape[2:]:
+            raise RuntimeError(
+                f"internal error: heatmaps of shape {tuple(heatmaps.shape)} do not match the input grid "
+                f"{tuple(x.shape)}; expected (B, T, *spatial)."
+            )
+        return heatmaps
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_parameters().items())
+        return f"{type(self).__name__}({params})"
+
+

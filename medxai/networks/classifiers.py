@@ -1,0 +1,222 @@
+"""Classifiers: tiny CNNs for tests and a factory for MONAI classifiers.
+
+Every network built here is initialised from a caller-owned ``torch.Generator`` (never the global
+RNG), with the same distributions as PyTorch's default initialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TinyCNN",
+    "make_classifier",
+    "init_with_generator",
+    "load_class",
+    "load_classifier",
+    "state_fingerprint",
+    "CLASSIFIER_NAMES",
+]
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_NAMES = ("tiny", "resnet18", "densenet121")
+
+
+def init_with_generator(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise ``module`` in place from ``generator`` (PyTorch's default distributions).
+
+    Convolutions and linear layers get ``kaiming_uniform_(a=sqrt(5))`` weights and uniform
+    ``+-1/sqrt(fan_in)`` biases; normalisation layers get ones/zeros; PReLU 0.25.
+
+    Returns
+    -------
+    nn.Module
+        ``module`` itself.
+    """
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                    m.reset_running_stats()
+            elif isinstance(m, nn.PReLU):
+                nn.init.constant_(m.weight, 0.25)
+    return module
+
+
+class TinyCNN(nn.Module):
+    """A ~0.05-0.1M-parameter CNN for tests: three conv blocks, global average pool, linear head.
+
+    Layer names: ``features.conv1`` ... ``features.conv3`` (convolutions), ``features.act3`` (last
+    feature map, a good Grad-CAM layer), ``head``.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels C of ``(B, C, H, W)`` / ``(B, C, D, H, W)``.
+    num_classes : int
+        Output logits K.
+    spatial_dims : int
+        2 or 3.
+    width : int
+        Channels of the first block (then 2x, 4x).
+    generator : torch.Generator, optional
+        Initialises the weights; a fresh generator seeded with 0 when omitted.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        spatial_dims: int = 2,
+        width: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        if in_channels < 1 or num_classes < 1 or width < 1:
+            raise ValueError(
+                f"in_channels, num_classes and width must be positive, got {in_channels}, {num_classes}, {width}."
+            )
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+        gap = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
+        w = width
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=conv(in_channels, w, 3, padding=1),
+                act1=nn.ReLU(),
+                pool1=pool(2),
+                conv2=conv(w, 2 * w, 3, padding=1),
+                act2=nn.ReLU(),
+                pool2=pool(2),
+                conv3=conv(2 * w, 4 * w, 3, padding=1),
+                act3=nn.ReLU(),
+            )
+        )
+        self.pool = gap(1)
+        self.head = nn.Linear(4 * w, num_classes)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+        init_with_generator(self, generator if generator is not None else torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` -> logits ``(B, K)``."""
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def make_classifier(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a classifier by name.
+
+    Parameters
+    ----------
+    name : {"tiny", "resnet18", "densenet121"}
+        ``"tiny"`` = :class:`TinyCNN`; ``"resnet18"`` = MONAI ResNet-18 with a stride-2 stem
+        (``conv1_t_stride=2``); ``"densenet121"`` = MONAI DenseNet121.
+    in_channels, num_classes, spatial_dims : int
+        Input channels, output logits, 2 or 3.
+    generator : torch.Generator, optional
+        Initialises the weights (MONAI's own init is replaced by the generator-owned default init).
+    **kwargs
+        Passed to the network constructor.
+    """
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if name == "tiny":
+        return TinyCNN(in_channels, num_classes, spatial_dims, generator=gen, **kwargs)
+    if name == "resnet18":
+        from monai.networks.nets import resnet18
+
+        kwargs.setdefault("conv1_t_stride", 2)
+        net = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs)
+    elif name == "densenet121":
+        from monai.networks.nets import DenseNet121
+
+        net = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **kwargs)
+    else:
+        raise ValueError(f"name must be one of {CLASSIFIER_NAMES}, got {name!r}.")
+    return init_with_generator(net, gen)
+
+
+def load_class(class_path: str) -> type:
+    """Import ``"package.module:ClassName"`` or ``"package.module.ClassName"`` and return the class."""
+    if ":" in class_path:
+        module_name, _, attr = class_path.partition(":")
+    else:
+        module_name, _, attr = class_path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(
+            f"class_path {class_path!r} is not of the form 'package.module:ClassName'; "
+            "e.g. 'medxai.networks.classifiers:TinyCNN'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"class_path {class_path!r}: cannot import module {module_name!r} ({err}).") from err
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"class_path {class_path!r}: module {module_name!r} has no class {attr!r}.")
+    return cls
+
+
+def load_classifier(class_path: str, weights: str, init_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build ``class_path(**init_kwargs)`` and load a state dict from ``weights`` safely.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+    """
+    cls = load_class(class_path)
+    model = cls(**(init_kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"class_path {class_path!r} built a {type(model).__name__}, not a torch.nn.Module.")
+    if str(weights).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the weights in {str(weights)!r} do not fit {class_path}(**{init_kwargs or {}}); "
+            f"check the constructor arguments ({err})."
+        ) from err
+    return model.eval()
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (hex, first 16 characters) of the model's parameters and buffers, in state-dict order."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
