@@ -26,30 +26,12 @@ from medxai.metrics.localisation import pixel_auroc  # noqa: E402
 
 
 def train_classifier(train: StackSet, steps: int, seed: int) -> torch.nn.Module:
-    from monai.networks.nets import resnet18
+    from medxai.networks.classifiers import fit_classifier, make_classifier
 
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # weight init of MONAI's constructor draws from the global generator
-    net = resnet18(spatial_dims=2, n_input_channels=train.x.shape[1], num_classes=2, conv1_t_stride=2)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    x = torch.from_numpy(train.x)
-    y = torch.from_numpy(train.y)
-    # class-balanced loss: the CT cohort is ~40 % positive, the fundus cohort ~65 %
-    w = torch.tensor([1.0 / max(1, int((y == c).sum())) for c in (0, 1)])
-    loss_fn = torch.nn.CrossEntropyLoss(weight=w / w.sum() * 2)
-    net.train()
+    net = make_classifier("resnet18", train.x.shape[1], 2, 2, generator=g)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randperm(len(x), generator=g)[:16]
-        xb = x[idx]
-        # random flips along rows/columns: anatomy-preserving enough for a learnability check
-        if torch.rand((), generator=g) < 0.5:
-            xb = xb.flip(-1)
-        loss = loss_fn(net(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    fit_classifier(net, torch.from_numpy(train.x), torch.from_numpy(train.y), steps=steps, generator=g)
     net.train_seconds_ = time.perf_counter() - t0  # type: ignore[attr-defined]
     return net
 

@@ -18,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "TinyCNN",
+    "fit_classifier",
     "make_classifier",
     "init_with_generator",
     "load_class",
@@ -220,3 +221,58 @@ def state_fingerprint(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def fit_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+    balanced: bool = True,
+    hflip: bool = True,
+) -> nn.Module:
+    """Train a classifier with cross-entropy for a fixed number of steps (never a time budget, so the
+    result does not depend on machine load); returns it in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps (B, C, *spatial) to logits (B, K).
+    x : torch.Tensor
+        (N, C, *spatial) inputs.
+    y : torch.Tensor
+        (N,) integer labels.
+    steps, batch_size, lr
+        AdamW steps, mini-batch size and learning rate.
+    generator : torch.Generator, optional
+        Owns the batch sampling and flip draws.
+    balanced : bool
+        Weight the loss by inverse class frequency.
+    hflip : bool
+        Random left-right flips as augmentation.
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}; pass one label per sample.")
+    g = generator or torch.Generator().manual_seed(0)
+    k = int(y.max()) + 1
+    weight = None
+    if balanced:
+        counts = torch.bincount(y, minlength=k).clamp(min=1).float()
+        weight = (1.0 / counts) / (1.0 / counts).sum() * k
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
+        xb = x[idx]
+        if hflip and torch.rand((), generator=g) < 0.5:
+            xb = xb.flip(-1)
+        loss = loss_fn(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
