@@ -91,17 +91,20 @@ def ct_stack_set(
     phantom: str = "test",
     size: int = 64,
     shortcut: float = 0.0,
+    stack: Any | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> StackSet:
     """Generate ``n`` CT phantom cases and turn each into its (4, size, size) lung stack.
 
-    Masks returned: ``biomarker``, ``distractor``, ``marker``, ``lungs`` on the stack grid.
+    ``stack`` (a ``medxai.transforms.CTStackConfig``) overrides the default stack settings (then
+    ``size`` is ignored). Masks returned: ``biomarker``, ``distractor``, ``marker``, ``lungs`` on the
+    stack grid.
     """
     from medxai.phantoms import ct_config, iter_ct_cohort
     from medxai.transforms import CTStackConfig, CTStackTransform
 
     names = ("biomarker", "distractor", "marker", "lungs")
-    tf = CTStackTransform(CTStackConfig(size=size), label_keys=names)
+    tf = CTStackTransform(stack or CTStackConfig(size=size), label_keys=names)
     cases = iter_ct_cohort(n, seed, ct_config(phantom), shortcut=shortcut)
     return _build(cases, tf, lambda c: (np.array(c.hu), c.spacing, c.origin, np.eye(3)), names, progress)
 

@@ -29,6 +29,7 @@ __all__ = [
     "nn_explainer_loss",
     "save_nn_explainer",
     "train_nn_explainer",
+    "DiffExplainer",
 ]
 
 _WHERE = {
@@ -51,6 +52,7 @@ _WHERE = {
     "nn_explainer_loss": "nn_explainer",
     "save_nn_explainer": "nn_explainer",
     "train_nn_explainer": "nn_explainer",
+    "DiffExplainer": "diffexplainer",
 }
 
 

@@ -1,0 +1,370 @@
+"""CT prognosis wiring: config -> data, teacher, autoencoder, agent, DiffExplainer; train and evaluate.
+
+Used by ``medxai train teacher|autoencoder|agent|all`` and ``medxai explain``. Training data are
+four-slice stacks made on the fly from phantom cohorts (:mod:`medxai.phantoms`, cached as
+``<run_dir>/data_<split>.npz``) or read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and
+``labels`` ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medxai.config import CT_PROGNOSIS_SCHEMA, DIFFAE_SCHEMA, Config, ConfigError, load_config
+
+__all__ = [
+    "load_ct_config",
+    "stack_config",
+    "phantom_stacks",
+    "load_data",
+    "autoencoder_config",
+    "new_autoencoder",
+    "load_autoencoder_from_config",
+    "teacher_spec",
+    "new_teacher",
+    "load_teacher_from_config",
+    "load_agent_from_config",
+    "build_explainer",
+    "train_teacher_from_config",
+    "train_autoencoder_from_config",
+    "train_agent_from_config",
+    "evaluate_from_config",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def load_ct_config(path: str | Path) -> Config:
+    """Load and validate ``configs/ct_prognosis.yaml`` (and the autoencoder config it names)."""
+    cfg = load_config(path, CT_PROGNOSIS_SCHEMA)
+    autoencoder_config(cfg)  # validate the referenced file too
+    return cfg
+
+
+def stack_config(cfg: Config) -> Any:
+    from medxai.transforms import CTStackConfig
+
+    section = cfg.section("stack")
+    if "fractions" in section:
+        section["fractions"] = tuple(section["fractions"])
+    try:
+        return CTStackConfig(**section)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cfg.source}: section 'stack' is invalid: {err}") from err
+
+
+def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Make ``n`` phantom cases and their stacks (the cohort of ``medxai.phantoms.iter_ct_cohort``).
+
+    Returns
+    -------
+    dict
+        ``stacks`` float32 ``(n, 4, S, S)`` in [0, 1]; ``labels`` int64 ``(n,)``; ``extent`` ``(n,)``;
+        ``biomarker`` and ``lungs`` uint8 ``(n, 4, S, S)`` (ground-truth masks on the stack grid).
+    """
+    from medxai.data import ct_stack_set
+
+    done = [0]
+
+    def step(k: int) -> None:
+        done[0] += k
+        if progress is not None:
+            progress("phantoms", done[0], n)
+
+    s = ct_stack_set(
+        n, seed, phantom=str(cfg.get("data.phantom", "test")), shortcut=float(cfg.get("data.shortcut", 0.0)),
+        stack=stack_config(cfg), progress=step,
+    )
+    return {
+        "stacks": s.x,
+        "labels": s.y,
+        "extent": s.extent,
+        "biomarker": s.masks["biomarker"].astype(np.uint8),
+        "lungs": s.masks["lungs"].astype(np.uint8),
+    }
+
+
+def load_data(cfg: Config, split: str = "train", progress: Progress | None = None, npz: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Training (``split="train"``) or held-out (``"test"``) stacks from the npz or phantoms (cached)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    source = npz or (cfg.get("data.npz", None) if cfg.get("data.source", "phantom") == "npz" else None)
+    if source:
+        p = Path(source)
+        if not p.is_file():
+            raise ValueError(f"data npz {str(p)!r} does not exist; fix data.npz in {cfg.source} or pass --data.")
+        with np.load(p) as f:
+            if "stacks" not in f or "labels" not in f:
+                raise ValueError(f"{str(p)!r} must hold arrays 'stacks' (N, 4, S, S) and 'labels' (N,), has {sorted(f.files)}.")
+            data = {k: f[k] for k in f.files}
+        size = int(cfg.get("stack.size"))
+        if data["stacks"].ndim != 4 or data["stacks"].shape[2:] != (size, size):
+            raise ValueError(f"{str(p)!r}: stacks have shape {data['stacks'].shape}, expected (N, n_slices, {size}, {size}).")
+        return data
+    run_dir = Path(str(cfg.get("run_dir")))
+    cache = run_dir / f"data_{split}.npz"
+    n = int(cfg.get(f"data.n_{split}", 240 if split == "train" else 40))
+    seed = int(cfg.get(f"data.seed_{split}", 1 if split == "train" else 2))
+    key = np.asarray([n, seed, int(cfg.get("stack.size"))])
+    if cache.is_file():
+        with np.load(cache) as f:
+            if "key" in f and np.array_equal(f["key"], key):
+                return {k: f[k] for k in f.files if k != "key"}
+    data = phantom_stacks(n, seed, cfg, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp.npz")
+    np.savez_compressed(tmp, key=key, **data)
+    tmp.replace(cache)
+    return data
+
+
+# ---------------------------------------------------------------------------------------- parts
+def autoencoder_config(cfg: Config) -> Config:
+    path = cfg.relative("autoencoder.config")
+    if not path.is_file():
+        raise ConfigError(f"{cfg.source}: field 'autoencoder.config' points to {str(path)!r}, which does not exist.")
+    ae_cfg = load_config(path, DIFFAE_SCHEMA)
+    size = int(cfg.get("stack.size"))
+    if int(ae_cfg.get("network.image_size")) != size:
+        raise ConfigError(
+            f"{ae_cfg.source}: field 'network.image_size' is {ae_cfg.get('network.image_size')} but {cfg.source} "
+            f"has stack.size={size}; they must match."
+        )
+    return ae_cfg
+
+
+def _net_and_schedule(cfg: Config) -> tuple[Any, Any]:
+    from medxai.diffusion import ScheduleConfig
+    from medxai.networks.diffae import DiffAENetConfig
+
+    ae_cfg = autoencoder_config(cfg)
+    try:
+        return DiffAENetConfig.from_dict(ae_cfg.section("network")), ScheduleConfig.from_dict(ae_cfg.section("schedule"))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{ae_cfg.source}: {err}") from err
+
+
+def new_autoencoder(cfg: Config) -> Any:
+    from medxai.diffusion import DiffusionAutoencoder
+    from medxai.networks.diffae import DiffAENet
+
+    net_cfg, sched = _net_and_schedule(cfg)
+    return DiffusionAutoencoder(DiffAENet(net_cfg, torch.Generator().manual_seed(int(cfg.get("seed")))), sched)
+
+
+def load_autoencoder_from_config(cfg: Config) -> Any:
+    from medxai.diffusion import load_autoencoder
+
+    net_cfg, sched = _net_and_schedule(cfg)
+    return load_autoencoder(cfg.path("autoencoder.path"), net_cfg, sched)
+
+
+def teacher_spec(cfg: Config) -> Any:
+    from medxai.networks.teacher import teacher_spec_from_dict
+
+    try:
+        return teacher_spec_from_dict(
+            cfg.section("teacher"), image_size=int(cfg.get("stack.size")), in_channels=len(stack_config(cfg).fractions)
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cfg.source}: section 'teacher' is invalid: {err}") from err
+
+
+def new_teacher(cfg: Config) -> torch.nn.Module:
+    """An untrained teacher (kind ``class_path`` only) to train on the data."""
+    import inspect
+
+    from medxai.networks.classifiers import init_with_generator, load_class
+
+    spec = teacher_spec(cfg)
+    if spec.kind != "class_path":
+        raise ConfigError(f"{cfg.source}: 'medxai train teacher' needs teacher.kind: class_path, got {spec.kind!r}.")
+    cls = load_class(str(spec.class_path))
+    kwargs = dict(spec.init_kwargs)
+    gen = torch.Generator().manual_seed(int(cfg.get("seed")))
+    if "generator" in inspect.signature(cls).parameters:
+        return cls(generator=gen, **kwargs)
+    # e.g. MONAI networks initialise from the global RNG: re-initialise from our own generator
+    return init_with_generator(cls(**kwargs), gen)
+
+
+def load_teacher_from_config(cfg: Config) -> torch.nn.Module:
+    from medxai.networks.teacher import load_teacher
+
+    return load_teacher(teacher_spec(cfg))
+
+
+def load_agent_from_config(cfg: Config) -> Any:
+    from medxai.agent import load_agent
+
+    return load_agent(cfg.path("agent.path"))
+
+
+def build_explainer(cfg: Config, progress: Progress | None = None, device: str | None = None, **overrides: Any) -> Any:
+    """Load teacher, autoencoder and agent and return the configured DiffExplainer.
+
+    ``device`` (e.g. ``"cuda"``) moves the autoencoder and agent there; the teacher stays on the CPU
+    with the inputs.
+    """
+    from medxai.explainers.diffexplainer import DiffExplainer
+
+    ex = cfg.section("explainer")
+    kwargs = dict(
+        step_sizes=tuple(ex["step_sizes"]),
+        heatmap_step=ex.get("heatmap_step"),
+        encode_steps=int(ex["encode_steps"]),
+        decode_steps=int(ex["decode_steps"]),
+        normalize_direction=bool(ex.get("normalize_direction", True)),
+        batch_size=int(ex.get("batch_size", 64)),
+        seed=int(cfg.get("seed")),
+    )
+    kwargs.update(overrides)
+    try:
+        ae, agent = load_autoencoder_from_config(cfg), load_agent_from_config(cfg)
+        if device is not None:
+            ae.to(device)
+            agent.to(device)
+        return DiffExplainer(load_teacher_from_config(cfg), ae, agent, progress=progress, **kwargs)
+    except (TypeError,) as err:
+        raise ConfigError(f"{cfg.source}: section 'explainer' is invalid: {err}") from err
+
+
+# --------------------------------------------------------------------------------------- training
+def _train_cfg(section: dict[str, Any], source: str, field: str) -> Any:
+    from medxai.training.trainers import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(section)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: field '{field}' is invalid: {err}") from err
+
+
+def train_teacher_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """Train the teacher on the training stacks and save it to ``teacher.path``."""
+    from medxai.training.checkpoint import save_weights
+    from medxai.training.trainers import train_teacher
+
+    data = load_data(cfg, "train", progress, npz)
+    tcfg = _train_cfg(cfg.section("training.teacher", {}), cfg.source, "training.teacher")
+    if max_seconds is not None:
+        import dataclasses
+
+        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
+    model = new_teacher(cfg)
+    hist = train_teacher(
+        model, torch.from_numpy(data["stacks"]), torch.from_numpy(data["labels"]), tcfg,
+        progress=(lambda s, n, loss: progress("teacher", s, n)) if progress else None,
+    )
+    path = cfg.path("teacher.path")
+    save_weights(path, model.state_dict(), {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)})
+    return {"path": str(path), **_short(hist)}
+
+
+def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """Train the diffusion autoencoder on all slices of the training stacks; save EMA weights."""
+    from medxai.diffusion import save_autoencoder
+    from medxai.training.trainers import train_autoencoder
+
+    ae_cfg = autoencoder_config(cfg)
+    data = load_data(cfg, "train", progress, npz)
+    tcfg = _train_cfg(ae_cfg.section("training"), ae_cfg.source, "training")
+    if max_seconds is not None:
+        import dataclasses
+
+        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
+    ae = new_autoencoder(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ae.to(device)
+    path = cfg.path("autoencoder.path")
+    hist = train_autoencoder(
+        ae, torch.from_numpy(data["stacks"]), tcfg,
+        progress=(lambda s, n, loss: progress("autoencoder", s, n)) if progress else None,
+        save=lambda step: save_autoencoder(ae, path, {"step": step}),
+    )
+    ae.cpu()
+    save_autoencoder(ae, path, {"history": _short(hist)})
+    return {"path": str(path), **_short(hist)}
+
+
+def _teacher_outputs(cfg: Config, stacks: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    from medxai.networks.teacher import TeacherFeatures
+
+    teacher = load_teacher_from_config(cfg)
+    tf = TeacherFeatures(teacher, cfg.get("teacher.classifier_layer", None))
+    logits, feats = tf.run_batched(stacks)
+    return tf, logits, feats
+
+
+def train_agent_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """Distil the teacher into the agent on the training latents; save it to ``agent.path``."""
+    from medxai.agent import Agent, save_agent
+    from medxai.training.trainers import agreement, compute_latents, train_agent
+
+    data = load_data(cfg, "train", progress, npz)
+    stacks = torch.from_numpy(data["stacks"])
+    tf, logits, feats = _teacher_outputs(cfg, stacks)
+    ae = load_autoencoder_from_config(cfg)
+    latents = compute_latents(ae, stacks)
+    feature_dim = tf.feature_dim or int(cfg.get("agent.feature_dim", 256))
+    agent = Agent(latents.shape[1], feature_dim, logits.shape[1], tf.classifier, torch.Generator().manual_seed(int(cfg.get("seed"))))
+    tcfg = _train_cfg(cfg.section("training.agent", {}), cfg.source, "training.agent")
+    if max_seconds is not None:
+        import dataclasses
+
+        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
+    hist = train_agent(agent, latents, logits, feats, tcfg, progress=(lambda s, n, loss: progress("agent", s, n)) if progress else None)
+    result = {**_short(hist)}
+    try:  # held-out agreement
+        test = load_data(cfg, "test", progress, None) if not npz else None
+    except Exception as err:  # noqa: BLE001 - held-out data are optional here
+        logger.info("no held-out data for the agent (%s)", err)
+        test = None
+    if test is not None:
+        ts = torch.from_numpy(test["stacks"])
+        _, tlog, _ = _teacher_outputs(cfg, ts)
+        with torch.no_grad():
+            result["agreement_test"] = agreement(agent(agent.normalise(compute_latents(ae, ts))), tlog)
+    path = cfg.path("agent.path")
+    save_agent(agent, path, {"history": result})
+    return {"path": str(path), **result}
+
+
+def _short(hist: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in hist.items() if k != "losses"}
+
+
+def evaluate_from_config(cfg: Config, n_cases: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Explain the held-out phantom cohort and compute every counterfactual metric (the targets)."""
+    from medxai.metrics.counterfactual import summarise_diffexplainer
+
+    data = load_data(cfg, "test", progress)
+    n = len(data["stacks"]) if n_cases is None else min(n_cases, len(data["stacks"]))
+    explainer = build_explainer(cfg, device="cuda" if torch.cuda.is_available() else None)
+    c = int(cfg.get("explainer.target_class"))
+    x = torch.from_numpy(data["stacks"][:n])
+    t0 = time.perf_counter()
+    exp = explainer.explain(x, c)
+    seconds = time.perf_counter() - t0
+    summary = summarise_diffexplainer(x, exp, c, torch.from_numpy(data["biomarker"][:n]), torch.from_numpy(data["lungs"][:n]))
+    auroc = [a for a in summary.get("heatmap_auroc", []) if a == a]
+    return {
+        "n_cases": n,
+        "seconds_per_case": seconds / n,
+        "psnr_mean": float(np.mean(summary["psnr"])),
+        "ssim_mean": float(np.mean(summary["ssim"])),
+        "score_change_reconstruction_mean": float(np.mean(summary["score_change_reconstruction"])),
+        "flip_rate": summary["flip_rate"],
+        "monotonicity": summary["monotonicity"],
+        "heatmap_auroc_mean": float(np.mean(auroc)) if auroc else float("nan"),
+        "heatmap_auroc_cases": len(auroc),
+        "agent_teacher_agreement": summary["agent_teacher_agreement"],
+        "change_outside_lungs": summary.get("change_outside_lungs"),
+    }

@@ -1,0 +1,79 @@
+"""``medxai train teacher|autoencoder|agent|all|evaluate``: the DiffExplainer parts for CT prognosis.
+
+Data: phantom cohorts made on the fly (config section ``data``) or ``--data stacks.npz``.
+``medxai train all --config configs/ct_prognosis.yaml`` trains everything at the CPU default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from pipelines.commands._groups import get_train_app
+
+_CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help="CT prognosis config.")
+_DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
+_MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides training.*.max_seconds).")
+
+
+def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float]) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medxai.training import ct
+
+    cfg = ct.load_ct_config(config)
+    seconds = None if minutes is None else 60.0 * minutes
+    funcs: dict[str, Callable[..., dict[str, Any]]] = {
+        "teacher": ct.train_teacher_from_config,
+        "autoencoder": ct.train_autoencoder_from_config,
+        "agent": ct.train_agent_from_config,
+    }
+    console = Console(highlight=False)
+    results: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        for stage in stages:
+            if stage == "evaluate":
+                results[stage] = ct.evaluate_from_config(cfg, progress=progress)
+            else:
+                results[stage] = funcs[stage](cfg, progress=progress, npz=data, max_seconds=seconds)
+            console.print(f"[bold]{stage}[/]: {escape(json.dumps(results[stage], default=str))}")
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    train = get_train_app(app)
+
+    @train.command("teacher")
+    def teacher_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+        """Train the black-box teacher classifier (kind class_path) on four-slice stacks."""
+        _run(["teacher"], config, data, minutes)
+
+    @train.command("autoencoder")
+    def autoencoder_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+        """Train the diffusion autoencoder on every slice of the stacks (EMA weights saved)."""
+        _run(["autoencoder"], config, data, minutes)
+
+    @train.command("agent")
+    def agent_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+        """Distil the teacher into the two-layer linear agent on DiffAE latents."""
+        _run(["agent"], config, data, minutes)
+
+    @train.command("all")
+    def all_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards.")) -> None:
+        """Teacher, autoencoder and agent in one go (CPU default), then the held-out metrics."""
+        _run(["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []), config, data, None)
+
+    @train.command("evaluate")
+    def evaluate_cmd(config: Path = _CONFIG) -> None:
+        """Explain the held-out phantom cohort and report PSNR, flip rate, AUROC, agreement."""
+        _run(["evaluate"], config, None, None)
