@@ -30,6 +30,7 @@ __all__ = [
     "save_nn_explainer",
     "train_nn_explainer",
     "DiffExplainer",
+    "DVCE",
 ]
 
 _WHERE = {
@@ -53,6 +54,7 @@ _WHERE = {
     "save_nn_explainer": "nn_explainer",
     "train_nn_explainer": "nn_explainer",
     "DiffExplainer": "diffexplainer",
+    "DVCE": "dvce",
 }
 
 

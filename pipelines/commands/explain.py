@@ -1,4 +1,6 @@
-"""``medxai explain``: DICOM -> DiffExplainer counterfactuals and heatmaps on the CT grid."""
+"""``medxai explain``: the config's ``type`` picks the job: DiffExplainer on CT series (default,
+``configs/ct_prognosis.yaml``) or DVCE on a fundus photograph (``type: dvce_fundus``,
+``configs/dr_fundus.yaml``)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,30 @@ def register(app: typer.Typer) -> None:
     @app.command("explain")
     def explain_cmd(
         config: Path = typer.Option(..., "--config", "-c", help="Config, e.g. configs/ct_prognosis.yaml."),
-        source: Path = typer.Option(..., "--input", "-i", help="DICOM folder (each CT series is one case)."),
+        source: Path = typer.Option(
+            ..., "--input", "-i", help="DICOM folder (each CT series is one case) or a fundus photograph (.jpg/.png/DICOM)."
+        ),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (one sub-folder per case)."),
         decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Override explainer.decode_steps."),
         encode_steps: Optional[int] = typer.Option(None, "--encode-steps", help="Override explainer.encode_steps."),
     ) -> None:
-        """Explain the configured black box on CT series with DiffExplainer counterfactuals."""
+        """Explain the configured black box: DiffExplainer (CT) or DVCE (fundus), by the config's type."""
         from rich.console import Console
         from rich.markup import escape
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from pipelines.explain_ct import explain_ct
 
+        if _config_type(config) == "dvce_fundus":
+            from pipelines.explain_dr import run_dr_explain
+
+            res = run_dr_explain(config, source, out, dicom=True)
+            console = Console(highlight=False)
+            console.print(f"scores {escape(str(res.scores))}; target class {res.target_class} "
+                          f"{'reached' if res.target_reached else 'NOT reached'}")
+            for f in res.files.values():
+                console.print(f"  wrote {escape(str(f))}")
+            return
         overrides = {}
         if decode_steps is not None:
             overrides["explainer.decode_steps"] = decode_steps
@@ -42,3 +56,22 @@ def register(app: typer.Typer) -> None:
             for f in result["written"][case["case"]]:
                 console.print(f"  wrote {escape(f)}")
         console.print(f"{result['n_cases']} case(s) in {result['seconds']:.1f} s")
+
+
+def _config_type(path: Path) -> str:
+    """The ``type`` field of a job config (``diffexplainer_ct`` when absent); the job validates the rest."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config '{path}' does not exist.") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config '{path}' is not valid YAML: {e}") from e
+    kind = str(data.get("type", "diffexplainer_ct")) if isinstance(data, dict) else "diffexplainer_ct"
+    if kind not in _JOBS:
+        raise ValueError(f"config '{path}': type '{kind}' is not one of {sorted(_JOBS)}; fix the 'type' field.")
+    return kind
+
+
+_JOBS = ("diffexplainer_ct", "dvce_fundus")

@@ -1,0 +1,316 @@
+"""DVCE: diffusion visual counterfactual explanations (Augustin, Boreiko, Croce, Hein, NeurIPS 2022).
+
+The query is noised to about half the schedule and denoised by an unconditional diffusion model
+whose reverse steps are guided towards the target class of the black box (see
+:mod:`medxai.guidance`). The explanation is the counterfactual itself and the difference to the
+query; the heatmap is ``sum_c |G_sigma * (x_cf - x)_c|`` (signed differences smoothed per channel
+before the absolute value, so that incoherent resampling noise cancels), zero outside the field of
+view.
+
+Example
+-------
+>>> dvce = DVCE(classifier, ddpm, robust_model=robust, config=DVCEConfig(), seed=0)  # doctest: +SKIP
+>>> exp = dvce.explain(x, target=0, fov_mask=fov)                                    # doctest: +SKIP
+>>> exp.counterfactuals["dvce"].shape, exp.heatmaps.shape                             # doctest: +SKIP
+(torch.Size([B, 3, S, S]), torch.Size([B, 1, S, S]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medxai.explainers.base import Explainer, ModelStateGuard
+from medxai.explanation import Explanation
+from medxai.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
+from medxai.targets import ClassTarget, Target
+
+__all__ = ["DVCE", "DVCEConfig", "difference_heatmap", "target_log_prob"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DVCEConfig:
+    """Settings of :class:`DVCE`.
+
+    Parameters
+    ----------
+    num_steps : int
+        Respaced reverse steps over the whole schedule (200 in the paper).
+    skip_steps : int
+        Steps skipped at the noisy end (100: start from about half the schedule).
+    scheduler : {"ddpm", "ddim"}
+        Ancestral DDPM (the paper; guidance shifts the mean by ``Sigma_t g``) or DDIM.
+    eta : float
+        DDIM noise (``scheduler="ddim"`` only).
+    guidance : GuidanceConfig
+    heatmap_sigma : float
+        Gaussian smoothing (pixels) of the signed difference before the absolute value; 0: none.
+    batch_size : int
+        Images per guided denoising loop.
+    activation : {"softmax", "sigmoid"}
+        How ``log p(target | x)`` is read from the logits: softmax for single-label classifiers (the
+        DR classifiers), sigmoid for multi-label ones.
+    """
+
+    num_steps: int = 200
+    skip_steps: int = 100
+    scheduler: str = "ddpm"
+    eta: float = 0.0
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    heatmap_sigma: float = 1.0
+    batch_size: int = 8
+    activation: str = "softmax"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.guidance, Mapping):
+            object.__setattr__(self, "guidance", GuidanceConfig.from_dict(self.guidance))
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}; the paper uses 200.")
+        if isinstance(self.skip_steps, bool) or not isinstance(self.skip_steps, int) or not 0 <= self.skip_steps < self.num_steps:
+            raise ValueError(
+                f"skip_steps must be an int in 0..{self.num_steps - 1}, got {self.skip_steps!r}; "
+                "use about num_steps // 2."
+            )
+        if self.scheduler not in ("ddpm", "ddim"):
+            raise ValueError(f"scheduler must be 'ddpm' or 'ddim', got {self.scheduler!r}.")
+        if not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}.")
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {self.activation!r}.")
+        if not self.heatmap_sigma >= 0:
+            raise ValueError(f"heatmap_sigma must be >= 0, got {self.heatmap_sigma}.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DVCEConfig":
+        if not isinstance(data, Mapping):
+            raise TypeError(f"DVCE settings must be a mapping, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown dvce field(s) {unknown}; valid fields: {sorted(known)}.")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def target_log_prob(logits: torch.Tensor, target: Target, activation: str = "softmax") -> torch.Tensor:
+    """The quantity DVCE maximises, per image ``(B,)``.
+
+    A plain :class:`~medxai.targets.ClassTarget` (no activation) means ``log p(target | x)``:
+    ``log_softmax`` of the logits (``activation="softmax"``, single-label classifiers) or
+    ``log sigmoid`` of the target's logit (``"sigmoid"``: multi-label classifiers, and always for
+    ``K = 1``). Any other target (e.g. :class:`~medxai.targets.ScoreDirection`) is maximised as it is.
+    """
+    if isinstance(target, ClassTarget) and target.activation == "none":
+        if logits.shape[1] == 1 or activation == "sigmoid":
+            return F.logsigmoid(logits[:, target.index])
+        return F.log_softmax(logits, dim=1)[:, target.index]
+    return target(logits)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(r**2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def difference_heatmap(diff: torch.Tensor, sigma: float = 1.0, fov: torch.Tensor | None = None) -> torch.Tensor:
+    """Heatmap ``(B, 1, H, W)`` of signed differences ``(B, C, H, W)``: ``sum_c |G_sigma * diff_c|``.
+
+    Parameters
+    ----------
+    diff : torch.Tensor
+        ``x_cf - x``.
+    sigma : float
+        Gaussian smoothing in pixels (0: none).
+    fov : torch.Tensor, optional
+        ``(B, 1, H, W)`` mask; the heatmap is 0 outside it.
+    """
+    d = diff.detach().float()
+    if sigma > 0:
+        k = _gaussian_kernel(sigma).to(d.device)
+        c = d.shape[1]
+        pad = k.numel() // 2
+        d = F.conv2d(F.pad(d, (pad, pad, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        d = F.conv2d(F.pad(d, (0, 0, pad, pad), mode="replicate"), k.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    heat = d.abs().sum(1, keepdim=True)
+    if fov is not None:
+        heat = heat * fov.to(heat.dtype)
+    return heat
+
+
+class DVCE(Explainer):
+    """Diffusion visual counterfactual explanations of a classifier.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The black box (the "plain" classifier) ``(B, C, S, S)`` -> logits ``(B, K)``.
+    diffusion : medxai.diffusion.ddpm.ImageDDPM
+        Unconditional diffusion model of the image domain (same C and S, ``data_range`` of the inputs).
+    robust_model : nn.Module, optional
+        Adversarially robust classifier with the same classes; required for ``mode`` "cone" or "robust".
+    config : DVCEConfig, optional
+    seed : int or None
+        Seed of the explainer's generator (start noise, ancestral noise, augmentations).
+    check_weights : bool
+        Verify that the black box's weights are unchanged after every call.
+
+    Notes
+    -----
+    ``explain(x, target, fov_mask=None)``: ``target`` is the class to move TOWARDS (e.g. 0 =
+    "healthy"); ``fov_mask`` ``(B, 1, S, S)`` restricts changes to the field of view. The
+    explanation holds ``counterfactuals["dvce"]`` ``(B, C, S, S)`` and
+    ``counterfactuals["difference"]`` (signed ``x_cf - x``), scores ``query`` / ``counterfactual``
+    (black-box logits), ``robust_query`` / ``robust_counterfactual`` (if a robust model is given),
+    and ``extra["target_reached"]`` (black-box argmax equals the target class).
+    """
+
+    method = "dvce"
+    stochastic = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: nn.Module,
+        robust_model: nn.Module | None = None,
+        *,
+        config: DVCEConfig | None = None,
+        in_channels: int | None = None,
+        seed: int | None = 0,
+        check_weights: bool = True,
+    ) -> None:
+        super().__init__(model, in_channels=in_channels, spatial_dims=2, seed=seed, check_weights=check_weights)
+        if not hasattr(diffusion, "check_images") or not hasattr(diffusion, "make_scheduler"):
+            raise TypeError(
+                f"diffusion must be a medxai.diffusion.ddpm.ImageDDPM (or provide check_images/make_scheduler/eps), "
+                f"got {type(diffusion).__name__}."
+            )
+        if robust_model is not None and not isinstance(robust_model, nn.Module):
+            raise TypeError(f"robust_model must be a torch.nn.Module or None, got {type(robust_model).__name__}.")
+        self.config = config if config is not None else DVCEConfig()
+        if not isinstance(self.config, DVCEConfig):
+            raise TypeError(f"config must be a DVCEConfig, got {type(self.config).__name__}.")
+        if self.config.guidance.mode in ("cone", "robust") and robust_model is None:
+            raise TypeError(
+                f"guidance mode {self.config.guidance.mode!r} needs robust_model; pass a robust classifier "
+                "(medxai train classifier --robust) or use GuidanceConfig(mode='plain') (cone projection off)."
+            )
+        dc = getattr(diffusion, "config", None)
+        if self.in_channels is not None and dc is not None and getattr(dc, "in_channels", self.in_channels) != self.in_channels:
+            raise ValueError(
+                f"the classifier takes {self.in_channels} channels but the diffusion model {dc.in_channels}; "
+                "use a diffusion model trained on the classifier's images."
+            )
+        self.diffusion = diffusion
+        self.robust_model = robust_model
+        self._fov: torch.Tensor | None = None
+
+    def explain(self, x: torch.Tensor, target: Target | int, *, fov_mask: torch.Tensor | None = None) -> Explanation:  # type: ignore[override]
+        """Counterfactuals of ``x`` ``(B, C, S, S)`` towards ``target``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, S, S)`` in the diffusion model's data range; never modified.
+        target : Target or int
+            Class to move towards (int = ``ClassTarget``), e.g. 0 for "healthy".
+        fov_mask : torch.Tensor, optional
+            ``(B, 1, S, S)`` or ``(B, S, S)`` field-of-view masks; changes are confined to it.
+        """
+        if fov_mask is not None:
+            if not isinstance(fov_mask, torch.Tensor):
+                raise TypeError(f"fov_mask must be a torch.Tensor (B, 1, S, S), got {type(fov_mask).__name__}.")
+            fov = fov_mask.detach().float()
+            if fov.ndim == 3:
+                fov = fov[:, None]
+            if not isinstance(x, torch.Tensor) or fov.ndim != 4 or fov.shape[1] != 1 or fov.shape[0] != x.shape[0] or fov.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    f"fov_mask has shape {tuple(fov_mask.shape)} but x has shape {tuple(getattr(x, 'shape', ()))}; "
+                    "pass one (1, S, S) mask per image on the grid of x."
+                )
+            self._fov = (fov > 0.5).float()
+        try:
+            return super().explain(x, target)
+        finally:
+            self._fov = None
+
+    def get_parameters(self) -> dict[str, Any]:
+        params = super().get_parameters()
+        params.update(self.config.to_dict())
+        params["robust_model"] = self.robust_model is not None
+        params["diffusion"] = type(self.diffusion).__name__
+        return params
+
+    def _explain(
+        self, x: torch.Tensor, target: Target, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if target.multi:
+            raise ValueError(f"DVCE explains one target class at a time, got {target.describe()}; pass e.g. ClassTarget(0).")
+        self.diffusion.check_images(x, "x")
+        cfg = self.config
+        guards = [ModelStateGuard(self.diffusion, check_weights=False)]
+        if self.robust_model is not None and self.robust_model is not self.model:
+            guards.append(ModelStateGuard(self.robust_model, check_weights=self.check_weights))
+        for g in guards:
+            g.__enter__()
+        try:
+            act = cfg.activation
+            plain = lambda imgs: target_log_prob(self.model(imgs), target, act)  # noqa: E731
+            robust = None
+            if self.robust_model is not None:
+                with torch.no_grad():
+                    out_r = self.robust_model(x[:1])
+                if not isinstance(out_r, torch.Tensor) or out_r.ndim != 2:
+                    raise TypeError("robust_model must return logits (B, K).")
+                target.validate(out_r)
+                robust = lambda imgs: target_log_prob(self.robust_model(imgs), target, act)  # noqa: E731
+            guidance = DVCEGuidance(plain, robust, cfg.guidance)
+            cfs, infos = [], []
+            for i in range(0, x.shape[0], cfg.batch_size):
+                xb = x[i : i + cfg.batch_size]
+                fov = None if self._fov is None else self._fov[i : i + cfg.batch_size].to(x.device)
+                cf, info = guided_counterfactual(
+                    self.diffusion, xb, guidance, num_steps=cfg.num_steps, skip_steps=cfg.skip_steps,
+                    scheduler=cfg.scheduler, eta=cfg.eta, fov=fov, generator=generator,
+                )
+                cfs.append(cf)
+                infos.append(info)
+            cf = torch.cat(cfs)
+            with torch.no_grad():
+                scores: dict[str, torch.Tensor] = {"counterfactual": self.model(cf).detach().cpu()}
+                if self.robust_model is not None:
+                    scores["robust_query"] = self.robust_model(x).detach().cpu()
+                    scores["robust_counterfactual"] = self.robust_model(cf).detach().cpu()
+        finally:
+            for g in reversed(guards):
+                g.__exit__(None, None, None)
+        diff = (cf - x).detach()
+        heat = difference_heatmap(diff, cfg.heatmap_sigma, self._fov)
+        timers: dict[str, float] = {}
+        for info in infos:
+            for k, v in info["timers"].items():
+                timers[k] = timers.get(k, 0.0) + float(v)
+        extra: dict[str, Any] = {
+            "counterfactuals": {"dvce": cf.detach().cpu(), "difference": diff.cpu()},
+            "scores": scores,
+            "timers": timers,
+            "start_timestep": infos[0]["start_timestep"],
+            "steps_run": infos[0]["steps_run"],
+        }
+        if target.class_index is not None and scores["counterfactual"].shape[1] > 1:
+            k = target.class_index % scores["counterfactual"].shape[1]
+            extra["target_reached"] = (scores["counterfactual"].argmax(1) == k).tolist()
+        return heat, extra
