@@ -9,12 +9,14 @@ directory, except fields documented as relative to the config file (``autoencode
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
+    "dataclass_from_mapping",
     "Config",
     "ConfigError",
     "load_config",
@@ -160,3 +162,24 @@ def load_config(path: str | os.PathLike[str], schema: Mapping[str, Any] | None =
     if schema:
         validate(cfg, schema)
     return cfg
+
+
+def dataclass_from_mapping(
+    cls: Any, data: Mapping[str, Any], what: str, tuple_fields: tuple[str, ...] = ()
+) -> Any:
+    """Build the settings dataclass ``cls`` from a mapping (e.g. a YAML section), strictly.
+
+    Unknown keys raise ``ValueError`` naming the valid ones; ``tuple_fields`` given as YAML lists
+    become tuples. ``what`` names the settings in messages.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what} settings must be a mapping, got {type(data).__name__}.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields: {sorted(known)}.")
+    kwargs = dict(data)
+    for key in tuple_fields:
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    return cls(**kwargs)

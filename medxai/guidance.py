@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "AugmentConfig",
@@ -88,7 +89,8 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AugmentConfig":
-        return _from_dict(cls, data, "augment")
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "augment")
 
 
 class RandomAugment:
@@ -268,20 +270,11 @@ class GuidanceConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GuidanceConfig":
-        return _from_dict(cls, data, "guidance")
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "guidance")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _from_dict(cls: Any, data: Mapping[str, Any], what: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{what} settings must be a mapping, got {type(data).__name__}.")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields: {sorted(known)}.")
-    return cls(**dict(data))
 
 
 def _scale_to(g: torch.Tensor, ref_norm: torch.Tensor) -> torch.Tensor:

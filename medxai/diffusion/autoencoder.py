@@ -30,6 +30,7 @@ from torch import nn
 
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.training.checkpoint import load_state_checked, load_weights, read_json, save_weights
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "ScheduleConfig",
@@ -76,11 +77,8 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ScheduleConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown schedule field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**dict(data))
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "schedule")
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         return dict(

@@ -25,6 +25,7 @@ from torch import nn
 from medxai.diffusion.autoencoder import ScheduleConfig
 from medxai.networks.classifiers import init_with_generator
 from medxai.training.checkpoint import load_state_checked, load_weights, read_json, save_weights
+from medxai.config import dataclass_from_mapping
 
 __all__ = ["DDPMNetConfig", "ImageDDPM", "build_unet", "save_ddpm", "load_ddpm", "SCHEDULER_KINDS"]
 
@@ -96,11 +97,8 @@ class DDPMNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DDPMNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown network field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**dict(data))
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "network")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -30,6 +30,7 @@ from medxai.explainers.base import Explainer, ModelStateGuard
 from medxai.explanation import Explanation
 from medxai.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.targets import ClassTarget, Target
+from medxai.config import dataclass_from_mapping
 
 __all__ = ["DVCE", "DVCEConfig", "difference_heatmap", "target_log_prob"]
 
@@ -92,13 +93,8 @@ class DVCEConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DVCEConfig":
-        if not isinstance(data, Mapping):
-            raise TypeError(f"DVCE settings must be a mapping, got {type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown dvce field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**dict(data))
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "dvce")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

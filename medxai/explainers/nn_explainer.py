@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 from medxai.explainers.base import Explainer, ModelStateGuard
 from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, Target
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "NNExplainerConfig",
@@ -152,11 +153,8 @@ class NNExplainerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NNExplainerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown NNExplainerConfig keys {unknown}; valid keys are {sorted(known)}.")
-        return cls(**dict(data))
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "NNExplainerConfig")
 
 
 def build_explainer_network(config: NNExplainerConfig, generator: torch.Generator | None = None) -> nn.Module:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxai.networks.classifiers import init_with_generator
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "DiffAENetConfig",
@@ -120,15 +121,7 @@ class DiffAENetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DiffAENetConfig":
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DiffAE network field(s) {unknown}; valid fields: {sorted(known)}.")
-        kwargs = dict(data)
-        for key in ("channel_mults", "attention_levels", "encoder_channel_mults"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+        return dataclass_from_mapping(cls, data, "DiffAE network", tuple_fields=('channel_mults', 'attention_levels', 'encoder_channel_mults'))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

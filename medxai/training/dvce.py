@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
-import time
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.training.trainers import EMA, TrainConfig
+from medxai.training.trainers import EMA, TrainConfig, train_loop
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "RobustConfig",
@@ -65,59 +64,8 @@ class RobustConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RobustConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown robust field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**dict(data))
-
-
-def _loop(
-    model: nn.Module,
-    n: int,
-    cfg: TrainConfig,
-    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    *,
-    after_step: Callable[[], None] | None = None,
-    progress: ProgressFn | None = None,
-    save: Callable[[int], None] | None = None,
-    what: str = "model",
-) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    losses: list[float] = []
-    start = time.perf_counter()
-    step = 0
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
-        loss = loss_fn(idx, gen)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{what} training diverged at step {step} (loss {float(loss)}); lower lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if after_step is not None:
-            after_step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, cfg.steps, losses[-1])
-        if save is not None and cfg.save_every and step % cfg.save_every == 0:
-            save(step)
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            logger.info("%s training stopped by max_seconds after %d steps", what, step)
-            break
-    model.eval()
-    k = max(1, len(losses) // 10)
-    return {
-        "steps": step,
-        "seconds": time.perf_counter() - start,
-        "loss_first": sum(losses[:k]) / k if losses else math.nan,
-        "loss_last": sum(losses[-k:]) / k if losses else math.nan,
-        "losses": losses,
-    }
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "robust")
 
 
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -156,7 +104,7 @@ def train_ddpm(
         finally:
             ddpm.unet.load_state_dict(live)
 
-    hist = _loop(
+    hist = train_loop(
         ddpm, images.shape[0], cfg, loss_fn, after_step=lambda: ema.update(ddpm.unet), progress=progress, save=_save, what="DDPM"
     )
     ema.copy_to(ddpm.unet)
@@ -199,7 +147,7 @@ def train_classifier(
             return F.cross_entropy(model(x), y, weight=weight)
         return robust_loss(model, x, y, robust.method, robust.eps, robust.steps, robust.beta, weight=weight, clamp=clamp, generator=gen)
 
-    hist = _loop(model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier")
+    hist = train_loop(model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier")
     hist["train_accuracy"] = evaluate_classifier(model, images, labels)["accuracy"]
     return hist
 
@@ -248,4 +196,4 @@ def train_feature_net(
                 t["lesions"] = t["lesions"].flip(-1)
         return feature_net_loss(net, x, t)
 
-    return _loop(net, images.shape[0], cfg, loss_fn, progress=progress, what="feature network")
+    return train_loop(net, images.shape[0], cfg, loss_fn, progress=progress, what="feature network")

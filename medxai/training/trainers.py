@@ -18,10 +18,12 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from medxai.config import dataclass_from_mapping
 
 __all__ = [
     "TrainConfig",
     "EMA",
+    "train_loop",
     "train_teacher",
     "train_autoencoder",
     "train_agent",
@@ -78,11 +80,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training field(s) {unknown}; valid fields: {sorted(known)}.")
-        return cls(**dict(data))
+        """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
+        return dataclass_from_mapping(cls, data, "training")
 
 
 class EMA:
@@ -110,19 +109,29 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _loop(
+def train_loop(
     model: nn.Module,
-    params: list[nn.Parameter],
     n: int,
     cfg: TrainConfig,
     loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     *,
-    ema: EMA | None = None,
+    params: list[nn.Parameter] | None = None,
+    after_step: Callable[[], None] | None = None,
     save: Callable[[int], None] | None = None,
     progress: ProgressFn | None = None,
     what: str = "model",
 ) -> dict[str, Any]:
+    """The optimisation loop every trainer shares: Adam, grad clip, finite-loss check, progress,
+    periodic saves, optional wall-clock budget.
+
+    ``loss_fn(idx, generator)`` computes the loss of the mini-batch ``idx`` (indices into ``n``
+    samples); ``params`` defaults to the model's trainable parameters; ``after_step`` runs after
+    each optimiser step (e.g. an EMA update). Returns the history (steps, seconds, mean loss of the
+    first and last tenth, all losses).
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     losses: list[float] = []
@@ -137,8 +146,8 @@ def _loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        if ema is not None:
-            ema.update(model)
+        if after_step is not None:
+            after_step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, cfg.steps, losses[-1])
@@ -148,12 +157,12 @@ def _loop(
             logger.info("%s training stopped by max_seconds after %d steps", what, step)
             break
     model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
+    k = max(1, len(losses) // 10)
     return {
         "steps": step,
         "seconds": time.perf_counter() - start,
-        "loss_first": losses[0] if losses else math.nan,
-        "loss_last": sum(tail) / len(tail) if tail else math.nan,
+        "loss_first": sum(losses[:k]) / k if losses else math.nan,
+        "loss_last": sum(losses[-k:]) / k if losses else math.nan,
         "losses": losses,
     }
 
@@ -181,7 +190,7 @@ def train_teacher(
             x = x.flip(-1)
         return F.cross_entropy(model(x), labels[idx].to(dev), weight=class_weights.to(dev))
 
-    hist = _loop(model, [p for p in model.parameters() if p.requires_grad], stacks.shape[0], cfg, loss_fn, progress=progress, what="teacher")
+    hist = train_loop(model, stacks.shape[0], cfg, loss_fn, progress=progress, what="teacher")
     with torch.no_grad():
         pred = torch.cat([model(c.to(dev)).argmax(1).cpu() for c in stacks.split(64)])
     hist["train_accuracy"] = float((pred == labels).float().mean())
@@ -219,7 +228,8 @@ def train_autoencoder(
         finally:
             ae.net.load_state_dict(live)
 
-    hist = _loop(ae, list(ae.net.parameters()), flat.shape[0], cfg, loss_fn, ema=ema, save=_save, progress=progress, what="autoencoder")
+    hist = train_loop(ae, flat.shape[0], cfg, loss_fn, params=list(ae.net.parameters()), after_step=lambda: ema.update(ae),
+                      save=_save, progress=progress, what="autoencoder")
     ema.copy_to(ae.net)
     ae.eval()
     if save is not None:
@@ -276,7 +286,7 @@ def train_agent(
         return F.l1_loss(agent(z_n[idx]), teacher_logits[idx])
 
     params = [p for p in agent.parameters() if p.requires_grad]
-    hist = _loop(agent, params, latents.shape[0], cfg, loss_fn, progress=progress, what="agent")
+    hist = train_loop(agent, latents.shape[0], cfg, loss_fn, params=params, progress=progress, what="agent")
     with torch.no_grad():
         hist["agreement_train"] = agreement(agent(z_n), teacher_logits)
     hist["mode"] = "features" if use_features else "logits"
