@@ -13,7 +13,7 @@ from .errors import (
     UnreadableFileError,
     UnsupportedInputError,
 )
-from .photo import read_photo
+from .photo import read_photo, write_photo
 from .reader import read_image
 from .types import FrameRef, Photo, SourceRef, Volume
 from .volume_files import read_nifti, read_nrrd, write_nifti, write_nrrd, write_volume
@@ -21,7 +21,7 @@ from .write_series import StudyInfo, write_ct_series, write_photo_dicom
 
 __all__ = [
     "FrameRef", "Photo", "SourceRef", "Volume",
-    "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo",
+    "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo", "write_photo",
     "read_nifti", "read_nrrd", "write_nifti", "write_nrrd", "write_volume",
     "StudyInfo", "write_ct_series", "write_photo_dicom",
     "atomic_dir", "atomic_path", "safe_filename",
