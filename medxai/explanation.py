@@ -11,11 +11,11 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from medxai.atomic import atomic_path
 
 __all__ = ["Explanation", "ArrayLike"]
 
@@ -55,15 +55,8 @@ def _jsonable(value: Any) -> Any:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _save_array(array: np.ndarray, path_stem: Path, fmt: str) -> str:
@@ -87,15 +80,8 @@ def _save_array(array: np.ndarray, path_stem: Path, fmt: str) -> str:
     img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine=np.eye(4))
     name = path_stem.name + ".nii.gz"
     final = path_stem.parent / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".nii.gz", dir=final.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(final) as tmp:
+        nib.save(img, str(tmp))
     return name
 
 

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from medxai.explainers.base import Explainer, ModelStateGuard
 from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.config import dataclass_from_mapping
+from medxai.atomic import atomic_path
 
 __all__ = [
     "NNExplainerConfig",
@@ -437,15 +437,8 @@ def train_nn_explainer(
 
 
 def _atomic_replace(write: Callable[[str], None], final: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(final) as tmp:
+        write(str(tmp))
 
 
 def save_nn_explainer(

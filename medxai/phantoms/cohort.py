@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
+
+from medxai.atomic import atomic_path
 
 from ._common import case_seed
 from .ct import CTCase
@@ -82,16 +83,9 @@ def write_label_rows(rows: list[dict[str, object]], path: Union[str, os.PathLike
     if path.exists() and path.is_dir():
         raise ValueError(f"path must be a file path, got the folder {str(path)!r}; pass e.g. {str(path / 'labels.csv')!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(LABEL_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(LABEL_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
     logger.info("wrote %d label rows to %s", len(rows), path)
     return path

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from medxai.atomic import atomic_path
 
 __all__ = ["save_weights", "load_weights", "load_state_checked", "write_json_atomic", "read_json"]
 
@@ -23,16 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 def _atomic(final: Path, write: Any) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(final) as tmp:
+        write(str(tmp))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:

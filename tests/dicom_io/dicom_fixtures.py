@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from dicom_io import StudyInfo, Volume, write_ct_series
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:

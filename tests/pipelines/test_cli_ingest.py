@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from dicom_io import read_image, read_series
 from pipelines.cli import main

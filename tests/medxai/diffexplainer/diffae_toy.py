@@ -17,9 +17,9 @@ from torch import nn
 
 from medxai.agent import Agent
 from medxai.diffusion import DiffusionAutoencoder
-from medxai.networks.diffae import DiffAENet, DiffAENetConfig
+from medxai.networks.diffae import DiffAENetConfig
 from medxai.networks.teacher import TeacherFeatures
-from medxai.training import TrainConfig, compute_latents, train_agent, train_autoencoder
+from medxai.training import TrainConfig, compute_latents, train_agent
 
 SIZE = 32
 SLICES = 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medxai.agent import Agent, load_agent, save_agent
-from medxai.diffusion import DiffusionAutoencoder, load_autoencoder, save_autoencoder
+from medxai.diffusion import load_autoencoder, save_autoencoder
 from medxai.explainers.base import hook_count
 from medxai.explainers.diffexplainer import DiffExplainer
 from medxai.metrics.counterfactual import (
