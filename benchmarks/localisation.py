@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -55,10 +56,12 @@ def explainers(model: torch.nn.Module, train: StackSet, args: argparse.Namespace
         train_nn_explainer,
     )
 
-    # one pass of nn_steps steps (early stopping is not the point here; the step count is fixed)
+    # about nn_steps optimiser steps: whole epochs over the training split (early stopping off)
+    probe = NNExplainerConfig(num_classes=2, in_channels=train.x.shape[1])
+    steps_per_epoch = max(1, math.ceil(len(train.x) * (1 - probe.val_fraction) / probe.batch_size))
     cfg = NNExplainerConfig(
-        num_classes=2, in_channels=train.x.shape[1], multilabel=False, max_epochs=1,
-        max_steps_per_epoch=args.nn_steps, lr=1e-3, seed=0,
+        num_classes=2, in_channels=train.x.shape[1], multilabel=False,
+        max_epochs=max(1, math.ceil(args.nn_steps / steps_per_epoch)), patience=10**6, lr=1e-3, seed=0,
     )
     t0 = time.perf_counter()
     net, _ = train_nn_explainer(model, (torch.from_numpy(train.x), torch.from_numpy(train.y)), cfg)
