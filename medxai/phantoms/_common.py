@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeVar, Union
 
 import numpy as np
 from scipy import ndimage
@@ -146,3 +148,13 @@ def rasterise_tube(
     frac = np.clip((radius - np.sqrt(dist2)) / soft_w + 0.5, 0.0, 1.0).astype(np.float32)
     region = tuple(slice(lo[ax], hi[ax]) for ax in range(ndim))
     np.maximum(out[region], frac, out=out[region])
+
+
+T = TypeVar("T")
+
+
+def preset(presets: dict[str, T], name: str, overrides: dict[str, object]) -> T:
+    """The named preset config with field overrides (shared by the CT and fundus phantoms)."""
+    if name not in presets:
+        raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}; pass name='test'")
+    return dataclasses.replace(presets[name], **overrides)  # type: ignore[type-var]

@@ -27,7 +27,6 @@ cava into the heart), outside the lungs.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Literal, Union
 import numpy as np
 from scipy import ndimage
 
-from ._common import SeedLike, as_seed, case_seed, lowfreq_field, rasterise_tube, sigmoid
+from ._common import SeedLike, as_seed, case_seed, lowfreq_field, preset, rasterise_tube, sigmoid
 
 __all__ = [
     "CTPhantomConfig",
@@ -167,10 +166,7 @@ CT_BENCHMARK = CTPhantomConfig(n_slices=80, matrix=256, vessel_points=2500)
 
 def ct_config(name: str = "test", **overrides: object) -> CTPhantomConfig:
     """Return a named preset (``"test"`` or ``"benchmark"``) with optional field overrides."""
-    presets = {"test": CT_TEST, "benchmark": CT_BENCHMARK}
-    if name not in presets:
-        raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}; pass name='test'")
-    return dataclasses.replace(presets[name], **overrides)  # type: ignore[arg-type]
+    return preset({"test": CT_TEST, "benchmark": CT_BENCHMARK}, name, overrides)
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,7 +29,6 @@ inside it, near its edge, with ``marker_in_fov=True``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -39,7 +38,7 @@ from typing import Literal, Union
 import numpy as np
 from scipy import ndimage
 
-from ._common import SeedLike, as_seed, case_seed, lowfreq_field, rasterise_tube
+from ._common import SeedLike, as_seed, case_seed, lowfreq_field, preset, rasterise_tube
 
 __all__ = [
     "FundusPhantomConfig",
@@ -116,10 +115,7 @@ FUNDUS_BENCHMARK = FundusPhantomConfig(size=512)
 
 def fundus_config(name: str = "test", **overrides: object) -> FundusPhantomConfig:
     """Return a named preset (``"test"`` or ``"benchmark"``) with optional field overrides."""
-    presets = {"test": FUNDUS_TEST, "benchmark": FUNDUS_BENCHMARK}
-    if name not in presets:
-        raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}; pass name='test'")
-    return dataclasses.replace(presets[name], **overrides)  # type: ignore[arg-type]
+    return preset({"test": FUNDUS_TEST, "benchmark": FUNDUS_BENCHMARK}, name, overrides)
 
 
 @dataclass(frozen=True, eq=False)
