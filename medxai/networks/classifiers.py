@@ -21,6 +21,7 @@ __all__ = [
     "fit_classifier",
     "make_classifier",
     "init_with_generator",
+    "recalibrate_batchnorm",
     "load_class",
     "load_classifier",
     "state_fingerprint",
@@ -275,4 +276,18 @@ def fit_classifier(
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return recalibrate_batchnorm(model, x)
+
+
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Recompute every BatchNorm layer's running statistics over ``x`` ``(N, C, *spatial)``; eval mode.
+
+    After a short training run the running averages lag the weights, and a DenseNet then gives
+    eval-mode scores far off its train-mode ones (all one class); the exact population statistics
+    (torch's ``update_bn``, as for SWA) remove that gap. Models without BatchNorm are unchanged.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    dev = next(model.parameters()).device
+    update_bn((c.to(dev) for c in x.split(batch_size)), model)
     return model.eval()

@@ -8,6 +8,7 @@ four-slice stacks made on the fly from phantom cohorts (:mod:`medxai.phantoms`, 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -113,7 +114,11 @@ def load_data(cfg: Config, split: str = "train", progress: Progress | None = Non
     cache = run_dir / f"data_{split}.npz"
     n = int(cfg.get(f"data.n_{split}", 240 if split == "train" else 40))
     seed = int(cfg.get(f"data.seed_{split}", 1 if split == "train" else 2))
-    key = np.asarray([n, seed, int(cfg.get("stack.size"))])
+    # every setting that changes the cohort is part of the key, so a stale cache is never reused
+    key = np.asarray(json.dumps(
+        {"n": n, "seed": seed, "stack": cfg.section("stack"), "phantom": str(cfg.get("data.phantom", "test")),
+         "shortcut": float(cfg.get("data.shortcut", 0.0))}, sort_keys=True, default=str,
+    ))
     if cache.is_file():
         with np.load(cache) as f:
             if "key" in f and np.array_equal(f["key"], key):

@@ -19,6 +19,7 @@ from torch import nn
 
 from medxai.training.trainers import EMA, TrainConfig, train_loop
 from medxai.config import dataclass_from_mapping
+from medxai.networks.classifiers import recalibrate_batchnorm
 
 __all__ = [
     "RobustConfig",
@@ -148,6 +149,7 @@ def train_classifier(
         return robust_loss(model, x, y, robust.method, robust.eps, robust.steps, robust.beta, weight=weight, clamp=clamp, generator=gen)
 
     hist = train_loop(model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier")
+    recalibrate_batchnorm(model, images)
     hist["train_accuracy"] = evaluate_classifier(model, images, labels)["accuracy"]
     return hist
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from medxai.config import dataclass_from_mapping
+from medxai.networks.classifiers import recalibrate_batchnorm
 
 __all__ = [
     "TrainConfig",
@@ -191,6 +192,7 @@ def train_teacher(
         return F.cross_entropy(model(x), labels[idx].to(dev), weight=class_weights.to(dev))
 
     hist = train_loop(model, stacks.shape[0], cfg, loss_fn, progress=progress, what="teacher")
+    recalibrate_batchnorm(model, stacks)
     with torch.no_grad():
         pred = torch.cat([model(c.to(dev)).argmax(1).cpu() for c in stacks.split(64)])
     hist["train_accuracy"] = float((pred == labels).float().mean())
