@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps bench-ingest clean
+.PHONY: demo test venv system-deps bench bench-ingest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,8 +30,11 @@ demo: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+bench: venv
+	$(BIN)/medxai bench -o bench_out --pretrained
+
 bench-ingest: venv
 	$(BIN)/python benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out bench_out .pytest_cache

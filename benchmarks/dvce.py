@@ -24,7 +24,6 @@ per counterfactual with the share spent in the UNet (forward, backward), the cla
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medxai.config import load_config  # noqa: E402
 from medxai.data import StackSet, fundus_set  # noqa: E402
-from medxai.explainers.dvce import DVCE  # noqa: E402
+from medxai.explainers.dvce import DVCE, dvce_variant  # noqa: E402
 from medxai.metrics.counterfactual_dr import evaluate_dr_counterfactuals, fov_from_images  # noqa: E402
 from medxai.metrics.realism import (  # noqa: E402
     FeatureNet,
@@ -56,25 +55,6 @@ from medxai.training.trainers import TrainConfig  # noqa: E402
 from pipelines.explain_dr import DR_SCHEMA, _dvce_config, load_dr_models  # noqa: E402
 
 log = logging.getLogger("benchmarks.dvce")
-
-
-def _variant(base: Any, name: str) -> Any:
-    g = base.guidance
-    if name == "cone":
-        return base
-    if name == "no_cone":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, mode="plain"))
-    if name == "robust_only":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, mode="robust"))
-    if name == "no_distance":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, distance_scale=0.0))
-    if name == "unguided":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, mode="plain", classifier_scale=0.0, distance_scale=0.0, n_augmentations=1))
-    if name == "exact_grad":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, grad_through_unet=True))
-    if name == "approx_grad":
-        return dataclasses.replace(base, guidance=dataclasses.replace(g, grad_through_unet=False))
-    raise ValueError(f"unknown variant {name!r}; use cone, no_cone, robust_only, no_distance, unguided, exact_grad, approx_grad.")
 
 
 def _feature_net(path: Path, size: int, seconds: float, data_path: str | None) -> FeatureNet:
@@ -145,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["variants"] = {}
     saved: dict[str, np.ndarray] = {"query": x.numpy(), "lesions": lesions}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        cfg = _variant(base, name)
+        cfg = dvce_variant(base, name)
         robust = models.robust if cfg.guidance.mode in ("cone", "robust") else None
         dvce = DVCE(models.classifier, models.diffusion, robust, config=cfg, seed=int(config.get("seed")))
         t0 = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,24 +24,13 @@ import numpy as np
 
 from dicom_io import Volume, atomic_dir, find_series, read_series, safe_filename, write_nifti
 from pipelines.errors import StepError
+from pipelines.provenance import package_versions
 
 __all__ = ["explain_ct", "strip_image"]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("medxai", "torch", "monai", "diffusers", "numpy", "pydicom"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # noqa: BLE001
-            out[name] = "unknown"
-    return out
 
 
 def _gray(a: np.ndarray) -> np.ndarray:
@@ -198,7 +186,7 @@ def explain_ct(
                     "timings": exp.extra.get("timings", {}),
                     "config_file": str(cfg.source),
                     "config": cfg.to_dict(),
-                    "versions": _versions(),
+                    "versions": package_versions(),
                     "files": names + ["explanation.json"],
                 }
                 write_json_atomic(tmp / "explanation.json", meta)

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +36,7 @@ from dicom_io import atomic_path
 from dicom_io.photo import write_photo
 
 from .errors import StepError
+from .provenance import package_versions
 
 __all__ = ["DR_SCHEMA", "DRExplainResult", "DRModels", "load_dr_models", "run_dr_explain", "explain_fundus_array"]
 
@@ -91,16 +91,6 @@ def _gray8(hw: np.ndarray, lo: float | None = None, hi: float | None = None) -> 
     hi = float(np.max(hw)) if hi is None else hi
     scaled = np.zeros_like(hw, dtype=np.float64) if hi <= lo else (hw - lo) / (hi - lo)
     return np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "monai", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001
-            out[name] = "unknown"
-    return out
 
 
 def _teacher(section: Mapping[str, Any], size: int, what: str) -> Any:
@@ -323,7 +313,7 @@ def run_dr_explain(
             "seconds": exp.extra.get("seconds"),
             "config": config.to_dict(),
             "config_source": config.source,
-            "versions": _versions(),
+            "versions": package_versions(),
             "files": {k: v.name if v.parent == out else str(v.relative_to(out)) for k, v in files.items()},
         }
         _atomic_bytes(out / "dvce.json", json.dumps(summary, indent=2, default=str).encode("utf-8"))

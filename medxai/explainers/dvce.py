@@ -32,7 +32,7 @@ from medxai.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.targets import ClassTarget, Target
 from medxai.config import dataclass_from_mapping
 
-__all__ = ["DVCE", "DVCEConfig", "difference_heatmap", "target_log_prob"]
+__all__ = ["DVCE", "DVCEConfig", "DVCE_VARIANTS", "difference_heatmap", "dvce_variant", "target_log_prob"]
 
 logger = logging.getLogger(__name__)
 
@@ -310,3 +310,28 @@ class DVCE(Explainer):
             k = target.class_index % scores["counterfactual"].shape[1]
             extra["target_reached"] = (scores["counterfactual"].argmax(1) == k).tolist()
         return heat, extra
+
+
+DVCE_VARIANTS = ("cone", "no_cone", "robust_only", "no_distance", "unguided", "exact_grad", "approx_grad")
+
+
+def dvce_variant(base: DVCEConfig, name: str) -> DVCEConfig:
+    """``base`` with one ablation applied, for comparing DVCE settings.
+
+    ``cone``: unchanged; ``no_cone``: the plain classifier's gradient only; ``robust_only``: the robust
+    one only; ``no_distance``: distance term off; ``unguided``: no guidance at all (what resampling
+    alone changes); ``exact_grad`` / ``approx_grad``: gradient through the UNet on / off.
+    """
+    g = base.guidance
+    changes = {
+        "cone": {},
+        "no_cone": {"mode": "plain"},
+        "robust_only": {"mode": "robust"},
+        "no_distance": {"distance_scale": 0.0},
+        "unguided": {"mode": "plain", "classifier_scale": 0.0, "distance_scale": 0.0, "n_augmentations": 1},
+        "exact_grad": {"grad_through_unet": True},
+        "approx_grad": {"grad_through_unet": False},
+    }
+    if name not in changes:
+        raise ValueError(f"unknown DVCE variant {name!r}; use one of {', '.join(DVCE_VARIANTS)}.")
+    return dataclasses.replace(base, guidance=dataclasses.replace(g, **changes[name])) if changes[name] else base

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         """Explain the configured black box: DiffExplainer (CT) or DVCE (fundus), by the config's type."""
         from rich.console import Console
         from rich.markup import escape
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from pipelines.commands._progress import progress_bars
         from pipelines.explain_ct import explain_ct
 
         if _config_type(config) == "dvce_fundus":
@@ -44,12 +44,7 @@ def register(app: typer.Typer) -> None:
         if encode_steps is not None:
             overrides["explainer.encode_steps"] = encode_steps
         console = Console(highlight=False)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("loading", total=None)
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar.update(task, description=stage, completed=done, total=total)
-
+        with progress_bars() as progress:
             result = explain_ct(config, source, out, progress=progress, overrides=overrides)
         for case in result["cases"]:
             console.print(f"[bold]{escape(case['case'])}[/]: teacher scores {[round(v, 3) for v in case['query']]} -> class {case['prediction']}")

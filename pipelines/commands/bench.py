@@ -1,0 +1,42 @@
+"""``medxai bench``: every explainer against the phantoms' ground truth; results.json and report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench_cmd(
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (results.json, report.html, figures/)."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny models and few cases: checks the whole path in minutes."),
+        models: Optional[Path] = typer.Option(
+            None, "--models", help="Model cache: models found there are loaded, missing ones trained there (default OUT/models)."
+        ),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Bench config (default configs/bench.yaml)."),
+        only: Optional[str] = typer.Option(None, "--only", help="Run one half: ct or fundus."),
+        pretrained: bool = typer.Option(
+            False, "--pretrained", help="Start from the shipped phantom models instead of training the big ones (see README)."
+        ),
+    ) -> None:
+        """Train (or load) the phantom models, run every explainer on held-out phantoms, write results and a report."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        from pipelines.bench import run_bench
+        from pipelines.commands._progress import progress_bars
+
+        with progress_bars() as progress:
+            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained, progress=progress)
+        console = Console(highlight=False)
+        for part in ("ct", "fundus"):
+            for method, row in (results.get(part) or {}).items():
+                if isinstance(row, dict) and "loc_auroc" in row:
+                    auc = row["loc_auroc"]
+                    console.print(f"{part:6s} {escape(method):22s} loc AUROC {'-' if auc is None else f'{auc:.3f}'}")
+        console.print(f"{results['seconds']:.0f} s; models trained: {escape(', '.join(results['models']['trained']) or 'none')}")
+        console.print(f"wrote {escape(str(out / 'results.json'))}")
+        console.print(f"wrote {escape(str(out / 'report.html'))}")

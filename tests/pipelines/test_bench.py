@@ -1,0 +1,95 @@
+"""``medxai bench --quick``: the whole benchmark path on tiny models (train -> explain -> metrics ->
+results.json -> report.html), the documented results schema, and the report as a browser shows it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from browser_check import INSTALL_HINT, chromium, images_in_chromium
+
+from pipelines.cli import main
+
+CT_KEYS = ("flip_rate", "recon_psnr_db", "loc_auroc", "seconds_per_case", "randomization_spearman")
+FUNDUS_KEYS = ("target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case")
+ATTRIBUTION = ("gradcam", "gradcam++", "occlusion", "integrated_gradients", "rise", "nn_explainer")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    assert main(["bench", "--quick", "-o", str(out)]) == 0
+    return out
+
+
+def _in(v: object, lo: float, hi: float) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi
+
+
+def test_results_follow_the_documented_schema(bench: Path) -> None:
+    r = json.loads((bench / "results.json").read_text())
+    assert r["quick"] is True
+    ct, fu = r["ct"], r["fundus"]
+    for method in ("diffexplainer", *ATTRIBUTION):
+        assert set(CT_KEYS) <= set(ct[method]), method
+        assert _in(ct[method]["loc_auroc"], 0, 1), (method, ct[method])
+        assert _in(ct[method]["seconds_per_case"], 0, 600)
+        rho = ct[method]["randomization_spearman"]
+        assert rho is None or _in(rho, -1, 1)
+    # the counterfactual metrics belong to DiffExplainer only
+    dx = ct["diffexplainer"]
+    assert _in(dx["flip_rate"], 0, 1) and _in(dx["recon_psnr_db"], 0, 100) and _in(dx["randomization_spearman"], -1, 1)
+    assert all(ct[m]["flip_rate"] is None and ct[m]["recon_psnr_db"] is None for m in ATTRIBUTION)
+    assert _in(ct["agent_agreement"], 0, 1)
+    # the score-vs-step curves the report draws: one row per case, one value per signed step
+    sweep = dx["sweep"]
+    assert len(sweep["teacher_target_prob"]) == dx["n_cases"]
+    assert all(len(row) == len(sweep["signed_steps"]) for row in sweep["teacher_target_prob"])
+    for method in ("diffexplainer", *ATTRIBUTION):
+        row = ct["shortcut"][method]
+        assert _in(row["mass_on_marker"], 0, 1) and _in(row["mass_on_marker_clean_teacher"], 0, 1), method
+    for method in ("dvce", "dvce_no_cone", "dvce_no_distance"):
+        assert set(FUNDUS_KEYS) <= set(fu[method])
+        assert _in(fu[method]["target_rate"], 0, 1) and _in(fu[method]["l1_outside_lesions"], 0, 1)
+        assert _in(fu[method]["loc_auroc"], 0, 1)
+    assert fu["dvce"]["guidance"]["mode"] == "cone" and fu["dvce_no_cone"]["guidance"]["mode"] == "plain"
+    assert fu["dvce_no_distance"]["guidance"]["distance_scale"] == 0.0
+    for method in ATTRIBUTION:
+        assert _in(fu[method]["loc_auroc"], 0, 1) and fu[method]["target_rate"] is None
+    assert {"torch", "monai", "medxai"} <= set(r["versions"])
+    assert r["config"]["bench"]["ct_test_n"] > 0 and r["config"]["ct"]["run_dir"].endswith("ct")
+    # every model was trained in this run, into OUT/models
+    assert "ct_teacher" in r["models"]["trained"] and "fundus_ddpm" in r["models"]["trained"]
+    assert (bench / "models" / "ct" / "autoencoder.safetensors").is_file()
+
+
+def test_report_shows_every_image_in_chromium(bench: Path) -> None:
+    report = bench / "report.html"
+    text = report.read_text()
+    for heading in ("CT", "Fundus", "Shortcut", "Research use, not for diagnosis"):
+        assert heading in text
+    assert chromium() is not None, INSTALL_HINT
+    seen = images_in_chromium(report)
+    # strips, overlays (CT, shortcut, fundus) and the report's own plots
+    assert seen["n_images"] == text.count("<img ") and seen["n_images"] >= 8
+    assert seen["broken"] == []
+
+
+def test_cached_models_are_loaded_not_retrained(bench: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    assert main(["bench", "--quick", "--only", "fundus", "--models", str(bench / "models"), "-o", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["models"]["trained"] == []
+    assert {"fundus_ddpm", "fundus_classifier", "fundus_robust_classifier", "nn_explainer_fundus"} <= set(r["models"]["loaded"])
+    assert "ct" not in r and (out / "report.html").is_file()
+
+
+def test_bad_bench_config_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("full:\n  ct_config: nowhere.yaml\n  dr_config: nowhere.yaml\n  ddpm_config: nowhere.yaml\n  n_cases: 3\n")
+    assert main(["bench", "-c", str(cfg), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "n_cases" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
