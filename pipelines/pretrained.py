@@ -1,0 +1,57 @@
+"""The small phantom models shipped in ``medxai/pretrained`` (made by ``scripts/make_pretrained.py``).
+
+Layout (the same as a ``medxai bench`` model cache): ``ct/{teacher,autoencoder,agent}.safetensors``
+and ``fundus/{ddpm,classifier,robust_classifier}.safetensors``, each with its JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+__all__ = ["pretrained_dir", "pretrained_overrides", "seed_models_dir"]
+
+
+def pretrained_dir() -> Path:
+    """Folder of the shipped phantom models (``ct/`` and ``fundus/``; see scripts/make_pretrained.py)."""
+    from importlib.resources import files
+
+    return Path(str(files("medxai"))) / "pretrained"
+
+
+def pretrained_overrides(kind: str, root: Path | None = None) -> dict[str, str]:
+    """Config overrides that point ``configs/ct_prognosis.yaml`` (``kind="ct"``) or
+    ``configs/dr_fundus.yaml`` (``"fundus"``) at the shipped weights."""
+    root = pretrained_dir() if root is None else root
+    if kind == "ct":
+        paths = {"teacher.path": "ct/teacher", "autoencoder.path": "ct/autoencoder", "agent.path": "ct/agent"}
+    elif kind == "fundus":
+        paths = {"classifier.path": "fundus/classifier", "robust_classifier.path": "fundus/robust_classifier",
+                 "diffusion.path": "fundus/ddpm"}
+    else:
+        raise ValueError(f"kind must be 'ct' or 'fundus', got {kind!r}.")
+    out = {k: str(root / f"{v}.safetensors") for k, v in paths.items()}
+    missing = [v for v in out.values() if not Path(v).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the shipped model file {missing[0]!r} is missing; reinstall medxai or rebuild the weights with "
+            "`python scripts/make_pretrained.py` (see the README)."
+        )
+    return out
+
+
+def seed_models_dir(root: Path) -> list[str]:
+    """Copy the shipped models into a bench model cache ``root`` (files already there are kept)."""
+    src = pretrained_dir()
+    copied = []
+    for f in sorted(src.glob("*/*")):
+        if f.suffix not in (".safetensors", ".json"):
+            continue
+        dest = root / f.parent.name / f.name
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+            copied.append(str(dest))
+    if not copied and not any(src.glob("*/*.safetensors")):
+        raise FileNotFoundError(f"no shipped models in {src}; rebuild them with `python scripts/make_pretrained.py`.")
+    return copied
