@@ -116,10 +116,16 @@ def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool 
 
 # ------------------------------------------------------------------------------------------ helpers
 class _Clock:
-    """Wall-clock seconds of each stage, for results.json."""
+    """Wall-clock seconds of each stage (for results.json) and the progress bars of the explaining stages."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.stages: dict[str, float] = {}
+        self.progress = progress
+
+    def maps(self, name: str, explainer: Any, x: np.ndarray, target: int) -> tuple[np.ndarray, float]:
+        """:func:`_explain_maps` as the timed stage ``name``, with a progress bar."""
+        report = (lambda done, total: self.progress(name, done, total)) if self.progress else None
+        return self.time(name, lambda: _explain_maps(explainer, x, target, report=report))
 
     def time(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -297,7 +303,9 @@ def _attribution_explainers(model: Any, nn: tuple[Any, Any] | None, rise_masks: 
     return out
 
 
-def _explain_maps(explainer: Any, x: np.ndarray, target: int, batch: int = 4) -> tuple[np.ndarray, float]:
+def _explain_maps(
+    explainer: Any, x: np.ndarray, target: int, batch: int = 4, report: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, float]:
     """2D maps ``(N, S, S)`` of class ``target`` and seconds per case."""
     import torch
 
@@ -308,6 +316,8 @@ def _explain_maps(explainer: Any, x: np.ndarray, target: int, batch: int = 4) ->
     for i in range(0, len(x), batch):
         h = explainer.explain(torch.from_numpy(x[i : i + batch]), ClassTarget(target)).heatmaps_numpy()
         maps.append(h.reshape(len(h), -1, *x.shape[2:]).sum(1))  # one map per input (sum over targets/channels)
+        if report is not None:
+            report(min(i + batch, len(x)), len(x))
     return np.concatenate(maps), (time.perf_counter() - t0) / max(1, len(x))
 
 
@@ -407,12 +417,10 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
     methods = _attribution_explainers(teacher, nn, s.rise_masks)
     maps: dict[str, np.ndarray] = {"diffexplainer": heat2d[pos]}
     for name, ex in methods.items():
-        m, t = clock.time(f"ct_{name}", lambda ex=ex: _explain_maps(ex, test.x[pos], target))
+        m, t = clock.maps(f"ct_{name}", ex, test.x[pos], target)
         maps[name] = m
         out[name] = {"loc_auroc": _nanmean(_maps_auroc(m, gt2d[pos])), "seconds_per_case": t, "n_cases": int(len(pos)),
                      "flip_rate": None, "recon_psnr_db": None}
-        if progress:
-            progress(f"CT {name}", 1, 1)
 
     # model-parameter randomisation
     r = pos[: s.randomization_n]
@@ -422,7 +430,7 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
     out["diffexplainer"]["randomization_spearman"] = _maps_spearman(heat2d[r], rd["heatmaps"][:, 0].numpy())
     rand_nn = models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"])
     for name, ex in _attribution_explainers(rand_teacher, rand_nn, s.rise_masks).items():
-        m, _ = clock.time(f"ct_random_{name}", lambda ex=ex: _explain_maps(ex, test.x[r], target))
+        m, _ = clock.maps(f"ct_random_{name}", ex, test.x[r], target)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][: len(r)], m)
 
     figs.ct_strips(test, d, pos[: s.figure_cases], target)
@@ -457,9 +465,9 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
         clean_maps = {"diffexplainer": dc["heatmaps"][:, 0].numpy()}
         sc_nn = models.nn_explainer("ct_shortcut", sc_teacher, *_xy(_load_train(sc_cfg)))
         for name, ex in _attribution_explainers(sc_teacher, sc_nn, s.rise_masks).items():
-            sc_maps[name], _ = clock.time(f"ct_shortcut_{name}", lambda ex=ex: _explain_maps(ex, xs, target))
+            sc_maps[name], _ = clock.maps(f"ct_shortcut_{name}", ex, xs, target)
         for name, ex in methods.items():
-            clean_maps[name], _ = clock.time(f"ct_shortcut_clean_{name}", lambda ex=ex: _explain_maps(ex, xs, target))
+            clean_maps[name], _ = clock.maps(f"ct_shortcut_clean_{name}", ex, xs, target)
         for name in sc_maps:
             shortcut[name] = {
                 "mass_on_marker": _nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])]),
@@ -558,7 +566,7 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
     nn = models.nn_explainer("fundus", model, train.x, train.y)
     maps: dict[str, np.ndarray] = {k: v for k, v in heat.items()}
     for name, ex in _attribution_explainers(model, nn, s.rise_masks).items():
-        m_, t = clock.time(f"fundus_{name}", lambda ex=ex: _explain_maps(ex, x, 1))
+        m_, t = clock.maps(f"fundus_{name}", ex, x, 1)
         maps[name] = m_
         out[name] = {"loc_auroc": _nanmean([_inside_auroc(a, b, f) for a, b, f in zip(m_, lesions[idx], fov)]), "seconds_per_case": t,
                      "n_cases": int(len(x)), "target_rate": None, "l1_outside_lesions": None}
@@ -574,7 +582,7 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
         out["dvce"]["randomization_spearman"] = _maps_spearman(heat["dvce"][r], rexp.heatmaps_numpy()[:, 0])
     rnn = models.nn_explainer("fundus_random", rand, train.x, train.y)
     for name, ex in _attribution_explainers(rand, rnn, s.rise_masks).items():
-        m_, _ = clock.time(f"fundus_random_{name}", lambda ex=ex: _explain_maps(ex, x[r], 1))
+        m_, _ = clock.maps(f"fundus_random_{name}", ex, x[r], 1)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][r], m_)
 
     figs.fundus_strips(x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in cfs.items()}, lesions[idx][: s.figure_cases])
@@ -722,7 +730,7 @@ def run_bench(
         (out_dir / stale).unlink(missing_ok=True)
     if (out_dir / "figures").is_dir():
         shutil.rmtree(out_dir / "figures")
-    clock = _Clock()
+    clock = _Clock(progress)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
     models = _Models(root, settings, progress, clock)
