@@ -187,6 +187,9 @@ class _Models:
         self.configs: dict[str, Config] = {}  # the resolved configs, for results.json
 
     def _note(self, name: str, path: Path, train: Callable[[], Any]) -> None:
+        """Load-or-train bookkeeping: train ``name`` into ``path`` unless it is there already."""
+        if name in self.trained or name in self.loaded:
+            return
         if path.is_file() or (path.is_dir() and any(path.iterdir())):
             self.loaded.append(name)
             return
