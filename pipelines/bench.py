@@ -152,13 +152,6 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return pixel_auroc(scores, labels) if 0 < labels.sum() < labels.size else float("nan")
 
 
-def _maps_auroc(maps: np.ndarray, masks: np.ndarray) -> list[float]:
-    """Pixel AUROC per case (NaN where the mask is empty or full)."""
-    from medxai.metrics import pixel_auroc
-
-    return [pixel_auroc(m, k) if 0 < k.sum() < k.size else float("nan") for m, k in zip(maps, masks > 0.5)]
-
-
 def _maps_spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Median over cases of the Spearman correlation of two methods' maps (the randomisation check)."""
     from medxai.metrics import spearman
@@ -372,7 +365,7 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
 
     from medxai.data import ct_stack_set
     from medxai.metrics import mass_on_mask
-    from medxai.metrics.counterfactual import summarise_diffexplainer
+    from medxai.metrics.counterfactual import heatmap_auroc, summarise_diffexplainer
     from medxai.training.ct import load_teacher_from_config, stack_config
 
     cfg = models.ct("ct")
@@ -399,7 +392,7 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
         "flip_rate": summ["flip_rate"],
         "recon_psnr_db": _nanmean(summ["psnr"]),
         "recon_ssim": _nanmean(summ["ssim"]),
-        "loc_auroc": _nanmean(_maps_auroc(heat2d, gt2d)),
+        "loc_auroc": _nanmean(heatmap_auroc(heat2d, gt2d)),
         "loc_auroc_per_slice": _nanmean(summ["heatmap_auroc"]),
         "seconds_per_case": secs,
         "monotonicity": summ["monotonicity"],
@@ -422,7 +415,7 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
     for name, ex in methods.items():
         m, t = clock.maps(f"ct_{name}", ex, test.x[pos], target)
         maps[name] = m
-        out[name] = {"loc_auroc": _nanmean(_maps_auroc(m, gt2d[pos])), "seconds_per_case": t, "n_cases": int(len(pos)),
+        out[name] = {"loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])), "seconds_per_case": t, "n_cases": int(len(pos)),
                      "flip_rate": None, "recon_psnr_db": None}
 
     # model-parameter randomisation
@@ -466,7 +459,8 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
         dc, _ = clock.time("ct_shortcut_diffexplainer_clean", lambda: _diffexplain(cfg, xs, target))
         sc_maps["diffexplainer"] = dd["heatmaps"][:, 0].numpy()
         clean_maps = {"diffexplainer": dc["heatmaps"][:, 0].numpy()}
-        sc_nn = models.nn_explainer("ct_shortcut", sc_teacher, *_xy(_load_train(sc_cfg)))
+        sc_train = _load_train(sc_cfg)
+        sc_nn = models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"])
         for name, ex in _attribution_explainers(sc_teacher, sc_nn, s.rise_masks).items():
             sc_maps[name], _ = clock.maps(f"ct_shortcut_{name}", ex, xs, target)
         for name, ex in methods.items():
@@ -486,10 +480,6 @@ def _load_train(cfg: Config) -> dict[str, np.ndarray]:
     from medxai.training.ct import load_data
 
     return load_data(cfg, "train")
-
-
-def _xy(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return data["stacks"], data["labels"]
 
 
 def _sweep(d: Mapping[str, Any], target: int) -> dict[str, Any]:
@@ -518,7 +508,7 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
 
     from medxai.data import fundus_set
     from medxai.explainers.dvce import DVCE, dvce_variant
-    from medxai.metrics.counterfactual_dr import evaluate_dr_counterfactuals, fov_from_images
+    from medxai.metrics.counterfactual_dr import evaluate_dr_counterfactuals, fov_from_images, lesion_auroc
     from pipelines.explain_dr import _dvce_config, load_dr_models
 
     cfg = models.fundus()
@@ -571,7 +561,7 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
     for name, ex in _attribution_explainers(model, nn, s.rise_masks).items():
         m_, t = clock.maps(f"fundus_{name}", ex, x, 1)
         maps[name] = m_
-        out[name] = {"loc_auroc": _nanmean([_inside_auroc(a, b, f) for a, b, f in zip(m_, lesions[idx], fov)]), "seconds_per_case": t,
+        out[name] = {"loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)), "seconds_per_case": t,
                      "n_cases": int(len(x)), "target_rate": None, "l1_outside_lesions": None}
 
     # randomisation: both DVCE classifiers and the attribution baselines' classifier re-initialised
@@ -592,14 +582,6 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
     figs.overlays("fundus", "Fundus heatmaps on held-out referable crops (green = planted lesions)",
                   x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in maps.items()}, lesions[idx][: s.figure_cases])
     return out
-
-
-def _inside_auroc(heatmap: np.ndarray, mask: np.ndarray, fov: np.ndarray) -> float:
-    """Pixel AUROC inside the field of view (the black corners are not part of the photograph)."""
-    from medxai.metrics import pixel_auroc
-
-    m = mask[fov] > 0.5
-    return pixel_auroc(heatmap[fov], m) if 0 < m.sum() < m.size else float("nan")
 
 
 # ---------------------------------------------------------------------------------------- figures

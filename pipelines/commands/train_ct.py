@@ -22,9 +22,9 @@ _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides tr
 def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float]) -> dict[str, Any]:
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from medxai.training import ct
+    from pipelines.commands._progress import progress_bars
 
     cfg = ct.load_ct_config(config)
     seconds = None if minutes is None else 60.0 * minutes
@@ -35,12 +35,7 @@ def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optiona
     }
     console = Console(highlight=False)
     results: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
+    with progress_bars() as progress:
         for stage in stages:
             if stage == "evaluate":
                 results[stage] = ct.evaluate_from_config(cfg, progress=progress)
