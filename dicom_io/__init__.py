@@ -3,7 +3,7 @@
 Never imports torch or medxai.
 """
 
-from .atomic import atomic_dir, atomic_path, safe_filename
+from .naming import safe_filename
 from .dicom_series import SeriesInfo, find_series, read_dicom_volume, read_series
 from .errors import (
     DicomIOError,
@@ -15,6 +15,7 @@ from .errors import (
 )
 from .photo import read_photo, write_photo
 from .reader import read_image
+from .text import printable
 from .types import FrameRef, Photo, SourceRef, Volume
 from .volume_files import read_nifti, read_nrrd, write_nifti, write_nrrd, write_volume
 from .write_series import StudyInfo, write_ct_series, write_photo_dicom
@@ -24,7 +25,7 @@ __all__ = [
     "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo", "write_photo",
     "read_nifti", "read_nrrd", "write_nifti", "write_nrrd", "write_volume",
     "StudyInfo", "write_ct_series", "write_photo_dicom",
-    "atomic_dir", "atomic_path", "safe_filename",
+    "safe_filename", "printable",
     "DicomIOError", "UnreadableFileError", "SeriesSelectionError", "GeometryError",
     "MissingSliceError", "UnsupportedInputError",
 ]

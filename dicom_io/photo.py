@@ -12,7 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 
-from .atomic import atomic_path
+from atomicfs import atomic_path
+
 from .dicom_series import patient_study_attributes
 from .errors import UnreadableFileError, UnsupportedInputError
 from .types import FrameRef, Photo, SourceRef

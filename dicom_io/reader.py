@@ -10,6 +10,7 @@ import pydicom
 from .dicom_series import read_series
 from .errors import DicomIOError, UnreadableFileError
 from .photo import IMAGE_SUFFIXES, read_photo
+from .text import printable
 from .types import Photo, Volume
 from .volume_files import read_nifti, read_nrrd
 
@@ -33,7 +34,12 @@ def is_photo_dataset(ds: pydicom.Dataset) -> bool:
 
 
 def read_image(
-    source: str | os.PathLike[str], *, series_uid: str | None = None, allow_gaps: bool = False
+    source: str | os.PathLike[str],
+    *,
+    series_uid: str | None = None,
+    allow_gaps: bool = False,
+    skip_unreadable: bool = False,
+    padding_value: float | None = None,
 ) -> Volume | Photo:
     """Read a volume or a photograph.
 
@@ -46,6 +52,11 @@ def read_image(
         Which series to read from a folder holding several.
     allow_gaps : bool
         Accept missing slices (interpolated, with a loud warning).
+    skip_unreadable : bool
+        DICOM folders: leave out files that cannot be read, with a warning kept in ``Volume.warnings``
+        (default: they are an error naming every one).
+    padding_value : float, optional
+        DICOM: value of PixelPaddingValue voxels (default -1000 HU for CT); see `read_series`.
 
     Returns
     -------
@@ -55,7 +66,9 @@ def read_image(
     if not p.exists():
         raise DicomIOError(f"'{p}' does not exist.", str(p))
     if p.is_dir():
-        return read_series(p, series_uid, allow_gaps=allow_gaps)
+        return read_series(
+            p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value
+        )
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(p)
@@ -71,6 +84,17 @@ def read_image(
             f"({type(e).__name__}: {e}).",
             str(p),
         ) from e
-    if is_photo_dataset(ds):
+    try:
+        photo = is_photo_dataset(ds)
+    except Exception as e:  # noqa: BLE001 - pydicom converts values when first used: a damaged one raises
+        raise UnreadableFileError(
+            f"Cannot read '{p}': its SamplesPerPixel or SOPClassUID is damaged ({type(e).__name__}: "
+            f"{printable(e)[:200]}). "
+            "Re-export or re-transfer the file.",
+            str(p),
+        ) from e
+    if photo:
         return read_photo(p)
-    return read_series(p, series_uid, allow_gaps=allow_gaps)
+    return read_series(
+        p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value
+    )

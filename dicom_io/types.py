@@ -91,7 +91,10 @@ class Volume:
     source : SourceRef or None
         Provenance; None for volumes not read from DICOM.
     warnings : tuple of str
-        Loud warnings raised while reading (accepted gaps, tilt), kept with the data.
+        Loud warnings raised while reading (accepted gaps, tilt, files left out), kept with the data.
+    notes : tuple of str
+        Routine facts about how values were derived (PixelPaddingValue voxels set to air), kept with
+        the data like the warnings but not shouted: they are correct handling, not a problem.
     """
 
     array: np.ndarray
@@ -100,6 +103,7 @@ class Volume:
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     source: SourceRef | None = None
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:

@@ -2,10 +2,16 @@
 
 NIfTI stores RAS world coordinates, so LPS affines are flipped in x and y on the way out and back in.
 NRRD is written in LPS ("left-posterior-superior"), the space 3D Slicer and DICOM use.
+
+``Volume.warnings`` (an accepted gap, files left out with ``skip_unreadable``) and ``Volume.notes``
+(padding replaced) travel with the file: NRRD key/value fields ``medxai_warnings:=<JSON list>`` and
+``medxai_notes:=<JSON list>``, and a NIfTI comment extension ``{"medxai_warnings": [...],
+"medxai_notes": [...]}``; the readers restore them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,11 +19,34 @@ import nibabel as nib
 import nrrd
 import numpy as np
 
-from .atomic import atomic_path
+from atomicfs import atomic_path
+
 from .errors import UnreadableFileError, UnsupportedInputError
 from .types import LPS_TO_RAS, Volume
 
 __all__ = ["read_nifti", "write_nifti", "read_nrrd", "write_nrrd", "write_volume", "volume_from_affine"]
+
+# Keys of the warnings and notes in a NRRD header and in a NIfTI comment extension.
+_WARNINGS_KEY = "medxai_warnings"
+_NOTES_KEY = "medxai_notes"
+_NIFTI_COMMENT = 6
+
+
+def _strings_from_json(text: object, key: str) -> tuple[str, ...]:
+    """A list stored by the writers under ``key``; anything else (another tool's comment) gives ()."""
+    try:
+        data = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError:
+        return ()
+    if isinstance(data, dict):
+        data = data.get(key)
+    return tuple(str(w) for w in data) if isinstance(data, list) else ()
+
+
+def _kept(volume: Volume) -> dict[str, list[str]]:
+    """The warnings and notes a written file carries (only the non-empty ones)."""
+    return {k: list(v) for k, v in ((_WARNINGS_KEY, volume.warnings), (_NOTES_KEY, volume.notes)) if v}
+
 
 _NRRD_SPACES = {
     "left-posterior-superior": np.diag([1.0, 1.0, 1.0]),
@@ -51,7 +80,9 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
             f"'{path}' holds a {data.ndim}D image of shape {data.shape}; medxai reads 3D volumes.", str(path)
         )
     affine_ras = img.affine
-    return volume_from_affine(data, LPS_TO_RAS @ affine_ras)
+    comments = [ext.get_content() for ext in img.header.extensions if ext.get_code() == _NIFTI_COMMENT]
+    kept = {k: tuple(w for c in comments for w in _strings_from_json(c, k)) for k in (_WARNINGS_KEY, _NOTES_KEY)}
+    return volume_from_affine(data, LPS_TO_RAS @ affine_ras, warnings=kept[_WARNINGS_KEY], notes=kept[_NOTES_KEY])
 
 
 def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: np.dtype | type = np.float32) -> Path:
@@ -61,6 +92,9 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: np.dtype | 
     img.set_sform(volume.affine_ras, code=1)  # scanner anatomical
     img.set_qform(volume.affine_ras, code=1)
     img.header.set_xyzt_units("mm")
+    if volume.warnings or volume.notes:
+        content = json.dumps(_kept(volume)).encode()
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(_NIFTI_COMMENT, content))
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
@@ -91,7 +125,11 @@ def read_nrrd(path: str | os.PathLike[str]) -> Volume:
     affine[:3, 3] = np.asarray(origin, dtype=float)
     to_lps = np.eye(4)
     to_lps[:3, :3] = _NRRD_SPACES[space]
-    return volume_from_affine(data, to_lps @ affine)
+    return volume_from_affine(
+        data, to_lps @ affine,
+        warnings=_strings_from_json(header.get(_WARNINGS_KEY), _WARNINGS_KEY),
+        notes=_strings_from_json(header.get(_NOTES_KEY), _NOTES_KEY),
+    )
 
 
 def write_nrrd(volume: Volume, path: str | os.PathLike[str], dtype: np.dtype | type = np.float32) -> Path:
@@ -104,6 +142,8 @@ def write_nrrd(volume: Volume, path: str | os.PathLike[str], dtype: np.dtype | t
         "kinds": ["domain", "domain", "domain"],
         "encoding": "gzip",
     }
+    for key, values in _kept(volume).items():
+        header[key] = json.dumps(values)  # one line: a NRRD field is one line
     data = volume.array.transpose(2, 1, 0).astype(dtype, copy=False)
     with atomic_path(path) as tmp:
         nrrd.write(str(tmp), data, header, index_order="F")

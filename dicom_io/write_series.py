@@ -25,7 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from .atomic import atomic_path
+from atomicfs import atomic_path
+
 from .types import Volume
 
 __all__ = ["StudyInfo", "write_ct_series", "write_photo_dicom", "COMPRESSIONS"]
@@ -219,7 +220,8 @@ def write_ct_series(
             setattr(ds, kw, v)
         ds.PixelData = pix.tobytes()
         if compression != "none":
-            ds.compress(COMPRESSIONS[compression], pix)
+            # keep the SOP Instance UID set above (pydicom would draw a new, random one)
+            ds.compress(COMPRESSIONS[compression], pix, generate_instance_uid=False)
         name = file_names[k] if file_names is not None else f"CT{k + 1:06d}.dcm"
         path = out / name
         with atomic_path(path) as tmp:

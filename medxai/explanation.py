@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from medxai.atomic import atomic_path
+
+from atomicfs import atomic_path
 
 __all__ = ["Explanation", "ArrayLike"]
 

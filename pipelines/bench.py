@@ -173,8 +173,11 @@ def _randomised(model: Any, seed: int) -> Any:
 class _Models:
     """Resolves every model file under ``root``: loads it if present, trains it otherwise."""
 
-    def __init__(self, root: Path, settings: BenchSettings, progress: Progress | None, clock: _Clock) -> None:
+    def __init__(
+        self, root: Path, settings: BenchSettings, progress: Progress | None, clock: _Clock, trust_code: bool = False
+    ) -> None:
         self.root, self.s, self.progress, self.clock = root, settings, progress, clock
+        self.trust_code = trust_code  # written into every config it hands out (trust_code: true), so loaders see it
         self.trained: list[str] = []
         self.loaded: list[str] = []
         self.configs: dict[str, Config] = {}  # the resolved configs, for results.json
@@ -205,6 +208,8 @@ class _Models:
             "autoencoder.path": str(main / "autoencoder.safetensors"),  # one autoencoder for every teacher
             "agent.path": str(d / "agent.safetensors"),
         })
+        if self.trust_code:
+            over["trust_code"] = True
         if which == "ct_shortcut":
             over["data.shortcut"] = float(self.s.shortcut)
         if which == "ct_random":
@@ -274,11 +279,14 @@ class _Models:
             s.path("ddpm_config"), paths["ddpm"], n=n, seconds=s.train_seconds.get("ddpm"), steps=s.train_steps.get("ddpm")))
         for key, robust in (("classifier", False), ("robust_classifier", True)):
             self._note(f"fundus_{key}", paths[key], lambda key=key, robust=robust: train_dr_classifier(
-                s.path("dr_config"), paths[key], robust=robust, n=n, seconds=s.train_seconds.get(key), steps=s.train_steps.get(key)))
+                s.path("dr_config"), paths[key], robust=robust, n=n, seconds=s.train_seconds.get(key), steps=s.train_steps.get(key),
+                trust_code=self.trust_code))
         cfg = load_config(s.path("dr_config"), DR_SCHEMA)
         over = dict(s.dr_overrides)
         over.update({"classifier.path": str(paths["classifier"]), "robust_classifier.path": str(paths["robust_classifier"]),
                      "diffusion.path": str(paths["ddpm"])})
+        if self.trust_code:
+            over["trust_code"] = True
         self.configs["fundus"] = cfg.with_overrides(over)
         return self.configs["fundus"]
 
@@ -600,7 +608,7 @@ class _Figures:
     def _save_rgb(self, rgb: np.ndarray, path: Path) -> None:
         from PIL import Image
 
-        from dicom_io import atomic_path
+        from atomicfs import atomic_path
 
         with atomic_path(path) as tmp:
             Image.fromarray(rgb).save(tmp, format="PNG")
@@ -641,7 +649,7 @@ class _Figures:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from dicom_io import atomic_path
+        from atomicfs import atomic_path
 
         for k in range(len(base)):
             img = base[k] if base[k].ndim == 2 else np.moveaxis(base[k], 0, -1)
@@ -677,6 +685,7 @@ def run_bench(
     only: str | None = None,
     pretrained: bool = False,
     progress: Progress | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark into ``out``; returns the results (also in ``out/results.json``).
 
@@ -695,13 +704,18 @@ def run_bench(
     pretrained : bool
         Start the model cache with the shipped phantom models (``medxai/pretrained``) instead of
         training teacher, autoencoder, agent, DDPM and classifiers (the rest is still trained).
+    trust_code : bool
+        Allow model classes / MONAI bundle code outside the allow-list of :mod:`medxai.trust` in the
+        CT and DR configs (``--trust-code``; ``trust_code: true`` at the top of the bench config counts too).
     """
     from medxai.training.checkpoint import write_json_atomic
+    from medxai.trust import trusts_code
     from pipelines.report import write_report
 
     if only not in (None, "ct", "fundus"):
         raise ValueError(f"--only must be 'ct' or 'fundus', got {only!r}.")
     settings = load_bench_settings(config, quick)
+    trust_code = trusts_code(load_config(Path(config) if config is not None else DEFAULT_CONFIG), trust_code)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(models_dir) if models_dir is not None else out_dir / "models"
@@ -718,7 +732,7 @@ def run_bench(
     clock = _Clock(progress)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
-    models = _Models(root, settings, progress, clock)
+    models = _Models(root, settings, progress, clock, trust_code)
     figs = _Figures(out_dir)
     results: dict[str, Any] = {"quick": quick, "started": started}
     if only in (None, "ct"):

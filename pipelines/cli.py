@@ -20,10 +20,12 @@ from rich.markup import escape
 
 from . import commands as _commands
 
-__all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_FAILURE"]
+__all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+_INTERRUPTED = "Interrupted; nothing half-written was left looking finished."
 
 app = typer.Typer(
     name="medxai",
@@ -91,16 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        app(args=args, prog_name="medxai", standalone_mode=False)
-        code = 0
+        # With standalone_mode=False click/typer *return* the code of an Exit instead of raising it, and
+        # typer turns Ctrl-C into Exit(130) on the way; commands themselves return None.
+        rv = app(args=args, prog_name="medxai", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code
     except click.ClickException as e:
         e.show()
         code = e.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("Interrupted; no output was marked finished.")
-        code = 130
+        code = EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _state["debug"] or "--debug" in args:
             traceback.print_exc()
@@ -108,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(f"[bold red]Error:[/] {escape(_paragraph(e))}")
             err.print("(Run with --debug for the full traceback.)", style="dim")
         code = EXIT_BAD_INPUT if _is_bad_input(e) else EXIT_FAILURE
+    if code == EXIT_INTERRUPTED:
+        err.print(_INTERRUPTED)
     if argv is None:
         sys.exit(code)
     return code

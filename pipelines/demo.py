@@ -140,6 +140,8 @@ def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], 
     exported = export_explanation(
         vol, heat, out_dir / "dicom_export", method="DiffExplainer", target="one-year mortality (phantom)",
         score_before=p(ts["query"]), score_after=p(ts["sweep_minus"][-1]),
+        step=-float(meta["step_sizes"][-1]),  # the counterfactual whose probability is shown
+        overwrite=True,  # the demo owns its output folder and regenerates everything in it
     )
     written = {
         "phantom_dicom": str(dicom),

@@ -9,7 +9,13 @@ and renamed when complete):
 * ``slices.npz``: query, reconstruction and every counterfactual stack ``(4, S, S)`` in [0, 1];
 * ``strip.png``: one row per slice: query | reconstruction | z- | z+ | z+ - z | z- - z (red = brighter);
 * ``explanation.json``: teacher scores (query, reconstruction, every step of the sweep), agent scores,
-  parameters, seed, slice indices, timings, config and package versions.
+  parameters, seed, slice indices, timings, config and package versions; ``input_check`` (each
+  check's value, expected range and pass, see :mod:`pipelines.input_check`) and ``notes`` (e.g. the
+  query is already in the target class).
+
+Before explaining, each series is checked against what the models were trained for (modality, slices,
+field of view, scan length, lung volume; after the explainer's reconstruction, the autoencoder's
+reconstruction error); a failed check refuses the whole job unless ``force=True`` (``--force``).
 """
 
 from __future__ import annotations
@@ -22,8 +28,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dicom_io import Volume, atomic_dir, find_series, read_series, safe_filename, write_nifti
+from atomicfs import atomic_dir
+from dicom_io import Volume, find_series, read_series, safe_filename, write_nifti
 from pipelines.errors import StepError
+from pipelines.input_check import (
+    CTInputLimits,
+    InputCheck,
+    ct_volume_checks,
+    enforce,
+    lung_volume_check,
+    reconstruction_check,
+    softmax,
+    target_note,
+)
+from pipelines.paths import check_output_outside_input
 from pipelines.provenance import package_versions
 
 __all__ = ["explain_ct", "strip_image"]
@@ -60,7 +78,7 @@ def strip_image(query: np.ndarray, recon: np.ndarray, minus: np.ndarray, plus: n
 def _write_png(rgb: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    from dicom_io import atomic_path
+    from atomicfs import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
@@ -70,6 +88,19 @@ def _on_grid(volume: Volume, array: np.ndarray) -> Volume:
     return Volume(np.ascontiguousarray(array, dtype=np.float32), volume.spacing, volume.origin, volume.direction)
 
 
+def _recon_reference(cfg: Any, encode_steps: int, decode_steps: int) -> tuple[Any, str]:
+    """The reference reconstruction statistics at these steps from the autoencoder's side-car (or None, and where it looked)."""
+    from medxai.metrics.reconstruction import find_reference, references_from_sidecar
+    from medxai.training.checkpoint import read_json
+
+    sidecar = cfg.path("autoencoder.path").with_suffix(".json")
+    refs = references_from_sidecar(read_json(sidecar)) if sidecar.is_file() else []
+    found = find_reference(refs, encode_steps, decode_steps)
+    recorded = ", ".join(f"{r.encode_steps}/{r.decode_steps}" for r in refs) or "none"
+    where = f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})"
+    return found, where
+
+
 def explain_ct(
     config: str | os.PathLike[str],
     source: str | os.PathLike[str],
@@ -77,6 +108,9 @@ def explain_ct(
     *,
     progress: Progress | None = None,
     overrides: dict[str, Any] | None = None,
+    trust_code: bool = False,
+    force: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict[str, Any]:
     """Run the explain job; returns a summary (cases, files written, scores).
 
@@ -92,17 +126,28 @@ def explain_ct(
         ``progress(stage, done, total)``.
     overrides : dict, optional
         Dotted config fields to replace (e.g. ``{"explainer.decode_steps": 10}``).
+    trust_code : bool
+        Allow a teacher class / MONAI bundle code outside the allow-list of :mod:`medxai.trust`
+        (``--trust-code``; ``trust_code: true`` in the config counts too).
+    force : bool
+        Explain even when an input check fails (``--force``); the failed checks are kept in
+        ``explanation.json`` ``input_check``. Without it such an input raises
+        :class:`~pipelines.input_check.InputCheckError` (a ``ValueError``) naming each failed check.
+        The checks and their limits: :mod:`pipelines.input_check`.
+    skip_unreadable : bool
+        Leave out DICOM files that cannot be read (``--skip-unreadable``); the warning that lists them
+        is kept in each case's ``explanation.json`` ``reader_warnings``. Default: they are an error.
     """
     import torch
 
+    from medxai.metrics.reconstruction import reconstruction_mse
     from medxai.training.ct import build_explainer, load_ct_config, stack_config
     from medxai.transforms import CTStackTransform
 
     src, out_dir = Path(source), Path(out)
     if not src.exists():
         raise ValueError(f"input {str(src)!r} does not exist; pass a DICOM folder.")
-    if out_dir.resolve() == src.resolve():
-        raise ValueError(f"output folder {str(out_dir)!r} is the input; medxai never writes into its input.")
+    check_output_outside_input(out_dir, src, option="-o/--out")
     try:
         cfg = load_ct_config(config)
         if overrides:
@@ -112,17 +157,38 @@ def explain_ct(
 
     t_start = time.perf_counter()
     try:
-        series = [s.series_instance_uid for s in find_series(src)] if src.is_dir() else [None]
-        volumes = [read_series(src, uid) for uid in series]
+        series = (
+            [s.series_instance_uid for s in find_series(src, skip_unreadable=skip_unreadable)]
+            if src.is_dir() else [None]
+        )
+        volumes = [read_series(src, uid, skip_unreadable=skip_unreadable) for uid in series]
     except Exception as e:
         raise StepError("ingest", str(e)) from e
     try:
+        limits = CTInputLimits.from_config(cfg)
         transform = CTStackTransform(stack_config(cfg))
-        stacks = [transform(v.array, v.spacing, v.origin, v.direction) for v in volumes]
     except Exception as e:
         raise StepError("transforms", str(e)) from e
+    case_names = [safe_filename((v.source.series_instance_uid if v.source is not None else None) or src.stem, default=f"case{b}")
+                  for b, v in enumerate(volumes)]
+    checks = [InputCheck(name, ct_volume_checks(v, limits)) for name, v in zip(case_names, volumes)]
+    stacks: list[Any] = []
+    for vol, chk in zip(volumes, checks):
+        try:
+            stacks.append(transform(vol.array, vol.spacing, vol.origin, vol.direction))
+            chk.checks.append(lung_volume_check(stacks[-1], limits))
+        except Exception as e:
+            if chk.passed:  # a chest CT whose stack fails: the transform's own message says why
+                raise StepError("transforms", f"case {chk.case}: {e}") from e
+            stacks.append(None)
+            chk.checks.append(lung_volume_check(None, limits, error=str(e)))
+    # cheap checks first: refuse before loading the models and explaining
+    enforce(checks, force=force, what="before explaining", source=str(src), trained_for="chest CT series")
+    if any(d is None for d in stacks):
+        bad = [c for c, d in zip(checks, stacks) if d is None]
+        raise StepError("transforms", f"case {bad[0].case}: {bad[0].reasons()}; --force cannot explain a series without a lung stack.")
     try:
-        explainer = build_explainer(cfg, progress=progress)
+        explainer = build_explainer(cfg, progress=progress, trust_code=trust_code)
     except Exception as e:
         raise StepError("load models", str(e)) from e
     target = int(cfg.get("explainer.target_class"))
@@ -131,6 +197,12 @@ def explain_ct(
         exp = explainer.explain(x, target)
     except Exception as e:
         raise StepError("explain", str(e)) from e
+    # the reconstruction the explainer computed anyway gives the autoencoder's own error on the query
+    recon_mse = reconstruction_mse(x, exp.counterfactuals["reconstruction"])  # type: ignore[index]
+    reference, where = _recon_reference(cfg, explainer.encode_steps, explainer.decode_steps)
+    for b, chk in enumerate(checks):
+        chk.checks.append(reconstruction_check(float(recon_mse[b]), reference, limits, where=where))
+    enforce(checks, force=force, what="after reconstructing it", source=str(src), trained_for="chest CT series")
 
     cf = {k: v.numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in (exp.counterfactuals or {}).items()}
     scores = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in exp.scores.items()}
@@ -160,6 +232,8 @@ def explain_ct(
                 _write_png(strip_image(slices["query"], slices["reconstruction"], slices[f"minus_{hi}"], slices[f"plus_{hi}"]), tmp / "strip.png")
                 names.append("strip.png")
                 case_scores = {k: (v[b] if isinstance(v, list) and len(v) == len(volumes) else v) for k, v in scores.items()}
+                note = target_note(softmax(case_scores["query"]), target, limits.already_target_p,
+                                   counterfactual="the 'more likely' counterfactual (z+)")
                 meta = {
                     "case": case,
                     "series_instance_uid": uid,
@@ -170,6 +244,10 @@ def explain_ct(
                     "heatmap_step": explainer.heatmap_step,
                     "slice_indices": np.asarray(idx).tolist(),
                     "ct_shape_zyx": list(vol.shape),
+                    "input_check": checks[b].to_dict(),
+                    "notes": [note] if note else [],
+                    "reader_warnings": list(vol.warnings),  # gaps accepted, files skipped
+                    "reader_notes": list(vol.notes),  # padding set to air
                     "teacher_scores": {
                         "query": case_scores["query"],
                         "reconstruction": case_scores["reconstruction"],
@@ -194,5 +272,6 @@ def explain_ct(
             raise StepError("write outputs", f"case {case}: {e}") from e
         written[case] = [str(out_dir / case / n) for n in meta["files"]]
         q = np.asarray(case_scores["query"])
-        cases.append({"case": case, "query": q.tolist(), "prediction": int(q.argmax())})
+        cases.append({"case": case, "query": q.tolist(), "prediction": int(q.argmax()),
+                      "input_check": checks[b].to_dict(), "forced_reasons": checks[b].reasons(), "notes": meta["notes"]})
     return {"cases": cases, "written": written, "seconds": time.perf_counter() - t_start, "n_cases": len(volumes)}

@@ -12,7 +12,8 @@ loads the black-box classifier, the robust classifier and the diffusion model na
   (the transforms' inverse), 0 outside the field of view;
 * ``arrays.npz`` -- float32 query, counterfactual, signed difference, heatmap, FOV mask;
 * ``dvce.json`` -- scores (plain and robust, query and counterfactual), target, parameters, seed,
-  the resolved config and package versions;
+  the resolved config and package versions; ``input_check`` (photo size and field-of-view checks,
+  :mod:`pipelines.input_check`; a failed one refuses the photo unless ``force``) and ``notes``;
 * optionally ``dicom/`` -- a Secondary Capture overlay on the photo (``pipelines.export``).
 
 Every file is written under a temporary name and renamed when complete.
@@ -32,10 +33,11 @@ import numpy as np
 
 from medxai.config import Config, ConfigError, load_config, validate
 
-from dicom_io import atomic_path
+from atomicfs import atomic_path
 from dicom_io.photo import write_photo
 
 from .errors import StepError
+from .input_check import FundusInputLimits, InputCheck, InputCheckError, enforce, fundus_checks, target_note
 from .provenance import package_versions
 
 __all__ = ["DR_SCHEMA", "DRExplainResult", "DRModels", "load_dr_models", "run_dr_explain", "explain_fundus_array"]
@@ -75,6 +77,8 @@ class DRExplainResult:
     scores: dict[str, Any]
     target_class: int
     target_reached: bool
+    #: ``{"passed", "forced", "failed", "checks", "reasons", "notes"}`` (see :mod:`pipelines.input_check`)
+    input_check: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -93,23 +97,29 @@ def _gray8(hw: np.ndarray, lo: float | None = None, hi: float | None = None) -> 
     return np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8)
 
 
-def _teacher(section: Mapping[str, Any], size: int, what: str) -> Any:
+def _teacher(section: Mapping[str, Any], size: int, what: str, trust_code: bool = False, source: str | None = None) -> Any:
     from medxai.networks.teacher import load_teacher, teacher_spec_from_dict
 
     spec = teacher_spec_from_dict(dict(section), in_channels=3, image_size=size)
     if spec.in_channels != 3:
         raise ValueError(f"{what}.in_channels must be 3 (RGB fundus crops), got {spec.in_channels}.")
-    return load_teacher(spec)
+    return load_teacher(spec, trust_code=trust_code, source=source, key=what)
 
 
-def load_dr_models(config: Config) -> DRModels:
-    """Load the classifier, the robust classifier (``robust_classifier`` section, optional) and the DDPM."""
+def load_dr_models(config: Config, *, trust_code: bool = False) -> DRModels:
+    """Load the classifier, the robust classifier (``robust_classifier`` section, optional) and the DDPM.
+
+    ``trust_code`` (or ``trust_code: true`` in the config) allows classifier classes and MONAI bundle
+    code outside the allow-list of :mod:`medxai.trust`.
+    """
     from medxai.diffusion.ddpm import load_ddpm
+    from medxai.trust import trusts_code
 
     size = int(config.get("image_size"))
-    classifier = _teacher(config.section("classifier"), size, "classifier")
+    trust = trusts_code(config, trust_code)
+    classifier = _teacher(config.section("classifier"), size, "classifier", trust, config.source)
     robust_section = config.get("robust_classifier", None)
-    robust = _teacher(robust_section, size, "robust_classifier") if robust_section else None
+    robust = _teacher(robust_section, size, "robust_classifier", trust, config.source) if robust_section else None
     ddpm = load_ddpm(config.path("diffusion.path"))
     if ddpm.config.image_size != size or ddpm.config.in_channels != 3:
         raise ValueError(
@@ -137,8 +147,18 @@ def explain_fundus_array(
     *,
     target_class: int | None = None,
     seed: int | None = None,
+    limits: FundusInputLimits | None = None,
+    force: bool = False,
+    source: str = "photo",
 ) -> dict[str, Any]:
-    """Run the crop + DVCE part of the job on an RGB photo ``(H, W, 3)`` uint8; returns arrays and scores."""
+    """Run the crop + DVCE part of the job on an RGB photo ``(H, W, 3)`` uint8; returns arrays and scores.
+
+    With ``limits``, the photo size and the detected field of view are checked before DVCE runs
+    (:func:`pipelines.input_check.fundus_checks`): a failed check raises
+    :class:`~pipelines.input_check.InputCheckError` naming ``source`` unless ``force``; the result's
+    ``input_check`` (an :class:`~pipelines.input_check.InputCheck`) holds every check, and ``notes``
+    says when the classifier already gives the target class.
+    """
     import torch
 
     from medxai.explainers.dvce import DVCE
@@ -151,6 +171,11 @@ def explain_fundus_array(
     except TypeError as err:
         raise ConfigError(f"{config.source}: section 'fov' has unknown fields ({err}); valid: margin, threshold_abs, threshold_rel.") from err
     data = tf(rgb)
+    check = InputCheck(Path(source).name or source)
+    if limits is not None:  # the transform's own FOV detection, before paying for DVCE
+        check.checks.extend(fundus_checks(rgb, data, limits, threshold_abs=tf.config.threshold_abs,
+                                          threshold_rel=tf.config.threshold_rel))
+        enforce([check], force=force, what="before explaining", source=source, trained_for="colour fundus photograph")
     x = torch.as_tensor(np.asarray(data["image"]), dtype=torch.float32)[None]
     fov = (torch.as_tensor(np.asarray(data["fov_mask"])).float()[None] > 0.5).float()
     target = int(config.get("dvce.target_class")) if target_class is None else int(target_class)
@@ -186,6 +211,9 @@ def explain_fundus_array(
         "target_reached": bool(exp.extra.get("target_reached", [False])[0]),
         "explanation": exp,
         "seed": seed,
+        "input_check": check,
+        "notes": [n for n in [target_note(scores["classifier_query"] or [0.0] * (target + 1), target,
+                                          limits.already_target_p if limits is not None else 1.0, "classifier")] if n],
     }
 
 
@@ -199,6 +227,8 @@ def run_dr_explain(
     overrides: Mapping[str, Any] | None = None,
     dicom: bool = False,
     models: DRModels | None = None,
+    trust_code: bool = False,
+    force: bool = False,
 ) -> DRExplainResult:
     """Explain one fundus photograph with DVCE and write the outputs into ``out_dir``.
 
@@ -220,6 +250,13 @@ def run_dr_explain(
         Also export the heatmap overlay as a DICOM Secondary Capture under ``out_dir/dicom``.
     models : DRModels, optional
         Already loaded networks (skips loading from the config's paths).
+    trust_code : bool
+        Allow classifier classes / MONAI bundle code outside the allow-list (``--trust-code``).
+    force : bool
+        Explain even when the photo fails an input check (``--force``; limits: the config's
+        ``input_check`` section, :class:`~pipelines.input_check.FundusInputLimits`); the failed checks
+        are kept in ``dvce.json`` ``input_check``. Without it such a photo raises
+        :class:`~pipelines.input_check.InputCheckError` (a ``ValueError``).
 
     Raises
     ------
@@ -231,6 +268,7 @@ def run_dr_explain(
         config = load_config(config_path, DR_SCHEMA)
         if overrides:
             config = validate(config.with_overrides(overrides), DR_SCHEMA)
+        limits = FundusInputLimits.from_config(config)
     except (ValueError, TypeError) as err:
         raise StepError("load config", str(err)) from err
     try:
@@ -256,11 +294,14 @@ def run_dr_explain(
         raise StepError("read photo", f"{type(err).__name__}: {err}") from err
     try:
         if models is None:
-            models = load_dr_models(config)
+            models = load_dr_models(config, trust_code=trust_code)
     except (ValueError, TypeError) as err:
         raise StepError("load models", str(err)) from err
     try:
-        res = explain_fundus_array(rgb, config, models, target_class=target_class, seed=seed)
+        res = explain_fundus_array(rgb, config, models, target_class=target_class, seed=seed, limits=limits,
+                                   force=force, source=str(input_path))
+    except InputCheckError:
+        raise  # its message already names the input, each failed check and the way out
     except (ValueError, TypeError) as err:
         raise StepError("explain", str(err)) from err
     out = Path(out_dir)
@@ -294,6 +335,7 @@ def run_dr_explain(
             dcm = export_photo_explanation(
                 photo, res["heatmap_photo"], out / "dicom", method="dvce", target=f"class {tgt}",
                 score_before=float(sq[tgt]), score_after=float(sc[tgt]),
+                overwrite=True,  # part of this explanation's own output folder, rewritten on every run
             )
             if dcm:
                 files["dicom"] = dcm[0]
@@ -305,6 +347,8 @@ def run_dr_explain(
             "crop_shape": list(res["query"].shape),
             "target_class": res["target_class"],
             "target_reached": res["target_reached"],
+            "input_check": res["input_check"].to_dict(),
+            "notes": res["notes"],
             "scores": res["scores"],
             "seed": res["seed"],
             "parameters": json.loads(json.dumps(exp.parameters, default=str)),
@@ -321,4 +365,5 @@ def run_dr_explain(
     except (OSError, ValueError) as err:
         raise StepError("write outputs", str(err)) from err
     logger.info("DVCE: target %d reached=%s; outputs in %s", res["target_class"], res["target_reached"], out)
-    return DRExplainResult(out, files, res["scores"], res["target_class"], res["target_reached"])
+    check = {**res["input_check"].to_dict(), "reasons": res["input_check"].reasons(), "notes": res["notes"]}
+    return DRExplainResult(out, files, res["scores"], res["target_class"], res["target_reached"], check)

@@ -1,24 +1,39 @@
 """The export job: put an explanation (heatmap, optional counterfactual) where users look.
 
-From a source CT series and a heatmap on its grid it writes, under ``OUT/<patient>/<study>/``:
-a Secondary Capture overlay series (in the source study), the same for the counterfactual, a Parametric
-Map, a binary Segmentation of the thresholded heatmap, a 3D Slicer bundle and ``export.json``.
+From a source CT series and a heatmap on its grid it writes one folder per exported series and method::
+
+    OUT/<patient>_<h>/<study>_<h>/<series>_<method>_<h>/
+        SC_overlay/          Secondary Capture overlay series (in the source study)
+        SC_counterfactual/   the same for the counterfactual (when given)
+        PM.dcm               Parametric Map of the heatmap
+        SEG.dcm              binary Segmentation of the thresholded heatmap (unless disabled)
+        slicer/              3D Slicer bundle (unless disabled)
+        export.json          what was exported, with paths relative to this folder
+
+Each ``<…>_<h>`` is a readable, sanitised label followed by 8 hex digits of the SHA-256 of what
+identifies it (PatientID with its issuer; StudyInstanceUID; SeriesInstanceUID and method), so two
+patients, studies or series whose labels sanitise alike (``12345/1`` and ``12345 1``, ``Müller`` and
+``Möller``) never share a folder. The whole series folder is written under a hidden ``.…partial``
+name and renamed when complete: an interrupted export leaves nothing that looks finished. An existing
+export is replaced only with ``overwrite=True`` (``--overwrite``). The output may not lie inside the
+source folder. Fundus exports (`export_photo_explanation`) use the same naming.
 The explain command calls `export_explanation` with its in-memory heatmaps.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, NoReturn, Sequence
 
 import numpy as np
 
+from atomicfs import atomic_dir, atomic_path
 from dicom_io import Photo, Volume, read_series, safe_filename
-from dicom_io.atomic import atomic_dir, atomic_path
 from dicom_io.export import (
     Legend,
     read_source_headers,
@@ -34,15 +49,26 @@ from dicom_io.export import (
 from dicom_io.export.slicer import check_same_grid
 
 from .errors import StepError
+from .paths import check_output_outside_input
 
-__all__ = ["ExportResult", "export_explanation", "export_photo_explanation", "select_slices", "load_on_grid"]
+__all__ = [
+    "ExportResult",
+    "export_explanation",
+    "export_folder",
+    "export_photo_explanation",
+    "select_slices",
+    "load_on_grid",
+]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ExportResult:
-    """What an export wrote (paths), for reports and for pushing to a PACS."""
+    """What an export wrote (paths), for reports and for pushing to a PACS.
+
+    ``out_dir`` is the export's own folder ``OUT/<patient>/<study>/<series>_<method>_<h>/``.
+    """
 
     out_dir: Path
     overlay_files: list[Path] = field(default_factory=list)
@@ -57,6 +83,18 @@ class ExportResult:
         out = [*self.overlay_files, *self.counterfactual_files]
         out += [p for p in (self.parametric_map, self.segmentation) if p is not None]
         return out
+
+    def moved(self, old: Path, new: Path) -> ExportResult:
+        """The same result with every path under ``old`` moved under ``new``."""
+
+        def mv(v: object) -> object:
+            if isinstance(v, Path):
+                return new / v.relative_to(old) if v.is_relative_to(old) else v
+            if isinstance(v, list):
+                return [mv(x) for x in v]
+            return v
+
+        return ExportResult(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
 
 
 def select_slices(heatmap: np.ndarray, mode: str | Sequence[int] = "nonzero", rel: float = 1e-3) -> list[int]:
@@ -94,11 +132,60 @@ def load_on_grid(path: str | os.PathLike[str], ct: Volume, what: str) -> Volume:
     return vol
 
 
-def _study_folder(out: Path, ps: dict[str, object], study_uid: str | None) -> Path:
-    patient = safe_filename(ps.get("PatientID") or "unknown-patient", default="unknown-patient")
-    date = str(ps.get("StudyDate") or "")
-    study = safe_filename(f"{date}_{ps.get('StudyID') or ''}" if date else (study_uid or "study"), default="study")
-    return out / patient / study
+def _tagged(label: object, key: str, default: str, max_len: int = 40) -> str:
+    """``<sanitised label>_<8 hex of sha256(key)>``: readable, and distinct for distinct keys."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe_filename(label, default=default, max_len=max_len)}_{digest}"
+
+
+def export_folder(
+    out: str | os.PathLike[str],
+    patient_study: Mapping[str, object],
+    study_uid: str | None,
+    series_label: str,
+    series_key: str,
+) -> Path:
+    """The folder of one export: ``out/<patient>_<h>/<study>_<h>/<series_label>_<h>``.
+
+    Parameters
+    ----------
+    out : path
+        Output root.
+    patient_study : mapping
+        The source's patient/study attributes (``SourceRef.patient_study``): ``PatientID``,
+        ``IssuerOfPatientID``, ``StudyDate``, ``StudyID``.
+    study_uid : str or None
+        StudyInstanceUID of the source (part of the study folder's hash).
+    series_label : str
+        Readable part of the series folder name (sanitised here).
+    series_key : str
+        What identifies the export within the study (e.g. SeriesInstanceUID and method); hashed.
+
+    Returns
+    -------
+    Path
+        The folder; names never start with ``.`` or ``-``, and differ whenever the raw identifying
+        values differ (up to an 8-hex-digit hash collision).
+    """
+    pid = str(patient_study.get("PatientID") or "")
+    issuer = str(patient_study.get("IssuerOfPatientID") or "")
+    patient = _tagged(pid or "unknown-patient", f"{pid}\x00{issuer}" if issuer else pid, "unknown-patient")
+    date, sid = str(patient_study.get("StudyDate") or ""), str(patient_study.get("StudyID") or "")
+    study = _tagged("_".join(x for x in (date, sid) if x) or "study", study_uid or "", "study")
+    return Path(out) / patient / study / _tagged(series_label, series_key, "series", max_len=64)
+
+
+def _refuse_existing(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not overwrite:
+        raise ValueError(
+            f"an export of this series with this method already exists in '{folder}'; medxai does not replace "
+            f"it silently. Pass --overwrite (overwrite=True) to replace it, or choose another output folder."
+        )
+
+
+def _check_unit(value: float, name: str) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1]; got {value!r}.")
 
 
 def export_explanation(
@@ -110,18 +197,25 @@ def export_explanation(
     target: str = "unknown",
     score_before: float | None = None,
     score_after: float | None = None,
+    step: str | float | None = None,
     counterfactual: str | os.PathLike[str] | Volume | np.ndarray | None = None,
     series_uid: str | None = None,
     multiframe: bool = False,
     slices: str | Sequence[int] = "nonzero",
     window: str | tuple[float, float] = "lung",
-    colormap: str = "inferno",
+    colormap: str | None = None,
     alpha: float = 0.5,
+    overlay_threshold: float = 0.05,
     segmentation: bool = True,
     seg_threshold: float = 0.5,
     slicer: bool = True,
+    overwrite: bool = False,
+    skip_unreadable: bool = False,
 ) -> ExportResult:
     """Export one CT explanation as DICOM (SC overlays, Parametric Map, SEG) and a Slicer bundle.
+
+    Everything goes into one folder ``out/<patient>_<h>/<study>_<h>/<series>_<method>_<h>/`` (see the
+    module docstring) that appears complete or not at all.
 
     Parameters
     ----------
@@ -131,9 +225,12 @@ def export_explanation(
     heatmap : path, Volume or np.ndarray
         (z, y, x) attribution map on the CT grid (NIfTI/NRRD files are checked against the grid).
     out : path
-        Output root; results go to ``out/<PatientID>/<StudyDate_StudyID>/`` (names sanitised).
+        Output root; must not be the source folder or lie inside it.
     method, target, score_before, score_after
-        Burned into the overlays' legend and stored in descriptions and ``export.json``.
+        Burned into the overlays' legend and stored in descriptions and ``export.json``; the scores are
+        the model's probabilities of the target (in [0, 1]) for the query and the counterfactual.
+    step : str or float, optional
+        Counterfactual step (signed guidance strength) shown in the legend as ``Step: a = +1.6``.
     counterfactual : path, Volume or np.ndarray, optional
         CT-like counterfactual (z, y, x) in HU on the same grid; exported as a second SC series and into
         the Slicer bundle.
@@ -143,23 +240,50 @@ def export_explanation(
         One Multi-frame True Color SC object per series instead of one file per slice.
     slices : 'all', 'nonzero' or list of int
         Slices rendered as SC.
-    window, colormap, alpha
-        Rendering of the overlays.
+    window : str or (float, float)
+        CT window of the overlays.
+    colormap : str, optional
+        Colour map of the heatmap in the overlays and the Slicer bundle; by default each writer's own.
+    alpha : float
+        Maximum opacity of the heatmap in the overlays, in [0, 1].
+    overlay_threshold : float
+        Fraction of the map's maximum below which the overlays leave the image untinted, in [0, 1].
     segmentation : bool
         Also write a binary SEG of ``heatmap >= seg_threshold * max``.
     slicer : bool
         Also write the 3D Slicer bundle.
+    overwrite : bool
+        Replace an existing export of the same series and method (only once the new one is complete).
+    skip_unreadable : bool
+        Reading ``source`` from a folder: leave out files that cannot be read (``--skip-unreadable``);
+        the warning listing them is kept in ``export.json`` ``reader_warnings``.
 
     Returns
     -------
     ExportResult
+        Paths at their final locations.
+
+    Raises
+    ------
+    ValueError
+        Bad inputs, an output inside the source folder, or an existing export without ``overwrite``.
+    StepError
+        A writing step failed (naming the step); nothing is left in ``out`` for this export.
     """
+    _check_unit(alpha, "alpha")
+    _check_unit(overlay_threshold, "overlay_threshold")
+    Legend(method, target, score_before, score_after, step=step)  # scores must be probabilities: refuse before any work
+    if not isinstance(source, Volume):
+        check_output_outside_input(out, source, option="output folder (-o/--out)")
     try:
-        ct = source if isinstance(source, Volume) else read_series(source, series_uid)
+        ct = source if isinstance(source, Volume) else read_series(source, series_uid, skip_unreadable=skip_unreadable)
     except Exception as e:
         raise StepError("export: read source", f"cannot read the source CT '{source}': {e}") from e
     if ct.source is None or not ct.source.files:
         raise ValueError("source must be a DICOM series (a Volume with SourceRef.files); NIfTI sources have no study to join.")
+    if isinstance(source, Volume):
+        src_dirs = sorted({str(Path(f).parent) for f in ct.source.files})
+        check_output_outside_input(out, src_dirs, option="output folder (-o/--out)")
     if any(f is None for f in ct.source.frames):
         raise ValueError("the source volume has interpolated slices without a DICOM source; export needs every slice's source.")
     heat = _as_array(heatmap, ct, "heatmap")
@@ -169,82 +293,89 @@ def export_explanation(
     per_slice = [headers[0]] * ct.shape[0] if multi_source else headers
     if len(per_slice) != ct.shape[0]:
         raise ValueError(f"{len(headers)} source files for {ct.shape[0]} slices; cannot map slices to sources.")
-    ps = dict(ct.source.patient_study)
-    folder = _study_folder(Path(out), ps, ct.source.study_instance_uid)
-    desc = safe_filename(ct.source.series_description or ct.source.series_instance_uid or "series", default="series")
-    method_tag = safe_filename(method, default="method")
-    result = ExportResult(out_dir=folder)
+    desc = ct.source.series_description or "series"
+    folder = export_folder(out, ct.source.patient_study, ct.source.study_instance_uid, f"{desc}_{method}",
+                           f"{ct.source.series_instance_uid or ''}\x00{method}")
+    _refuse_existing(folder, overwrite)  # before any work; checked again when the new folder is complete
     idx = select_slices(heat, slices)
     lo, hi = float(heat.min()), float(heat.max())
     normal = np.cross(ct.direction[:, 0], ct.direction[:, 1])
     locs = [float(np.dot(ct.affine_lps @ np.array([0.0, 0.0, k, 1.0]), np.r_[normal, 0.0])) for k in range(ct.shape[0])]
+    info = {"method": method, "target": target, "score_before": score_before, "score_after": score_after,
+            "step": step}
+    cmap = {} if colormap is None else {"colormap": colormap}
 
-    def sc_series(images: np.ndarray, kind: str, extra: tuple[str, ...], number_offset: int) -> list[Path]:
+    def sc_series(dest: Path, images: np.ndarray, kind: str, extra: tuple[str, ...], number_offset: int) -> list[Path]:
         if not idx:
             logger.warning("heatmap is zero everywhere; no %s slices exported (use slices='all')", kind)
             return []
-        leg = Legend(method, target, score_before, score_after, extra)
+        leg = Legend(method, target, score_before, score_after, extra, step=step)
         frames = np.stack([
             render_overlay(images[k], heat[k], Legend(method, target, score_before, score_after,
-                                                       (*extra, f"Slice {k + 1}/{ct.shape[0]}")),
-                           window=window, colormap=colormap, alpha=alpha, vmin=lo, vmax=hi)
+                                                       (*extra, f"Slice {k + 1}/{ct.shape[0]}"), step=step),
+                           window=window, alpha=alpha, threshold=overlay_threshold, **cmap,
+                           vmin=lo, vmax=hi)
             for k in idx
         ])
         base = per_slice[0].get("SeriesNumber")
         number = number_offset + (int(base) if base not in (None, "") else 0)
-        dest = folder / f"SC_{kind}_{method_tag}_{desc}"
-        with atomic_dir(dest) as tmp:
-            write_secondary_capture(
-                frames, [per_slice[k] for k in idx], tmp,
-                source_frames=[ct.source.frames[k] for k in idx] if ct.source.frames else None,
-                series_description=f"medxai {kind} {method} {ct.source.series_description or ''}".strip(),
-                series_number=number,
-                derivation_description=f"medxai {kind}: {leg.describe()}",
-                multiframe=multiframe,
-                slice_locations=[locs[k] for k in idx],
-                frame_labels=[f"slice {k + 1}" for k in idx],
-            )
+        write_secondary_capture(
+            frames, [per_slice[k] for k in idx], dest,
+            source_frames=[ct.source.frames[k] for k in idx] if ct.source.frames else None,
+            series_description=f"medxai {kind} {method} {ct.source.series_description or ''}".strip(),
+            series_number=number,
+            derivation_description=f"medxai {kind}: {leg.describe()}",
+            multiframe=multiframe,
+            slice_locations=[locs[k] for k in idx],
+            frame_labels=[f"slice {k + 1}" for k in idx],
+        )
         return sorted(p for p in dest.iterdir() if p.suffix == ".dcm")
 
     try:
-        result.overlay_files = sc_series(ct.array, "overlay", (), 1000)
-        if cf is not None:
-            result.counterfactual_files = sc_series(cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100)
-    except Exception as e:
-        raise StepError("export: secondary capture", str(e)) from e
-    pm_sources = headers if multi_source else per_slice
-    try:
-        result.parametric_map = write_parametric_map(
-            heat, pm_sources, folder / f"PM_{method_tag}_{desc}.dcm",
-            description=f"{method}: {target}", series_description=f"medxai heatmap {method}"[:64],
-        )
-    except Exception as e:
-        raise StepError("export: parametric map", str(e)) from e
-    if segmentation:
-        try:
-            result.segmentation = write_segmentation(
-                threshold_heatmap(heat, seg_threshold), pm_sources, folder / f"SEG_{method_tag}_{desc}.dcm",
-                method=method, description=f"{method}: {target} >= {seg_threshold:g} x max",
-            )
-        except Exception as e:
-            raise StepError("export: segmentation", str(e)) from e
-    info = {"method": method, "target": target, "score_before": score_before, "score_after": score_after}
-    if slicer:
-        try:
-            result.slicer_bundle = write_slicer_bundle(
-                ct.replace(source=None), folder / f"slicer_{method_tag}_{desc}",
-                heatmaps={method: heat}, counterfactuals={"counterfactual": cf} if cf is not None else None,
-                colormap=colormap, window=window, info=info,
-            )
-        except Exception as e:
-            raise StepError("export: slicer bundle", str(e)) from e
-    summary = {**info, "source_series": ct.source.series_instance_uid, "study": ct.source.study_instance_uid,
-               "slices": idx, "files": {k: _rel(v, folder) for k, v in asdict(result).items() if k != "out_dir"}}
-    result.summary = folder / "export.json"
-    with atomic_path(result.summary) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        # one hidden folder for the whole export, renamed onto `folder` only when every part is written
+        with atomic_dir(folder, replace=overwrite) as tmp:
+            result = ExportResult(out_dir=tmp)
+            try:
+                result.overlay_files = sc_series(tmp / "SC_overlay", ct.array, "overlay", (), 1000)
+                if cf is not None:
+                    result.counterfactual_files = sc_series(
+                        tmp / "SC_counterfactual", cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100)
+            except Exception as e:
+                raise StepError("export: secondary capture", str(e)) from e
+            pm_sources = headers if multi_source else per_slice
+            try:
+                result.parametric_map = write_parametric_map(
+                    heat, pm_sources, tmp / "PM.dcm",
+                    description=f"{method}: {target}", series_description=f"medxai heatmap {method}"[:64],
+                )
+            except Exception as e:
+                raise StepError("export: parametric map", str(e)) from e
+            if segmentation:
+                try:
+                    result.segmentation = write_segmentation(
+                        threshold_heatmap(heat, seg_threshold), pm_sources, tmp / "SEG.dcm",
+                        method=method, description=f"{method}: {target} >= {seg_threshold:g} x max",
+                    )
+                except Exception as e:
+                    raise StepError("export: segmentation", str(e)) from e
+            if slicer:
+                try:
+                    result.slicer_bundle = write_slicer_bundle(
+                        ct.replace(source=None), tmp / "slicer",
+                        heatmaps={method: heat}, counterfactuals={"counterfactual": cf} if cf is not None else None,
+                        window=window, info=info, **cmap,
+                    )
+                except Exception as e:
+                    raise StepError("export: slicer bundle", str(e)) from e
+            result.summary = tmp / "export.json"
+            summary = {**info, "source_series": ct.source.series_instance_uid, "study": ct.source.study_instance_uid,
+                       "slices": idx, "reader_warnings": list(ct.warnings), "reader_notes": list(ct.notes), "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"}}
+            with atomic_path(result.summary) as t:
+                t.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    except FileExistsError as e:  # another run wrote the same export meanwhile
+        _raise_exists(e, folder)
     logger.info("export written to %s", folder)
-    return result
+    return result.moved(tmp, folder)
 
 
 def _rel(v: object, root: Path) -> object:
@@ -279,27 +410,68 @@ def export_photo_explanation(
     target: str = "unknown",
     score_before: float | None = None,
     score_after: float | None = None,
-    colormap: str = "inferno",
+    colormap: str | None = None,
     alpha: float = 0.5,
+    overlay_threshold: float = 0.05,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Export a fundus explanation as one SC: in the photo's study when it came from DICOM, otherwise in a
-    new study with a clearly marked unlinked patient (see `write_photo_secondary_capture`)."""
+    new study with a clearly marked unlinked patient (see `write_photo_secondary_capture`).
+
+    The SC goes into ``out/<patient>_<h>/<study>_<h>/<photo>_<method>_<h>/`` (named like
+    `export_explanation`'s folders; the photo is identified by its SOPInstanceUID, or for an image file by
+    its resolved path, or for an in-memory photo by its pixels), written whole or not at all; an existing
+    export is replaced only with ``overwrite=True``.
+
+    Returns
+    -------
+    list of Path
+        The SC file(s) at their final location.
+    """
+    _check_unit(alpha, "alpha")
+    _check_unit(overlay_threshold, "overlay_threshold")
     h = np.asarray(heatmap, dtype=np.float32)
     if h.shape != photo.shape:
         raise ValueError(f"heatmap shape {h.shape} must equal the photo's (H, W) {photo.shape}.")
-    legend = Legend(method, target, score_before, score_after)
-    frame = render_photo_overlay(photo.array, h, legend, colormap=colormap, alpha=alpha)
     src = photo.source
-    header = None
     files = list(src.files) if src is not None else []
+    if files:
+        check_output_outside_input(out, files, option="output folder")
+    legend = Legend(method, target, score_before, score_after)
+    cmap = {} if colormap is None else {"colormap": colormap}  # None: the renderer's default for photos
+    frame = render_photo_overlay(photo.array, h, legend, alpha=alpha, threshold=overlay_threshold, **cmap)
+    header = None
     if src is not None and src.frames and files:
         header = read_source_headers(files[:1])[0]
-    ps = src.patient_study if src is not None and header is not None else {"PatientID": "MEDXAI-UNLINKED"}
-    folder = _study_folder(Path(out), ps, src.study_instance_uid if src is not None else None)
-    dest = folder / f"SC_fundus_{safe_filename(method, default='method')}"
-    with atomic_dir(dest) as tmp:
-        write_photo_secondary_capture(
-            frame, tmp, source=header, source_file_name=files[0] if files else None,
-            derivation_description=f"medxai fundus overlay: {legend.describe()}",
-        )
-    return sorted(dest.glob("*.dcm"))
+    if src is not None and header is not None:
+        ps: Mapping[str, object] = src.patient_study
+        study_uid = src.study_instance_uid
+        label = src.series_description or Path(files[0]).stem
+        key = ";".join(f.sop_instance_uid for f in src.frames if f is not None)
+    else:
+        # an image file: write_photo_secondary_capture makes a new study per export
+        ps = {"PatientID": "MEDXAI-UNLINKED"}
+        key = str(Path(files[0]).resolve()) if files else hashlib.sha256(photo.array.tobytes()).hexdigest()
+        study_uid = key
+        label = Path(files[0]).stem if files else "photo"
+    folder = export_folder(out, ps, study_uid, f"fundus_{label}_{method}", f"{key}\x00{method}")
+    _refuse_existing(folder, overwrite)
+    try:
+        with atomic_dir(folder, replace=overwrite) as tmp:
+            write_photo_secondary_capture(
+                frame, tmp, source=header, source_file_name=files[0] if files else None,
+                derivation_description=f"medxai fundus overlay: {legend.describe()}",
+            )
+            names = sorted(p.name for p in tmp.glob("*.dcm"))
+    except FileExistsError as e:
+        _raise_exists(e, folder)
+    return [folder / n for n in names]
+
+
+def _raise_exists(e: FileExistsError, folder: Path) -> NoReturn:
+    if e.filename != str(folder):
+        raise e
+    raise ValueError(
+        f"an export appeared in '{folder}' while this one was being written (another run?); it was kept. "
+        f"Pass --overwrite (overwrite=True) to replace it."
+    ) from e

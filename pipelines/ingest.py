@@ -10,6 +10,9 @@ import numpy as np
 
 from dicom_io import Photo, Volume, read_image, write_volume
 from dicom_io.photo import write_photo
+from dicom_io.text import printable
+
+from .paths import check_output_outside_input
 
 __all__ = ["ingest", "summarize", "orientation_codes"]
 
@@ -30,7 +33,11 @@ def orientation_codes(direction: np.ndarray) -> tuple[str, float]:
 
 
 def summarize(obj: Volume | Photo) -> dict[str, Any]:
-    """Key facts about a loaded image, for printing (values are plain Python types)."""
+    """Key facts about a loaded image, for printing (values are plain Python types).
+
+    Text from DICOM attributes (names, descriptions) goes through `dicom_io.text.printable`, so a
+    control character in a file never reaches the user's terminal raw.
+    """
     src = obj.source
     ps = src.patient_study if src is not None else {}
     out: dict[str, Any] = {
@@ -59,8 +66,10 @@ def summarize(obj: Volume | Photo) -> dict[str, Any]:
             value_range=[float(a.min()), float(a.max())],
             mean=float(a.mean()),
         )
+        if obj.notes:
+            out["notes"] = [printable(n) for n in obj.notes]
         if obj.warnings:
-            out["warnings"] = list(obj.warnings)
+            out["warnings"] = [printable(w) for w in obj.warnings]
     else:
         a = obj.array
         out.update(
@@ -70,7 +79,7 @@ def summarize(obj: Volume | Photo) -> dict[str, Any]:
             value_range=[int(a.min()), int(a.max())],
             mean_rgb=[round(float(m), 1) for m in a.reshape(-1, 3).mean(axis=0)],
         )
-    return {k: v for k, v in out.items() if v is not None}
+    return {k: printable(v) if isinstance(v, str) else v for k, v in out.items() if v is not None}
 
 
 def ingest(
@@ -79,19 +88,37 @@ def ingest(
     *,
     series_uid: str | None = None,
     allow_gaps: bool = False,
+    skip_unreadable: bool = False,
+    padding_value: float | None = None,
 ) -> tuple[Volume | Photo, Path | None]:
     """Read ``source`` and write it to ``out`` (``.nii.gz``/``.nrrd`` for volumes, ``.png`` for photos).
 
-    The output's extension is checked before anything is read, so a wrong name fails fast.
+    The output's extension is checked before anything is read, so a wrong name fails fast. The
+    volume's warnings (accepted gaps, skipped unreadable files, padding replaced) are written into the
+    output's header (see `dicom_io.write_volume`) as well as returned.
+
+    Parameters
+    ----------
+    source : path
+        What `dicom_io.read_image` reads.
+    out : path, optional
+        Output file; None only reads.
+    series_uid, allow_gaps, skip_unreadable, padding_value
+        Passed to `dicom_io.read_image`.
     """
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         name = out_path.name.lower()
         if not name.endswith((".nii", ".nii.gz", ".nrrd", ".png")):
             raise ValueError(f"Output '{out_path}' must end in .nii.gz or .nrrd (volumes) or .png (photographs).")
-        if out_path.resolve() == Path(source).resolve():
-            raise ValueError(f"Output '{out_path}' is the input; medxai never overwrites its input.")
-    obj = read_image(source, series_uid=series_uid, allow_gaps=allow_gaps)
+        check_output_outside_input(out_path, source, option="-o/--out")
+    obj = read_image(
+        source,
+        series_uid=series_uid,
+        allow_gaps=allow_gaps,
+        skip_unreadable=skip_unreadable,
+        padding_value=padding_value,
+    )
     if out_path is None:
         return obj, None
     if isinstance(obj, Volume):

@@ -10,7 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from dicom_io import StudyInfo, Volume, atomic_dir, safe_filename, write_ct_series, write_nifti, write_photo_dicom
+from atomicfs import atomic_dir
+from dicom_io import StudyInfo, Volume, safe_filename, write_ct_series, write_nifti, write_photo_dicom
 from dicom_io.photo import write_photo
 
 __all__ = ["write_ct_cohort", "write_fundus_cohort", "ct_case_volume"]

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from dicom_io import atomic_path
+from atomicfs import atomic_path
 
 __all__ = ["write_report", "CT_METRICS", "FUNDUS_METRICS"]
 

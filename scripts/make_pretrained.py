@@ -10,6 +10,15 @@ The shipped weights are produced by these commands (from the repository root, CP
     medxai train classifier  -c configs/dr_fundus.yaml --robust
     python scripts/make_pretrained.py --ct runs/ct_prognosis --fundus runs/dr
 
+The last step also records, in ``ct/autoencoder.json`` (``"reconstruction_error"``), the shipped
+autoencoder's reconstruction-error statistics at the encode/decode steps of ``RECON_STEPS`` on a
+held-out phantom cohort (``RECON_SEED``, ``RECON_CASES`` cases; not a seed of training (1, 2), the
+bench (7001-7003) or the demo (9003)); ``medxai explain`` compares a query's error with them
+(:mod:`pipelines.input_check`). To record them alone for the weights already shipped (a few
+minutes on a CPU: 7 minutes on two busy cores; how the current file was made):
+
+    python scripts/make_pretrained.py --recon-reference-only
+
 Every floating-point tensor is stored as float16 (half the size; the loaders cast back to the
 network's float32). The JSON sidecars (architecture, training history) are copied with a note of
 where the weights came from.
@@ -22,6 +31,10 @@ import json
 from pathlib import Path
 
 PARTS = {"ct": ("teacher", "autoencoder", "agent"), "fundus": ("ddpm", "classifier", "robust_classifier")}
+#: held-out phantom cohort of the shipped autoencoder's reconstruction-error reference
+RECON_SEED, RECON_CASES = 5, 40
+#: (encode_steps, decode_steps) pairs recorded: the config's 20/20 and two quicker settings
+RECON_STEPS = ((20, 20), (10, 10), (5, 5))
 
 
 def convert(src: Path, dest: Path) -> int:
@@ -48,12 +61,38 @@ def convert(src: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
+def record_recon_references(dest: Path, config: Path) -> None:
+    """Record the reconstruction-error references of ``dest/ct/autoencoder.safetensors`` in its side-car."""
+    from medxai.data import ct_stack_set
+    from medxai.diffusion import load_autoencoder
+    from medxai.metrics.reconstruction import reconstruction_reference, record_reference
+    from medxai.training.ct import load_ct_config, stack_config
+
+    cfg = load_ct_config(config)
+    weights = dest / "ct" / "autoencoder.safetensors"
+    ae = load_autoencoder(weights)  # architecture from the side-car
+    phantom = str(cfg.get("data.phantom", "test"))
+    stacks = ct_stack_set(RECON_CASES, RECON_SEED, phantom=phantom, stack=stack_config(cfg)).x
+    what = f"phantom '{phantom}' cases, seed {RECON_SEED}"
+    for enc, dec in RECON_STEPS:
+        ref = reconstruction_reference(ae, stacks, enc, dec, cases=what)
+        record_reference(weights.with_suffix(".json"), ref)
+        print(f"{enc}/{dec} steps: MSE mean {ref.mean:.5f} sd {ref.sd:.5f} p99 {ref.p99:.5f} max {ref.max:.5f} (n={ref.n})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct", type=Path, default=Path("runs/ct_prognosis"), help="folder with teacher/autoencoder/agent.safetensors")
     ap.add_argument("--fundus", type=Path, default=Path("runs/dr"), help="folder with ddpm/classifier/robust_classifier.safetensors")
     ap.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "medxai" / "pretrained")
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "ct_prognosis.yaml",
+                    help="CT config whose stack settings make the reference cohort")
+    ap.add_argument("--recon-reference-only", action="store_true",
+                    help="only (re)record the autoencoder's reconstruction-error references for the shipped weights")
     args = ap.parse_args()
+    if args.recon_reference_only:
+        record_recon_references(args.dest, args.config)
+        return
     total = 0
     for part, names in PARTS.items():
         src_dir = args.ct if part == "ct" else args.fundus
@@ -64,6 +103,7 @@ def main() -> None:
             total += convert(src, args.dest / part / f"{name}.safetensors")
             print(f"{src} -> {args.dest / part / (name + '.safetensors')}")
     print(f"{total / 2**20:.1f} MiB in {args.dest}")
+    record_recon_references(args.dest, args.config)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,23 @@ from ._common import (
     HEATMAP_QUANTITY,
     HIGH_ATTRIBUTION_REGION,
     MEDXAI_SCHEME,
+    TYPE2_PATIENT_STUDY,
+    complete_source_header,
     read_source_headers,
 )
-from .overlay import WINDOWS, Legend, colormap_lut, render_overlay, render_photo_overlay, window_to_uint8
+from .overlay import (
+    DEFAULT_COLORMAP,
+    DEFAULT_NEGATIVE_COLORMAP,
+    DEFAULT_PHOTO_COLORMAP,
+    DEFAULT_PHOTO_NEGATIVE_COLORMAP,
+    WINDOWS,
+    Legend,
+    colormap_lut,
+    colour_scale_lines,
+    render_overlay,
+    render_photo_overlay,
+    window_to_uint8,
+)
 from .parametric_map import write_parametric_map
 from .secondary_capture import (
     UNLINKED_PATIENT,
@@ -24,8 +38,10 @@ from .slicer import check_same_grid, write_color_table, write_slicer_bundle
 
 __all__ = [
     "MEDXAI_SCHEME", "HEATMAP_QUANTITY", "HIGH_ATTRIBUTION_REGION", "EXPLANATION_CATEGORY",
-    "read_source_headers",
-    "WINDOWS", "Legend", "colormap_lut", "render_overlay", "render_photo_overlay", "window_to_uint8",
+    "read_source_headers", "TYPE2_PATIENT_STUDY", "complete_source_header",
+    "WINDOWS", "Legend", "colormap_lut", "colour_scale_lines", "render_overlay", "render_photo_overlay",
+    "window_to_uint8", "DEFAULT_COLORMAP", "DEFAULT_NEGATIVE_COLORMAP", "DEFAULT_PHOTO_COLORMAP",
+    "DEFAULT_PHOTO_NEGATIVE_COLORMAP",
     "write_parametric_map",
     "UNLINKED_PATIENT", "MultiFrameTrueColorSCImage", "write_secondary_capture", "write_photo_secondary_capture",
     "threshold_heatmap", "write_segmentation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -13,8 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..atomic import atomic_path
-from ..errors import UnreadableFileError
+from atomicfs import atomic_path
+
+from ..errors import DicomIOError, UnreadableFileError
 
 __all__ = [
     "MEDXAI_SCHEME",
@@ -23,6 +25,9 @@ __all__ = [
     "EXPLANATION_CATEGORY",
     "SOFTWARE_VERSION",
     "read_source_headers",
+    "TYPE2_PATIENT_STUDY",
+    "complete_source_header",
+    "complete_source_headers",
     "patient_orientation",
     "anatomic_region",
     "save_dataset",
@@ -77,6 +82,72 @@ def read_source_headers(files: Sequence[str | os.PathLike[str]]) -> list[Dataset
         except Exception as e:  # noqa: BLE001
             raise UnreadableFileError(f"Cannot read source DICOM header '{f}': {type(e).__name__}: {e}.", str(f)) from e
     return out
+
+
+#: Type 2 attributes (present, possibly empty) of the Patient and General Study modules, which every
+#: derived object copies from its source (PS3.3 C.7.1.1, C.7.2.1). De-identifiers often delete them
+#: (PS3.15 Annex E profiles "X" or "Z"); a derived object must still carry them, empty.
+TYPE2_PATIENT_STUDY: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+#: Type 1 attributes a derived object cannot be made without (it joins the study and references the instance).
+_TYPE1_REFERENCES: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def complete_source_header(ds: Dataset) -> Dataset:
+    """A source header whose absent Type 2 patient/study attributes are present and empty.
+
+    highdicom reads ``PatientID``, ``PatientBirthDate``, ``StudyID``, ... of the source as attributes
+    (an AttributeError when a de-identifier deleted them), and DICOM requires a derived object to carry
+    them, empty when unknown. The source is never modified: when something is missing a deep copy is
+    completed and returned, otherwise ``ds`` itself.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A source header (e.g. from `read_source_headers`).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DicomIOError
+        The header lacks a Type 1 UID (study, series, SOP instance or class) that a derived object must
+        reference.
+    """
+    name = str(getattr(ds, "filename", "") or "the source header")
+    lost = [kw for kw in _TYPE1_REFERENCES if not str(ds.get(kw, "") or "").strip()]
+    if lost:
+        raise DicomIOError(
+            f"Source DICOM '{name}' has no {', '.join(lost)}; a derived object (SC, Parametric Map, SEG) must "
+            "reference the source study, series and instance by UID. Export from the original series or from a "
+            "de-identified copy that keeps (or consistently replaces) the UIDs.",
+            name,
+        )
+    missing = [kw for kw in TYPE2_PATIENT_STUDY if kw not in ds]
+    if not missing:
+        return ds
+    out = copy.deepcopy(ds)
+    for kw in missing:
+        setattr(out, kw, None)  # present, zero length (Type 2 "unknown")
+    logger.debug("source %s lacks Type 2 attributes %s; exported empty", name, missing)
+    return out
+
+
+def complete_source_headers(sources: Sequence[Dataset]) -> list[Dataset]:
+    """`complete_source_header` of each header (a list, same order)."""
+    return [complete_source_header(ds) for ds in sources]
 
 
 def _letter(v: np.ndarray) -> str:

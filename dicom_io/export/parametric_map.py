@@ -26,6 +26,7 @@ from ._common import (
     MEDXAI_SCHEME,
     SOFTWARE_VERSION,
     anatomic_region,
+    complete_source_headers,
     derived_series_number,
     save_dataset,
 )
@@ -137,6 +138,8 @@ def write_parametric_map(
         raise ValueError("heatmap holds NaN or infinite values; replace them (e.g. np.nan_to_num) before export.")
     if not sources:
         raise ValueError("sources is empty: a Parametric Map needs the source CT headers.")
+    # de-identified sources may lack Type 2 patient/study attributes; the map carries them empty
+    sources = complete_source_headers(sources)
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     n_frames = len(sources) if len(sources) > 1 else int(sources[0].get("NumberOfFrames", 1) or 1)
     if h.shape != (n_frames, rows, cols):

@@ -24,7 +24,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DA, DS, TM
 
 from ..types import FrameRef
-from ._common import SOFTWARE_VERSION, derived_series_number, patient_orientation, save_dataset
+from ._common import (
+    SOFTWARE_VERSION,
+    complete_source_header,
+    complete_source_headers,
+    derived_series_number,
+    patient_orientation,
+    save_dataset,
+)
 
 __all__ = ["MultiFrameTrueColorSCImage", "UNLINKED_PATIENT", "write_secondary_capture", "write_photo_secondary_capture"]
 
@@ -131,6 +138,7 @@ class MultiFrameTrueColorSCImage(hd.SOPClass):
         if transfer_syntax_uid != ExplicitVRLittleEndian:
             raise ValueError(f"transfer_syntax_uid must be Explicit VR Little Endian; got {transfer_syntax_uid!r}.")
         n = pixel_array.shape[0]
+        ref_dataset = complete_source_header(ref_dataset)  # absent Type 2 patient/study -> empty
         kwargs.setdefault("specific_character_set", ref_dataset.get("SpecificCharacterSet"))
         super().__init__(
             study_instance_uid=ref_dataset.StudyInstanceUID,
@@ -254,6 +262,8 @@ def write_secondary_capture(
     refs: list[FrameRef | None] = list(source_frames) if source_frames is not None else [None] * n
     if len(refs) != n:
         raise ValueError(f"source_frames has {len(refs)} entries for {n} frames.")
+    # de-identified sources may lack Type 2 patient/study attributes; the SC carries them empty
+    sources = complete_source_headers(sources)
     studies = {str(s.StudyInstanceUID) for s in sources}
     if len(studies) != 1:
         raise ValueError(f"sources come from {len(studies)} studies ({sorted(studies)}); an export series has one.")

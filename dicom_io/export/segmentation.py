@@ -19,6 +19,7 @@ from ._common import (
     HIGH_ATTRIBUTION_REGION,
     MEDXAI_SCHEME,
     SOFTWARE_VERSION,
+    complete_source_headers,
     derived_series_number,
     save_dataset,
 )
@@ -66,6 +67,10 @@ def write_segmentation(
     m = np.asarray(mask)
     if m.ndim != 3 or m.dtype != np.bool_:
         raise ValueError(f"mask must be a boolean (z, y, x) array; got {m.dtype} {m.shape}.")
+    if not sources:
+        raise ValueError("sources is empty: a Segmentation needs the source CT headers.")
+    # de-identified sources may lack Type 2 patient/study attributes; the SEG carries them empty
+    sources = complete_source_headers(sources)
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     n_frames = len(sources) if len(sources) > 1 else int(sources[0].get("NumberOfFrames", 1) or 1)
     if m.shape != (n_frames, rows, cols):

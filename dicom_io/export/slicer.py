@@ -11,7 +11,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import atomic_dir, atomic_path, safe_filename
+from atomicfs import atomic_dir, atomic_path
+
+from ..naming import safe_filename
 from ..types import Volume
 from ..volume_files import write_nrrd
 from .overlay import WINDOWS, colormap_lut
@@ -46,7 +48,7 @@ def _as_volume(ref: Volume, v: Volume | np.ndarray, name: str) -> Volume:
     arr = np.asarray(v, dtype=np.float32)
     if arr.shape != ref.shape:
         raise ValueError(f"{name} has shape {arr.shape}; it must be (z, y, x) = {ref.shape}, the CT's shape.")
-    return ref.replace(array=arr, source=None, warnings=())
+    return ref.replace(array=arr, source=None, warnings=(), notes=())
 
 
 def write_color_table(path: str | os.PathLike[str], colormap: str = "inferno", name: str = "medxai") -> Path:

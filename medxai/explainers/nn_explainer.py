@@ -32,7 +32,7 @@ from medxai.explainers.base import Explainer, ModelStateGuard
 from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.config import dataclass_from_mapping
-from medxai.atomic import atomic_path
+from atomicfs import atomic_path
 
 __all__ = [
     "NNExplainerConfig",

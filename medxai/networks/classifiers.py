@@ -166,52 +166,73 @@ def make_classifier(
     return init_with_generator(net, gen)
 
 
-def load_class(class_path: str) -> type:
-    """Import ``"package.module:ClassName"`` or ``"package.module.ClassName"`` and return the class."""
-    if ":" in class_path:
-        module_name, _, attr = class_path.partition(":")
-    else:
-        module_name, _, attr = class_path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(
-            f"class_path {class_path!r} is not of the form 'package.module:ClassName'; "
-            "e.g. 'medxai.networks.classifiers:TinyCNN'."
-        )
+def load_class(class_path: str, *, trust_code: bool = False, where: str = "class_path") -> type:
+    """Import ``"package.module:ClassName"`` or ``"package.module.ClassName"`` and return the class.
+
+    Parameters
+    ----------
+    class_path : str
+        Where the class lives.
+    trust_code : bool
+        False (default): only ``torch.nn.Module`` subclasses from ``torch`` / ``torch.nn``,
+        ``monai.networks`` and ``medxai`` load (see :mod:`medxai.trust`); the module name is checked
+        before anything is imported, because importing a module runs its code. True: any class
+        (the user trusts the config's source).
+    where : str
+        Names the config file and key (or CLI option) in error messages, e.g.
+        ``"configs/ct_prognosis.yaml: teacher.class_path"``.
+
+    Raises
+    ------
+    ValueError
+        A malformed or refused class path, a module that cannot be imported, or no such class.
+    """
+    from medxai.trust import is_allowed_module, split_class_path, untrusted_refusal
+
+    module_name, attr = split_class_path(class_path, where)
+    if not trust_code and not is_allowed_module(module_name):
+        raise untrusted_refusal(where, class_path, f"module {module_name!r} is not on the allow-list")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"class_path {class_path!r}: cannot import module {module_name!r} ({err}).") from err
+        raise ValueError(f"{where} {class_path!r}: cannot import module {module_name!r} ({err}).") from err
     cls = getattr(module, attr, None)
-    if not isinstance(cls, type):
-        raise ValueError(f"class_path {class_path!r}: module {module_name!r} has no class {attr!r}.")
+    if trust_code:
+        if not isinstance(cls, type):
+            raise ValueError(f"{where} {class_path!r}: module {module_name!r} has no class {attr!r}.")
+        return cls
+    if cls is None:
+        raise ValueError(f"{where} {class_path!r}: module {module_name!r} has no class {attr!r}.")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        kind = f"the class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise untrusted_refusal(where, class_path, f"it is {kind}, not a torch.nn.Module subclass")
+    # a re-export (an allowed module importing a class from elsewhere) does not make the class allowed
+    if not is_allowed_module(str(getattr(cls, "__module__", ""))):
+        raise untrusted_refusal(where, class_path, f"the class is defined in {cls.__module__!r}, not on the allow-list")
     return cls
 
 
-def load_classifier(class_path: str, weights: str, init_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Build ``class_path(**init_kwargs)`` and load a state dict from ``weights`` safely.
+def load_classifier(
+    class_path: str,
+    weights: str,
+    init_kwargs: dict[str, Any] | None = None,
+    *,
+    trust_code: bool = False,
+    where: str = "class_path",
+) -> nn.Module:
+    """Build ``class_path(**init_kwargs)`` and load a state dict from ``weights`` safely (eval mode).
 
     ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+    ``torch.load(weights_only=True)`` (no arbitrary unpickling, whatever ``trust_code`` says).
+    ``trust_code`` and ``where`` are as in :func:`load_class`.
     """
-    cls = load_class(class_path)
+    from medxai.training.checkpoint import load_state_checked, load_weights
+
+    cls = load_class(class_path, trust_code=trust_code, where=where)
     model = cls(**(init_kwargs or {}))
     if not isinstance(model, nn.Module):
-        raise TypeError(f"class_path {class_path!r} built a {type(model).__name__}, not a torch.nn.Module.")
-    if str(weights).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-    else:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(
-            f"the weights in {str(weights)!r} do not fit {class_path}(**{init_kwargs or {}}); "
-            f"check the constructor arguments ({err})."
-        ) from err
+        raise TypeError(f"{where} {class_path!r} built a {type(model).__name__}, not a torch.nn.Module.")
+    load_state_checked(model, load_weights(weights), str(weights), f"{class_path}(**{init_kwargs or {}})")
     return model.eval()
 
 

@@ -2,11 +2,16 @@
 
 Three sources (:func:`load_teacher`):
 
-* ``torchscript``: a TorchScript file (``torch.jit.load``; no pickle);
+* ``torchscript``: a TorchScript file (``torch.jit.load``; no pickle, and no arbitrary Python runs on
+  load: TorchScript code calls torch operators only, so it needs no ``trust_code``);
 * ``monai_bundle``: a MONAI bundle folder (``configs/inference.json|yaml`` with ``network_def``, and
-  ``models/model.pt`` state dict loaded with ``weights_only=True``, or ``models/model.ts``);
+  ``models/model.pt`` state dict loaded with ``weights_only=True``, or ``models/model.ts``). Without
+  ``trust_code`` the bundle config may hold no ``$`` expressions, no ``%`` macros and no ``_target_``
+  outside the allow-list of :mod:`medxai.trust`; its ``network_def`` is then built by medxai from the
+  literal arguments (``@`` references resolved, nothing evaluated). With ``trust_code`` MONAI's
+  ``ConfigParser`` builds it and evaluates the expressions;
 * ``class_path``: ``package.module:Class`` + ``init_kwargs`` + a state dict (``.safetensors`` or
-  ``torch.load(weights_only=True)``).
+  ``torch.load(weights_only=True)``); without ``trust_code`` only allow-listed classes load.
 
 :class:`TeacherFeatures` returns logits and the features that enter the classification layer (a
 forward pre-hook on the named ``nn.Linear``), so the agent can distil features and copy the layer.
@@ -76,15 +81,84 @@ class TeacherSpec:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
 
 
-def _load_bundle(folder: Path) -> nn.Module:
+_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "train.json", "train.yaml")
+_SAFE_SPECIAL_KEYS = ("_target_", "_desc_")
+
+
+def _bundle_refusal(cfg_file: Path, key: str, what: str, where: str) -> ValueError:
+    from medxai.trust import TRUST_HINT
+
+    return ValueError(
+        f"{where} is a MONAI bundle whose config {str(cfg_file)!r} holds {what} under key {key or '<top level>'!r}; MONAI "
+        f"runs such code when it builds the network, so medxai did not load the bundle. {TRUST_HINT}"
+    )
+
+
+def _scan_bundle(node: Any, cfg_file: Path, where: str, key: str = "") -> None:
+    """Refuse (``ValueError``) any ``$`` expression, ``%`` macro or refused ``_target_`` anywhere in ``node``."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if k == "_target_":
+                if not isinstance(v, str):
+                    raise _bundle_refusal(cfg_file, sub, f"a non-string _target_ ({v!r})", where)
+                _bundle_class(v, f"{where} (bundle config {str(cfg_file)!r}): {sub}")
+            else:
+                _scan_bundle(v, cfg_file, where, sub)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _scan_bundle(v, cfg_file, where, f"{key}[{i}]")
+    elif isinstance(node, str) and node[:1] in ("$", "%"):
+        what = "a Python expression" if node[0] == "$" else "a macro that pulls in another file"
+        shown = node if len(node) <= 80 else node[:77] + "..."
+        raise _bundle_refusal(cfg_file, key, f"{what} ({shown!r})", where)
+
+
+def _bundle_class(target: str, where: str) -> type:
+    """The allow-listed class of a bundle ``_target_`` (MONAI's short names are looked up in ``monai.networks.nets``)."""
+    from medxai.networks.classifiers import load_class
+    from medxai.trust import untrusted_refusal
+
+    if "." in target or ":" in target:
+        return load_class(target, trust_code=False, where=where)
+    import monai.networks.nets as nets
+
+    if not isinstance(getattr(nets, target, None), type):  # MONAI would search all of monai for it
+        raise untrusted_refusal(where, target, "it is not a class of monai.networks.nets")
+    return load_class(f"monai.networks.nets:{target}", trust_code=False, where=where)
+
+
+def _build_literal(node: Any, cfg_file: Path, where: str, key: str) -> Any:
+    """Instantiate the ``_target_`` components of a resolved, expression-free ``network_def``."""
+    from monai.bundle import ConfigItem
+
+    if isinstance(node, ConfigItem):  # what ConfigParser returns for a component it did not instantiate
+        node = node.get_config()
+    if isinstance(node, list):
+        return [_build_literal(v, cfg_file, where, f"{key}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, Mapping):
+        if isinstance(node, str) and node[:1] in ("$", "%", "@"):  # left over after resolution: never guess
+            raise _bundle_refusal(cfg_file, key, f"an unresolved reference or expression ({node!r})", where)
+        return node
+    special = sorted(k for k in node if str(k).startswith("_") and str(k).endswith("_") and k not in _SAFE_SPECIAL_KEYS)
+    if special:
+        raise _bundle_refusal(cfg_file, key, f"MONAI control keys {special} that medxai does not evaluate itself", where)
+    args = {str(k): _build_literal(v, cfg_file, where, f"{key}.{k}") for k, v in node.items() if k not in _SAFE_SPECIAL_KEYS}
+    if "_target_" not in node:
+        return args
+    cls = _bundle_class(str(node["_target_"]), f"{where} (bundle config {str(cfg_file)!r}): {key}._target_")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bundle config {str(cfg_file)!r}: {key} cannot build {cls.__name__}({args}) ({err}).") from err
+
+
+def _load_bundle(folder: Path, trust_code: bool = False, where: str = "teacher.path") -> nn.Module:
     models = folder / "models"
     if (models / "model.ts").is_file() and not (models / "model.pt").is_file():
-        return torch.jit.load(str(models / "model.ts"), map_location="cpu")
+        return torch.jit.load(str(models / "model.ts"), map_location="cpu")  # TorchScript: no Python runs
     configs = folder / "configs"
-    cfg_file = next(
-        (configs / n for n in ("inference.json", "inference.yaml", "train.json", "train.yaml") if (configs / n).is_file()),
-        None,
-    )
+    cfg_file = next((configs / n for n in _BUNDLE_CONFIGS if (configs / n).is_file()), None)
     if cfg_file is None:
         raise ValueError(
             f"MONAI bundle {str(folder)!r} has no configs/inference.json|yaml or train.json|yaml; "
@@ -92,11 +166,20 @@ def _load_bundle(folder: Path) -> nn.Module:
         )
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(cfg_file))
-    if "network_def" not in parser.config:  # type: ignore[operator]
+    # json.load / a yaml SafeLoader: reading the file runs nothing
+    raw = ConfigParser.load_config_file(str(cfg_file))
+    if not isinstance(raw, Mapping) or "network_def" not in raw:
         raise ValueError(f"{str(cfg_file)!r} defines no 'network_def'; the teacher network cannot be built.")
-    net = parser.get_parsed_content("network_def")
+    if trust_code:
+        parser = ConfigParser(raw)
+        net = parser.get_parsed_content("network_def")
+    else:
+        _scan_bundle(raw, cfg_file, where)
+        # no '$' and no '%' left: resolving the '@' references copies literals and evaluates nothing
+        resolved = ConfigParser(raw).get_parsed_content("network_def", instantiate=False, eval_expr=False)
+        net = _build_literal(resolved, cfg_file, where, "network_def")
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{str(cfg_file)!r}: network_def built a {type(net).__name__}, not a torch.nn.Module.")
     weights = models / "model.pt"
     if not weights.is_file():
         weights = models / "model.safetensors"
@@ -104,23 +187,40 @@ def _load_bundle(folder: Path) -> nn.Module:
     return net
 
 
-def load_teacher(spec: TeacherSpec) -> nn.Module:
-    """Build the teacher described by ``spec`` (in eval mode) and check its output shape."""
+def load_teacher(
+    spec: TeacherSpec, *, trust_code: bool = False, source: str | None = None, key: str = "teacher"
+) -> nn.Module:
+    """Build the teacher described by ``spec`` (in eval mode) and check its output shape.
+
+    Parameters
+    ----------
+    spec : TeacherSpec
+    trust_code : bool
+        Allow any ``class_path`` and MONAI bundle expressions (the user trusts the config's source);
+        default: only the allow-list of :mod:`medxai.trust`. Weights load safely either way.
+    source : str, optional
+        The config file, named in error messages.
+    key : str
+        The config section of the teacher (``"teacher"``, ``"classifier"``...), named in messages.
+    """
+    prefix = f"{source}: " if source else ""
     path = Path(spec.path)
     if not path.exists():
-        raise ValueError(f"teacher path {str(path)!r} does not exist; train the teacher (medxai train teacher) or fix teacher.path.")
+        raise ValueError(
+            f"{prefix}{key}.path {str(path)!r} does not exist; train the teacher (medxai train teacher) or fix {key}.path."
+        )
     if spec.kind == "torchscript":
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"teacher file {str(path)!r} is not a TorchScript archive ({err}).") from err
     elif spec.kind == "monai_bundle":
-        model = _load_bundle(path)
+        model = _load_bundle(path, trust_code, f"{prefix}{key}.path {str(path)!r}")
     else:
-        cls = load_class(str(spec.class_path))
+        cls = load_class(str(spec.class_path), trust_code=trust_code, where=f"{prefix}{key}.class_path")
         model = cls(**dict(spec.init_kwargs))
         if not isinstance(model, nn.Module):
-            raise TypeError(f"class_path {spec.class_path!r} built a {type(model).__name__}, not an nn.Module.")
+            raise ValueError(f"{prefix}{key}.class_path {spec.class_path!r} built a {type(model).__name__}, not an nn.Module.")
         load_state_checked(model, load_weights(path), str(path), f"teacher {spec.class_path}")
     model.eval()
     check_teacher_output(model, spec.num_classes, spec.in_channels, spec.image_size, source=str(path))

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
 
-from medxai.atomic import atomic_path
+from atomicfs import atomic_path
 
 from ._common import case_seed
 from .ct import CTCase

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from medxai.atomic import atomic_path
+
+from atomicfs import atomic_path
 
 __all__ = ["save_weights", "load_weights", "load_state_checked", "write_json_atomic", "read_json"]
 

@@ -183,16 +183,21 @@ def teacher_spec(cfg: Config) -> Any:
         raise ConfigError(f"{cfg.source}: section 'teacher' is invalid: {err}") from err
 
 
-def new_teacher(cfg: Config) -> torch.nn.Module:
-    """An untrained teacher (kind ``class_path`` only) to train on the data."""
+def new_teacher(cfg: Config, trust_code: bool = False) -> torch.nn.Module:
+    """An untrained teacher (kind ``class_path`` only) to train on the data.
+
+    ``trust_code`` (or ``trust_code: true`` in the config) allows a class outside the allow-list of
+    :mod:`medxai.trust`.
+    """
     import inspect
 
     from medxai.networks.classifiers import init_with_generator, load_class
+    from medxai.trust import trusts_code
 
     spec = teacher_spec(cfg)
     if spec.kind != "class_path":
         raise ConfigError(f"{cfg.source}: 'medxai train teacher' needs teacher.kind: class_path, got {spec.kind!r}.")
-    cls = load_class(str(spec.class_path))
+    cls = load_class(str(spec.class_path), trust_code=trusts_code(cfg, trust_code), where=f"{cfg.source}: teacher.class_path")
     kwargs = dict(spec.init_kwargs)
     gen = torch.Generator().manual_seed(int(cfg.get("seed")))
     if "generator" in inspect.signature(cls).parameters:
@@ -201,10 +206,13 @@ def new_teacher(cfg: Config) -> torch.nn.Module:
     return init_with_generator(cls(**kwargs), gen)
 
 
-def load_teacher_from_config(cfg: Config) -> torch.nn.Module:
+def load_teacher_from_config(cfg: Config, trust_code: bool = False) -> torch.nn.Module:
+    """The trained teacher of ``cfg``; ``trust_code`` as in :func:`medxai.networks.teacher.load_teacher`
+    (``trust_code: true`` in the config counts too)."""
     from medxai.networks.teacher import load_teacher
+    from medxai.trust import trusts_code
 
-    return load_teacher(teacher_spec(cfg))
+    return load_teacher(teacher_spec(cfg), trust_code=trusts_code(cfg, trust_code), source=cfg.source, key="teacher")
 
 
 def load_agent_from_config(cfg: Config) -> Any:
@@ -213,11 +221,13 @@ def load_agent_from_config(cfg: Config) -> Any:
     return load_agent(cfg.path("agent.path"))
 
 
-def build_explainer(cfg: Config, progress: Progress | None = None, device: str | None = None, **overrides: Any) -> Any:
+def build_explainer(
+    cfg: Config, progress: Progress | None = None, device: str | None = None, *, trust_code: bool = False, **overrides: Any
+) -> Any:
     """Load teacher, autoencoder and agent and return the configured DiffExplainer.
 
     ``device`` (e.g. ``"cuda"``) moves the autoencoder and agent there; the teacher stays on the CPU
-    with the inputs.
+    with the inputs. ``trust_code``: see :func:`load_teacher_from_config`.
     """
     from medxai.explainers.diffexplainer import DiffExplainer
 
@@ -232,12 +242,13 @@ def build_explainer(cfg: Config, progress: Progress | None = None, device: str |
         seed=int(cfg.get("seed")),
     )
     kwargs.update(overrides)
+    teacher = load_teacher_from_config(cfg, trust_code)  # outside the try: its errors name teacher.*, not 'explainer'
     try:
         ae, agent = load_autoencoder_from_config(cfg), load_agent_from_config(cfg)
         if device is not None:
             ae.to(device)
             agent.to(device)
-        return DiffExplainer(load_teacher_from_config(cfg), ae, agent, progress=progress, **kwargs)
+        return DiffExplainer(teacher, ae, agent, progress=progress, **kwargs)
     except (TypeError,) as err:
         raise ConfigError(f"{cfg.source}: section 'explainer' is invalid: {err}") from err
 
@@ -252,18 +263,21 @@ def _train_cfg(section: dict[str, Any], source: str, field: str) -> Any:
         raise ConfigError(f"{source}: field '{field}' is invalid: {err}") from err
 
 
-def train_teacher_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
-    """Train the teacher on the training stacks and save it to ``teacher.path``."""
+def train_teacher_from_config(
+    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None,
+    trust_code: bool = False,
+) -> dict[str, Any]:
+    """Train the teacher on the training stacks and save it to ``teacher.path`` (``trust_code``: see :func:`new_teacher`)."""
     from medxai.training.checkpoint import save_weights
     from medxai.training.trainers import train_teacher
 
+    model = new_teacher(cfg, trust_code)  # before the data: a refused class_path fails at once
     data = load_data(cfg, "train", progress, npz)
     tcfg = _train_cfg(cfg.section("training.teacher", {}), cfg.source, "training.teacher")
     if max_seconds is not None:
         import dataclasses
 
         tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
-    model = new_teacher(cfg)
     hist = train_teacher(
         model, torch.from_numpy(data["stacks"]), torch.from_numpy(data["labels"]), tcfg,
         progress=(lambda s, n, loss: progress("teacher", s, n)) if progress else None,
@@ -294,28 +308,51 @@ def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None,
         progress=(lambda s, n, loss: progress("autoencoder", s, n)) if progress else None,
         save=lambda step: save_autoencoder(ae, path, {"step": step}),
     )
+    ref = _recon_reference(cfg, ae, data, progress, npz)
     ae.cpu()
-    save_autoencoder(ae, path, {"history": _short(hist)})
-    return {"path": str(path), **_short(hist)}
+    save_autoencoder(ae, path, {"history": _short(hist), "reconstruction_error": [ref.to_dict()]})
+    return {"path": str(path), **_short(hist), "reconstruction_error": ref.to_dict()}
 
 
-def _teacher_outputs(cfg: Config, stacks: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None) -> Any:
+    """Reconstruction-error statistics at the explainer's steps on held-out stacks (medxai explain's input check)."""
+    from medxai.metrics.reconstruction import reconstruction_reference
+
+    max_cases = 64  # enough for mean and sd, and a bounded cost after training
+    try:
+        test = None if npz else load_data(cfg, "test", progress, None)
+    except Exception as err:  # noqa: BLE001 - held-out data are optional here
+        logger.info("no held-out data for the reconstruction reference (%s)", err)
+        test = None
+    if test is not None:
+        stacks, what = test["stacks"][:max_cases], "held-out cases"
+    else:  # no held-out split: the last training cases, which slightly underestimates the error
+        stacks, what = train["stacks"][-max_cases:], "training cases (no held-out split)"
+    enc, dec = int(cfg.get("explainer.encode_steps")), int(cfg.get("explainer.decode_steps"))
+    return reconstruction_reference(ae, stacks, enc, dec, batch_size=int(cfg.get("explainer.batch_size", 64)), cases=what)
+
+
+def _teacher_outputs(cfg: Config, stacks: torch.Tensor, trust_code: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     from medxai.networks.teacher import TeacherFeatures
 
-    teacher = load_teacher_from_config(cfg)
+    teacher = load_teacher_from_config(cfg, trust_code)
     tf = TeacherFeatures(teacher, cfg.get("teacher.classifier_layer", None))
     logits, feats = tf.run_batched(stacks)
     return tf, logits, feats
 
 
-def train_agent_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
-    """Distil the teacher into the agent on the training latents; save it to ``agent.path``."""
+def train_agent_from_config(
+    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None,
+    trust_code: bool = False,
+) -> dict[str, Any]:
+    """Distil the teacher into the agent on the training latents; save it to ``agent.path``
+    (``trust_code``: see :func:`load_teacher_from_config`)."""
     from medxai.agent import Agent, save_agent
     from medxai.training.trainers import agreement, compute_latents, train_agent
 
     data = load_data(cfg, "train", progress, npz)
     stacks = torch.from_numpy(data["stacks"])
-    tf, logits, feats = _teacher_outputs(cfg, stacks)
+    tf, logits, feats = _teacher_outputs(cfg, stacks, trust_code)
     ae = load_autoencoder_from_config(cfg)
     latents = compute_latents(ae, stacks)
     feature_dim = tf.feature_dim or int(cfg.get("agent.feature_dim", 256))
@@ -346,13 +383,16 @@ def _short(hist: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hist.items() if k != "losses"}
 
 
-def evaluate_from_config(cfg: Config, n_cases: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Explain the held-out phantom cohort and compute every counterfactual metric (the targets)."""
+def evaluate_from_config(
+    cfg: Config, n_cases: int | None = None, progress: Progress | None = None, trust_code: bool = False
+) -> dict[str, Any]:
+    """Explain the held-out phantom cohort and compute every counterfactual metric (the targets);
+    ``trust_code``: see :func:`load_teacher_from_config`."""
     from medxai.metrics.counterfactual import summarise_diffexplainer
 
     data = load_data(cfg, "test", progress)
     n = len(data["stacks"]) if n_cases is None else min(n_cases, len(data["stacks"]))
-    explainer = build_explainer(cfg, device="cuda" if torch.cuda.is_available() else None)
+    explainer = build_explainer(cfg, device="cuda" if torch.cuda.is_available() else None, trust_code=trust_code)
     c = int(cfg.get("explainer.target_class"))
     x = torch.from_numpy(data["stacks"][:n])
     t0 = time.perf_counter()

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 SOURCE_AFFINE = "medxai_source_affine"
 SOURCE_SHAPE = "medxai_source_shape"
 SLICE_INDICES = "slice_indices"
+LUNG_VOLUME_ML = "medxai_lung_volume_ml"  # meta of the lung mask: segmented lung volume (mL), for input checks
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -376,6 +377,9 @@ class LungMaskd(MapTransform):
                 body = np.repeat(np.repeat(body, step, 0), step, 1)[:nx, :ny]
             d[self.lung_key] = _meta_like(torch.from_numpy(lung[None].astype(np.uint8)), img)
             d[self.body_key] = _meta_like(torch.from_numpy(body[None].astype(np.uint8)), img)
+            # recorded here, where the whole mask exists, so an input check need not segment again
+            voxel_ml = abs(float(np.linalg.det(img.affine.detach().cpu().numpy()[:3, :3]))) / 1000.0
+            d[self.lung_key].meta[LUNG_VOLUME_ML] = float(lung.sum()) * voxel_ml
             logger.debug("lung mask: %d voxels, body %d voxels", int(lung.sum()), int(body.sum()))
         return d
 

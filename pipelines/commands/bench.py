@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pipelines.commands._options import trust_code_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("bench")
@@ -21,6 +23,7 @@ def register(app: typer.Typer) -> None:
         pretrained: bool = typer.Option(
             False, "--pretrained", help="Start from the shipped phantom models instead of training the big ones (see README)."
         ),
+        trust_code: bool = trust_code_option("model classes / evaluate MONAI bundle expressions in the CT and DR configs"),
     ) -> None:
         """Train (or load) the phantom models, run every explainer on held-out phantoms, write results and a report."""
         from rich.console import Console
@@ -30,7 +33,8 @@ def register(app: typer.Typer) -> None:
         from pipelines.commands._progress import progress_bars
 
         with progress_bars() as progress:
-            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained, progress=progress)
+            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained, progress=progress,
+                                trust_code=trust_code)
         console = Console(highlight=False)
         for part in ("ct", "fundus"):
             for method, row in (results.get(part) or {}).items():

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from pipelines.commands._options import skip_unreadable_option, trust_code_option
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +22,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (one sub-folder per case)."),
         decode_steps: Optional[int] = typer.Option(None, "--decode-steps", help="Override explainer.decode_steps."),
         encode_steps: Optional[int] = typer.Option(None, "--encode-steps", help="Override explainer.encode_steps."),
+        trust_code: bool = trust_code_option(),
+        force: bool = typer.Option(
+            False, "--force",
+            help="Explain even when the input fails a check of what the models were trained for (modality, field of "
+            "view, lung volume, ...); the failed checks are kept in the output's input_check.",
+        ),
+        skip_unreadable: bool = skip_unreadable_option("explanation.json reader_warnings"),
     ) -> None:
         """Explain the configured black box: DiffExplainer (CT) or DVCE (fundus), by the config's type."""
         from rich.console import Console
@@ -31,8 +40,9 @@ def register(app: typer.Typer) -> None:
         if _config_type(config) == "dvce_fundus":
             from pipelines.explain_dr import run_dr_explain
 
-            res = run_dr_explain(config, source, out, dicom=True)
+            res = run_dr_explain(config, source, out, dicom=True, trust_code=trust_code, force=force)
             console = Console(highlight=False)
+            _print_check(console, res.input_check)
             console.print(f"scores {escape(str(res.scores))}; target class {res.target_class} "
                           f"{'reached' if res.target_reached else 'NOT reached'}")
             for f in res.files.values():
@@ -45,12 +55,26 @@ def register(app: typer.Typer) -> None:
             overrides["explainer.encode_steps"] = encode_steps
         console = Console(highlight=False)
         with progress_bars() as progress:
-            result = explain_ct(config, source, out, progress=progress, overrides=overrides)
+            result = explain_ct(
+                config, source, out, progress=progress, overrides=overrides, trust_code=trust_code,
+                skip_unreadable=skip_unreadable, force=force,
+            )
         for case in result["cases"]:
             console.print(f"[bold]{escape(case['case'])}[/]: teacher scores {[round(v, 3) for v in case['query']]} -> class {case['prediction']}")
+            _print_check(console, {**case["input_check"], "reasons": case["forced_reasons"], "notes": case["notes"]})
             for f in result["written"][case["case"]]:
                 console.print(f"  wrote {escape(f)}")
         console.print(f"{result['n_cases']} case(s) in {result['seconds']:.1f} s")
+
+
+def _print_check(console: Any, check: dict[str, Any]) -> None:
+    """The failed input checks of a forced run and the notes (e.g. already in the target class)."""
+    from rich.markup import escape
+
+    if check.get("forced"):
+        console.print(f"  [bold yellow]input check FAILED, explained because of --force:[/] {escape(check.get('reasons', ''))}")
+    for note in check.get("notes", []):
+        console.print(f"  note: {escape(note)}")
 
 
 def _config_type(path: Path) -> str:

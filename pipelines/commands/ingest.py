@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pipelines.commands._options import skip_unreadable_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
@@ -21,6 +23,14 @@ def register(app: typer.Typer) -> None:
         allow_gaps: bool = typer.Option(
             False, "--allow-gaps", help="Accept missing slices: interpolate over the gap and warn loudly."
         ),
+        skip_unreadable: bool = skip_unreadable_option("a warning kept with the output (printed, and in the NRRD/NIfTI header)"),
+        padding_value: Optional[float] = typer.Option(
+            None,
+            "--padding-value",
+            metavar="HU",
+            help="Value for PixelPaddingValue voxels (outside the scanned field). Default: -1000 (air) for CT, "
+            "the lowest other value for other modalities.",
+        ),
     ) -> None:
         """Read an image, print a short summary, and write it with correct geometry."""
         from rich.console import Console
@@ -29,13 +39,22 @@ def register(app: typer.Typer) -> None:
 
         from pipelines.ingest import ingest, summarize
 
-        obj, written = ingest(source, out, series_uid=series, allow_gaps=allow_gaps)
+        obj, written = ingest(
+            source,
+            out,
+            series_uid=series,
+            allow_gaps=allow_gaps,
+            skip_unreadable=skip_unreadable,
+            padding_value=padding_value,
+        )
         summary = summarize(obj)
         table = Table(show_header=False, box=None, pad_edge=False)
         for key, value in summary.items():
-            if key == "warnings":
+            if key in ("warnings", "notes"):
                 continue
             table.add_row(f"[bold]{key}[/]", escape(str(value)))
+        for n in summary.get("notes", []):
+            table.add_row("[bold]note[/]", escape(n))
         console = Console(highlight=False)
         console.print(table)
         for w in summary.get("warnings", []):

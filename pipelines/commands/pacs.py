@@ -1,11 +1,25 @@
-"""``medxai pacs pull|push|store|echo``: DICOMweb (QIDO/WADO/STOW-RS) and DIMSE C-STORE transfers."""
+"""``medxai pacs pull|push|store|echo``: DICOMweb (QIDO/WADO/STOW-RS) and DIMSE C-STORE transfers.
+
+Credentials: ``--auth-env VAR`` names an environment variable holding ``user:password`` (basic) or
+``Bearer <token>`` / a bare token; without it, ``user:password@`` in the URL, else ``~/.netrc`` (or
+``$NETRC``) for the host. TLS: ``--ca-bundle``, ``--client-cert`` and ``--client-key`` (PEM files) for
+``https://`` URLs and, with ``--tls``, for DIMSE. Passwords and tokens never appear in any message.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
+
+__all__ = ["register"]
+
+_AUTH_HELP = ("Name of an environment variable holding 'user:password' (basic auth) or 'Bearer <token>' / a bare "
+              "token. Default: credentials in the URL, else ~/.netrc ($NETRC) for the host.")
+_CA_HELP = "PEM file of the CA(s) that signed the PACS certificate (default: the system's trusted CAs)."
+_CERT_HELP = "PEM client certificate, for a PACS that asks for one (the key inside it, or --client-key)."
+_KEY_HELP = "PEM private key of --client-cert (unencrypted)."
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -13,6 +27,27 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:11112); got {value!r}.")
     return host, int(port)
+
+
+def _http_options(auth_env: Optional[str], ca_bundle: Optional[Path], client_cert: Optional[Path],
+                  client_key: Optional[Path]) -> dict[str, Any]:
+    from dicom_io.pacs import TlsFiles, auth_from_env
+
+    tls = TlsFiles(ca_bundle, client_cert, client_key)
+    return {"auth": auth_from_env(auth_env) if auth_env else None, "tls": None if tls.is_empty else tls}
+
+
+def _dimse_tls(tls: bool, ca_bundle: Optional[Path], client_cert: Optional[Path], client_key: Optional[Path]) -> Any:
+    from dicom_io.pacs import TlsFiles
+
+    files = TlsFiles(ca_bundle, client_cert, client_key)
+    if not tls:
+        if not files.is_empty:
+            # the files would silently do nothing over plain TCP
+            raise ValueError("--ca-bundle / --client-cert / --client-key need --tls for DIMSE; add --tls (and the "
+                             "PACS's TLS port) or drop them.")
+        return None
+    return files
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +62,10 @@ def register(app: typer.Typer) -> None:
         series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID."),
         query: List[str] = typer.Option([], "--query", "-q", help="QIDO filter KEYWORD=VALUE (repeatable)."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+        auth_env: Optional[str] = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
+        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP),
+        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP),
+        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Search (QIDO-RS) and retrieve (WADO-RS) series into a local folder."""
         from dicom_io.pacs import pull
@@ -37,35 +76,48 @@ def register(app: typer.Typer) -> None:
             if not sep or not k:
                 raise ValueError(f"--query expects KEYWORD=VALUE; got {q!r}.")
             filters[k] = v
-        path = pull(url, out, study_uid=study, series_uid=series, query=filters or None, timeout=timeout)
+        opts = _http_options(auth_env, ca_bundle, client_cert, client_key)
+        path = pull(url, out, study_uid=study, series_uid=series, query=filters or None, timeout=timeout, **opts)
         typer.echo(f"pulled into {path}")
 
     @pacs.command("push")
     def push_cmd(
         url: str = typer.Argument(..., help="DICOMweb base URL."),
-        files: List[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
+        files: List[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively; unfinished "
+                                                     "'.*.partial*' outputs are skipped)."),
         timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request."),
+        auth_env: Optional[str] = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
+        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP),
+        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP),
+        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Store files with STOW-RS."""
-        from dicom_io.pacs import push
+        from dicom_io.pacs import push, redact_url
 
-        stored = push(url, files, timeout=timeout)
-        typer.echo(f"stored {len(stored)} instance(s) at {url}")
+        opts = _http_options(auth_env, ca_bundle, client_cert, client_key)
+        stored = push(url, files, timeout=timeout, **opts)
+        typer.echo(f"stored {len(stored)} instance(s) at {redact_url(url)}")
 
     @pacs.command("store")
     def store_cmd(
         address: str = typer.Argument(..., help="HOST:PORT of the DICOM (DIMSE) service."),
-        files: List[Path] = typer.Argument(..., help="DICOM files or folders."),
+        files: List[Path] = typer.Argument(..., help="DICOM files or folders (unfinished '.*.partial*' outputs "
+                                                     "are skipped)."),
         aet: str = typer.Option("ANY-SCP", "--aet", help="Called AE title (the PACS)."),
         calling_aet: str = typer.Option("MEDXAI", "--calling-aet", help="Our AE title."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds per network step."),
+        tls: bool = typer.Option(False, "--tls", help="Associate over TLS (DICOM TLS port of the PACS)."),
+        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
+        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
+        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Send files with C-STORE (PACS without DICOMweb)."""
         from dicom_io.pacs import c_store
 
         host, port = _host_port(address)
-        stored = c_store(host, port, files, called_aet=aet, calling_aet=calling_aet, timeout=timeout)
-        typer.echo(f"stored {len(stored)} instance(s) at {aet}@{host}:{port}")
+        tls_files = _dimse_tls(tls, ca_bundle, client_cert, client_key)
+        stored = c_store(host, port, files, called_aet=aet, calling_aet=calling_aet, timeout=timeout, tls=tls_files)
+        typer.echo(f"stored {len(stored)} instance(s) at {aet}@{host}:{port}{' (TLS)' if tls else ''}")
 
     @pacs.command("echo")
     def echo_cmd(
@@ -73,10 +125,15 @@ def register(app: typer.Typer) -> None:
         aet: str = typer.Option("ANY-SCP", "--aet", help="Called AE title."),
         calling_aet: str = typer.Option("MEDXAI", "--calling-aet", help="Our AE title."),
         timeout: float = typer.Option(10.0, "--timeout", help="Seconds."),
+        tls: bool = typer.Option(False, "--tls", help="Associate over TLS (DICOM TLS port of the PACS)."),
+        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
+        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
+        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """C-ECHO (verification)."""
         from dicom_io.pacs import c_echo
 
         host, port = _host_port(address)
-        c_echo(host, port, called_aet=aet, calling_aet=calling_aet, timeout=timeout)
-        typer.echo("C-ECHO ok")
+        tls_files = _dimse_tls(tls, ca_bundle, client_cert, client_key)
+        c_echo(host, port, called_aet=aet, calling_aet=calling_aet, timeout=timeout, tls=tls_files)
+        typer.echo(f"C-ECHO ok{' (TLS)' if tls else ''}")

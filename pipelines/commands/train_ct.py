@@ -12,14 +12,17 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from pipelines.commands._options import trust_code_option
+
 from pipelines.commands._groups import get_train_app
 
 _CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help="CT prognosis config.")
 _DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
 _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides training.*.max_seconds).")
+_TRUST = trust_code_option("the teacher class_path / evaluate MONAI bundle expressions")
 
 
-def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float]) -> dict[str, Any]:
+def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float], trust_code: bool = False) -> dict[str, Any]:
     from rich.console import Console
     from rich.markup import escape
 
@@ -38,9 +41,11 @@ def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optiona
     with progress_bars() as progress:
         for stage in stages:
             if stage == "evaluate":
-                results[stage] = ct.evaluate_from_config(cfg, progress=progress)
+                results[stage] = ct.evaluate_from_config(cfg, progress=progress, trust_code=trust_code)
             else:
-                results[stage] = funcs[stage](cfg, progress=progress, npz=data, max_seconds=seconds)
+                # the autoencoder loads no model class, so it takes no trust_code
+                trust = {} if stage == "autoencoder" else {"trust_code": trust_code}
+                results[stage] = funcs[stage](cfg, progress=progress, npz=data, max_seconds=seconds, **trust)
             console.print(f"[bold]{stage}[/]: {escape(json.dumps(results[stage], default=str))}")
     return results
 
@@ -49,9 +54,11 @@ def register(app: typer.Typer) -> None:
     train = get_train_app(app)
 
     @train.command("teacher")
-    def teacher_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+    def teacher_cmd(
+        config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES, trust_code: bool = _TRUST
+    ) -> None:
         """Train the black-box teacher classifier (kind class_path) on four-slice stacks."""
-        _run(["teacher"], config, data, minutes)
+        _run(["teacher"], config, data, minutes, trust_code)
 
     @train.command("autoencoder")
     def autoencoder_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
@@ -59,16 +66,21 @@ def register(app: typer.Typer) -> None:
         _run(["autoencoder"], config, data, minutes)
 
     @train.command("agent")
-    def agent_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+    def agent_cmd(
+        config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES, trust_code: bool = _TRUST
+    ) -> None:
         """Distil the teacher into the two-layer linear agent on DiffAE latents."""
-        _run(["agent"], config, data, minutes)
+        _run(["agent"], config, data, minutes, trust_code)
 
     @train.command("all")
-    def all_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards.")) -> None:
+    def all_cmd(
+        config: Path = _CONFIG, data: Optional[Path] = _DATA,
+        evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards."), trust_code: bool = _TRUST,
+    ) -> None:
         """Teacher, autoencoder and agent in one go (CPU default), then the held-out metrics."""
-        _run(["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []), config, data, None)
+        _run(["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []), config, data, None, trust_code)
 
     @train.command("evaluate")
-    def evaluate_cmd(config: Path = _CONFIG) -> None:
+    def evaluate_cmd(config: Path = _CONFIG, trust_code: bool = _TRUST) -> None:
         """Explain the held-out phantom cohort and report PSNR, flip rate, AUROC, agreement."""
-        _run(["evaluate"], config, None, None)
+        _run(["evaluate"], config, None, None, trust_code)

@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import typer
 
+from pipelines.commands._options import trust_code_option
+
 from ._groups import get_train_app
 
 __all__ = ["register", "load_fundus_arrays", "train_diffusion", "train_dr_classifier"]
@@ -103,9 +105,13 @@ def train_diffusion(
 
 def train_dr_classifier(
     config_path: Path, out: Optional[Path] = None, *, robust: bool = False, data: Optional[Path] = None,
-    n: Optional[int] = None, seconds: Optional[float] = None, steps: Optional[int] = None,
+    n: Optional[int] = None, seconds: Optional[float] = None, steps: Optional[int] = None, trust_code: bool = False,
 ) -> dict[str, Any]:
-    """Train the plain (or, with ``robust``, the adversarially robust) classifier of a DR config."""
+    """Train the plain (or, with ``robust``, the adversarially robust) classifier of a DR config.
+
+    ``trust_code`` (or ``trust_code: true`` in the config) lets ``class_path`` name a class outside the
+    allow-list of :mod:`medxai.trust`.
+    """
     import torch
 
     from medxai.config import ConfigError, load_config
@@ -113,12 +119,15 @@ def train_dr_classifier(
     from medxai.training.checkpoint import save_weights
     from medxai.training.dvce import RobustConfig, evaluate_classifier, train_classifier
     from medxai.training.trainers import TrainConfig
+    from medxai.trust import trusts_code
 
     cfg = load_config(config_path, {"image_size": int, "classifier": dict, "train": dict, "train.classifier": dict})
     key = "robust_classifier" if robust else "classifier"
     section = cfg.section(key) if cfg.get(key, None) else cfg.section("classifier")
     if section.get("kind", "class_path") != "class_path" or not section.get("class_path"):
         raise ConfigError(f"{config_path}: '{key}' must be kind: class_path with a class_path to train it.")
+    # before the data: a refused class_path fails at once
+    cls = load_class(str(section["class_path"]), trust_code=trusts_code(cfg, trust_code), where=f"{config_path}: {key if cfg.get(key, None) else 'classifier'}.class_path")
     try:
         train_section = cfg.section("train.robust_classifier" if robust and cfg.get("train.robust_classifier", None) else "train.classifier")
         if seconds is not None:
@@ -134,7 +143,6 @@ def train_dr_classifier(
     x, y, source = load_fundus_arrays(
         data, int(n if n is not None else data_section.get("n", 400)), int(data_section.get("seed", 0)), size
     )
-    cls = load_class(str(section["class_path"]))
     kwargs = dict(section.get("init_kwargs", {}))
     if "generator" in cls.__init__.__code__.co_varnames:
         kwargs_build = {**kwargs, "generator": torch.Generator().manual_seed(tcfg.seed)}
@@ -195,9 +203,10 @@ def register(app: typer.Typer) -> None:
         n: Optional[int] = typer.Option(None, "--n", help="Number of phantom images (default: train.data.n)."),
         seconds: Optional[float] = typer.Option(None, "--seconds", help="Wall-clock budget."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Maximum steps."),
+        trust_code: bool = trust_code_option("the classifier's class_path"),
     ) -> None:
         """Train the DR classifier (the black box) or, with --robust, the robust classifier DVCE guides with."""
-        hist = train_dr_classifier(config, out, robust=robust, data=data, n=n, seconds=seconds, steps=steps)
+        hist = train_dr_classifier(config, out, robust=robust, data=data, n=n, seconds=seconds, steps=steps, trust_code=trust_code)
         val = hist.get("validation") or {}
         extra = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float))
         typer.echo(f"wrote {hist['out']} ({hist['steps']} steps in {hist['seconds']:.0f} s; train accuracy {hist['train_accuracy']:.3f}{'; ' + extra if extra else ''})")

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import typer
 
+from pipelines.commands._options import trust_code_option
+
 from ._groups import get_train_app
 
 __all__ = ["register", "load_training_arrays", "phantom_arrays"]
@@ -129,6 +131,7 @@ def register(app: typer.Typer) -> None:
             None, "--multilabel/--single-label", help="BCE on multi-hot labels or CE; default from the label shape."
         ),
         seed: int = typer.Option(0, "--seed"),
+        trust_code: bool = trust_code_option("--classifier-class"),
     ) -> None:
         """Train an NN-Explainer network (masks for all classes in one pass) for a frozen classifier."""
         import json
@@ -150,7 +153,9 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"--classifier-kwargs must be a JSON object, got {classifier_kwargs!r}.")
         if not classifier_weights.is_file():
             raise FileNotFoundError(f"--classifier-weights {str(classifier_weights)!r} does not exist.")
-        classifier = load_classifier(classifier_class, str(classifier_weights), kwargs)
+        classifier = load_classifier(
+            classifier_class, str(classifier_weights), kwargs, trust_code=trust_code, where="--classifier-class"
+        )
         if data is not None:
             images, labels = load_training_arrays(data)
             source: dict[str, Any] = {"data": str(data)}

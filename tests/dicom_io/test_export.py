@@ -226,11 +226,14 @@ def test_export_job_cli(study: dict, tmp_path: Path) -> None:
     files = [p for p in out.rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(out.resolve()) for p in files)
     assert not any(".partial" in p.name for p in files)
-    study_dir = out / "etc"
-    assert study_dir.is_dir() and len(list(study_dir.iterdir())) == 1
-    sub = next(study_dir.iterdir())
+    # OUT/<patient>_<hash>/<study>_<hash>/<series>_<method>_<hash>/: one folder each, names sanitised
+    (patient_dir,) = out.iterdir()
+    assert patient_dir.name.startswith("etc_")
+    (study_dir,) = patient_dir.iterdir()
+    (sub,) = study_dir.iterdir()
+    assert sub.name.startswith("CT_chest_") and "_Grad_CAM_" in sub.name, sub.name
     names = sorted(p.name for p in sub.iterdir())
-    assert "export.json" in names and any(n.startswith("PM_Grad_CAM_CT_chest") for n in names), names
+    assert names == ["PM.dcm", "SC_counterfactual", "SC_overlay", "SEG.dcm", "export.json", "slicer"], names
     dicoms = sorted(p for p in sub.rglob("*.dcm"))
     assert len(dicoms) == 4  # overlay MF, counterfactual MF, PM, SEG
     if shutil.which("dciodvfy"):
@@ -279,7 +282,7 @@ def test_fundus_export_jpeg_then_dicom_source(tmp_path: Path) -> None:
     heat[20:30, 30:40] = 1.0
     first = export_photo_explanation(photo, heat, tmp_path / "o1", method="RISE", target="DR grade 2")
     ds1 = pydicom.dcmread(first[0])
-    assert ds1.PatientID == "MEDXAI-UNLINKED" and first[0].is_relative_to(tmp_path / "o1" / "MEDXAI-UNLINKED")
+    assert ds1.PatientID == "MEDXAI-UNLINKED" and first[0].relative_to(tmp_path / "o1").parts[0].startswith("MEDXAI-UNLINKED_")
     # use that DICOM as a DICOM-sourced photo: the next SC joins its study and references it
     dphoto = read_photo(first[0])
     second = export_photo_explanation(dphoto, np.zeros(dphoto.shape, np.float32) + 0.5, tmp_path / "o2",

@@ -104,3 +104,26 @@ def test_collect_skips_partial_and_non_dicom(ct_files: list[Path]) -> None:
     assert collect_dicom_files([folder]) == sorted(ct_files)
     with pytest.raises(FileNotFoundError):
         collect_dicom_files([folder / "missing"])
+
+
+def test_collect_skips_files_inside_partial_folders(ct_files: list[Path]) -> None:
+    """A killed export leaves ``.name.XXXX.partial/`` folders; their files are never sent (issue 12, item 4)."""
+    out = ct_files[0].parent
+    stale = out / ".exports.p123hab12cdr0a1b2c.partial" / "overlays"  # a killed run's folder, nested
+    stale.mkdir(parents=True)
+    for f in ct_files:
+        (stale / f.name).write_bytes(f.read_bytes())
+    old = out / ".series.p9h0r1.partial-old"  # a folder that was being replaced
+    old.mkdir()
+    (old / "x.dcm").write_bytes(ct_files[0].read_bytes())
+    hidden = out / ".hidden"  # hidden but not a partial: still sent (only partials are skipped)
+    hidden.mkdir()
+    (hidden / "h.dcm").write_bytes(ct_files[0].read_bytes())
+    assert collect_dicom_files([out]) == sorted([*ct_files, hidden / "h.dcm"])
+    # the folder given may itself sit below dot-folders; only components below it are judged
+    assert collect_dicom_files([hidden]) == [hidden / "h.dcm"]
+    # naming a partial directly is refused, not sent
+    with pytest.raises(ValueError, match="unfinished temporary output"):
+        collect_dicom_files([stale])
+    with pytest.raises(ValueError, match="unfinished temporary output"):
+        collect_dicom_files([stale / ct_files[0].name])

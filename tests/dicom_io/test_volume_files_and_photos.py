@@ -12,7 +12,8 @@ import SimpleITK as sitk
 
 from dicom_fixtures import ct_like, pydicom_file, rotation
 from dicom_io import Photo, Volume, read_image, read_photo, write_nifti, write_nrrd, write_volume
-from dicom_io.atomic import atomic_path, safe_filename
+from atomicfs import atomic_path
+from dicom_io import safe_filename
 from dicom_io.errors import UnreadableFileError
 
 

@@ -20,8 +20,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -53,8 +56,9 @@ def _dicomweb_plugin() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def orthanc():
+@contextmanager
+def _run_orthanc(**overrides: object) -> Iterator[dict]:
+    """Start a loopback-only Orthanc (see the module docstring); ``overrides`` replace configuration keys."""
     exe = shutil.which("Orthanc")
     plugin = _dicomweb_plugin()
     if exe is None or plugin is None:
@@ -102,6 +106,7 @@ def orthanc():
         "Plugins": [plugin],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": f"127.0.0.1:{http_port}",
                      "Ssl": False},
+        **overrides,
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))
@@ -119,6 +124,9 @@ def orthanc():
                 with urllib.request.urlopen(f"{base}/dicom-web/studies", timeout=1) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and config["AuthenticationEnabled"]:
+                    break  # up, and asking for credentials
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             if time.monotonic() > deadline:
@@ -134,6 +142,12 @@ def orthanc():
             proc.wait(timeout=5)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def orthanc() -> Iterator[dict]:
+    with _run_orthanc() as server:
+        yield server
 
 
 def _blob(shape: tuple[int, int, int]) -> np.ndarray:
@@ -229,3 +243,43 @@ def test_orthanc_is_closed_to_other_hosts(orthanc: dict) -> None:
     # and the process really is unprivileged
     uid = os.stat(f"/proc/{orthanc['proc'].pid}").st_uid
     assert os.geteuid() != 0 or uid != 0
+
+
+def test_orthanc_with_authentication(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """Basic auth from the URL, from --auth-env and from netrc against an Orthanc that demands it; a wrong or
+    missing password gives HTTP 401 and the password is never printed."""
+    from pipelines.cli import main
+
+    password = "orthanc-S3cret"
+    with _run_orthanc(AuthenticationEnabled=True, RegisteredUsers={"medxai": password}) as server:
+        url = server["url"]
+        vol = Volume(np.zeros((2, 16, 16), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        files = write_ct_series(vol, tmp_path / "s", StudyInfo(patient_id="AUTH"))
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # the user's own ~/.netrc stays out of it
+        with pytest.raises(PacsError, match="HTTP 401"):
+            push(url, files, timeout=10)
+        with_pw = url.replace("http://", f"http://medxai:{password}@")
+        assert len(push(with_pw, files, timeout=10)) == 2
+        series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+
+        monkeypatch.setenv("MX_ORTHANC_AUTH", f"medxai:{password}")
+        assert main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "p"),
+                     "--auth-env", "MX_ORTHANC_AUTH"]) == 0
+        assert len(list((tmp_path / "p").rglob("*.dcm"))) == 2
+
+        netrc = tmp_path / "netrc"
+        netrc.write_text(f"machine 127.0.0.1 login medxai password {password}\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        assert len(search_series(url, series_uid=series_uid, timeout=10)) == 1
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+        capsys.readouterr()
+        monkeypatch.setenv("MX_ORTHANC_AUTH", "medxai:wrong-Passw0rd")
+        assert main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "q"),
+                     "--auth-env", "MX_ORTHANC_AUTH"]) == 1
+        assert main(["pacs", "push", url.replace("http://", "http://medxai:wrong-Passw0rd@"), str(files[0])]) == 1
+        err = capsys.readouterr().err
+        assert err.count("HTTP 401") == 2 and "wrong-Passw0rd" not in err and password not in err
+        assert not (tmp_path / "q").exists()
