@@ -90,6 +90,7 @@ def ingest(
     allow_gaps: bool = False,
     skip_unreadable: bool = False,
     padding_value: float | None = None,
+    compress: bool = True,
 ) -> tuple[Volume | Photo, Path | None]:
     """Read ``source`` and write it to ``out`` (``.nii.gz``/``.nrrd`` for volumes, ``.png`` for photos).
 
@@ -105,12 +106,16 @@ def ingest(
         Output file; None only reads.
     series_uid, allow_gaps, skip_unreadable, padding_value
         Passed to `dicom_io.read_image`.
+    compress : bool
+        gzip-compressed volume (default); False writes NRRD raw (NIfTI: name the output ``.nii``).
     """
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         name = out_path.name.lower()
         if not name.endswith((".nii", ".nii.gz", ".nrrd", ".png")):
             raise ValueError(f"Output '{out_path}' must end in .nii.gz or .nrrd (volumes) or .png (photographs).")
+        if not compress and name.endswith(".nii.gz"):
+            raise ValueError(f"--no-compression with '{out_path}': .nii.gz is gzip by name; name the output .nii instead.")
         check_output_outside_input(out_path, source, option="-o/--out")
     obj = read_image(
         source,
@@ -124,7 +129,7 @@ def ingest(
     if isinstance(obj, Volume):
         if out_path.name.lower().endswith(".png"):
             raise ValueError(f"'{source}' is a volume; write it to .nii.gz or .nrrd, not '{out_path.name}'.")
-        write_volume(obj, out_path)
+        write_volume(obj, out_path, compress=compress)
     else:
         if not out_path.name.lower().endswith(".png"):
             raise ValueError(f"'{source}' is a photograph; write it to .png, not '{out_path.name}'.")

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
             help="Value for PixelPaddingValue voxels (outside the scanned field). Default: -1000 (air) for CT, "
             "the lowest other value for other modalities.",
         ),
+        no_compression: bool = typer.Option(
+            False, "--no-compression", help="Write the volume uncompressed (.nrrd raw encoding; for NIfTI use .nii)."
+        ),
     ) -> None:
         """Read an image, print a short summary, and write it with correct geometry."""
         from rich.console import Console
@@ -46,6 +49,7 @@ def register(app: typer.Typer) -> None:
             allow_gaps=allow_gaps,
             skip_unreadable=skip_unreadable,
             padding_value=padding_value,
+            compress=not no_compression,
         )
         summary = summarize(obj)
         table = Table(show_header=False, box=None, pad_edge=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,14 @@ def test_ingest_benchmark_script_runs(tmp_path: Path) -> None:
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "ingest.py"
     out = tmp_path / "r.json"
     r = subprocess.run(
-        [sys.executable, str(bench), "--slices", "6", "--size", "64", "--repeats", "1", "--no-monai", "--json", str(out)],
+        [sys.executable, str(bench), "--slices", "6", "--size", "64", "--repeats", "1", "--no-monai",
+         "--process-repeats", "1", "--phantom-size", "test", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "ratio_medxai_over_simpleitk" in out.read_text()
+    result = json.loads(out.read_text())
+    assert "ratio_medxai_over_simpleitk" in result
+    for vol in result["whole_process"]:  # the whole-process part ran both formats on both volumes
+        for suffix in (".nrrd", ".nii.gz"):
+            assert vol[suffix]["median_s"]["medxai"] > 0 and vol[suffix]["median_s"]["simpleitk"] > 0
+    assert len(result["whole_process"]) == 2 and "whole-process ingest -> .nrrd" in r.stdout
