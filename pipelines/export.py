@@ -36,6 +36,7 @@ from atomicfs import atomic_dir, atomic_path
 from dicom_io import Photo, Volume, read_series, safe_filename
 from dicom_io.export import (
     Legend,
+    check_render_options,
     read_source_headers,
     render_overlay,
     render_photo_overlay,
@@ -183,11 +184,6 @@ def _refuse_existing(folder: Path, overwrite: bool) -> None:
         )
 
 
-def _check_unit(value: float, name: str) -> None:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]; got {value!r}.")
-
-
 def export_explanation(
     source: str | os.PathLike[str] | Volume,
     heatmap: str | os.PathLike[str] | Volume | np.ndarray,
@@ -270,8 +266,7 @@ def export_explanation(
     StepError
         A writing step failed (naming the step); nothing is left in ``out`` for this export.
     """
-    _check_unit(alpha, "alpha")
-    _check_unit(overlay_threshold, "overlay_threshold")
+    check_render_options(alpha, overlay_threshold)
     Legend(method, target, score_before, score_after, step=step)  # scores must be probabilities: refuse before any work
     if not isinstance(source, Volume):
         check_output_outside_input(out, source, option="output folder (-o/--out)")
@@ -428,8 +423,7 @@ def export_photo_explanation(
     list of Path
         The SC file(s) at their final location.
     """
-    _check_unit(alpha, "alpha")
-    _check_unit(overlay_threshold, "overlay_threshold")
+    check_render_options(alpha, overlay_threshold)
     h = np.asarray(heatmap, dtype=np.float32)
     if h.shape != photo.shape:
         raise ValueError(f"heatmap shape {h.shape} must equal the photo's (H, W) {photo.shape}.")

@@ -20,6 +20,7 @@ from .overlay import (
     DEFAULT_PHOTO_NEGATIVE_COLORMAP,
     WINDOWS,
     Legend,
+    check_render_options,
     colormap_lut,
     colour_scale_lines,
     render_overlay,
@@ -39,7 +40,7 @@ from .slicer import check_same_grid, write_color_table, write_slicer_bundle
 __all__ = [
     "MEDXAI_SCHEME", "HEATMAP_QUANTITY", "HIGH_ATTRIBUTION_REGION", "EXPLANATION_CATEGORY",
     "read_source_headers", "TYPE2_PATIENT_STUDY", "complete_source_header",
-    "WINDOWS", "Legend", "colormap_lut", "colour_scale_lines", "render_overlay", "render_photo_overlay",
+    "WINDOWS", "Legend", "check_render_options", "colormap_lut", "colour_scale_lines", "render_overlay", "render_photo_overlay",
     "window_to_uint8", "DEFAULT_COLORMAP", "DEFAULT_NEGATIVE_COLORMAP", "DEFAULT_PHOTO_COLORMAP",
     "DEFAULT_PHOTO_NEGATIVE_COLORMAP",
     "write_parametric_map",

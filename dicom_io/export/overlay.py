@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_PHOTO_COLORMAP",
     "DEFAULT_PHOTO_NEGATIVE_COLORMAP",
     "Legend",
+    "check_render_options",
     "window_to_uint8",
     "colormap_lut",
     "colour_scale_lines",
@@ -270,15 +271,11 @@ class _Scale:
     neg: np.ndarray
 
 
-def _scale(
-    heat: np.ndarray,
-    vmin: float | None,
-    vmax: float | None,
-    alpha: float,
-    threshold: float,
-    colormap: str,
-    negative_colormap: str,
-) -> _Scale:
+def check_render_options(alpha: float, threshold: float) -> None:
+    """Refuse an ``alpha`` outside (0, 1] or a ``threshold`` outside [0, 1) (ValueError naming it).
+
+    Callers that render later (the export job) call it first, so a bad option fails before any work.
+    """
     if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0.0 < float(alpha) <= 1.0):
         raise ValueError(f"alpha (the heatmap's maximum opacity) must lie in (0, 1]; got {alpha!r}.")
     if isinstance(threshold, bool) or not (
@@ -288,6 +285,18 @@ def _scale(
             f"threshold (fraction of the heatmap's largest |value| below which nothing is tinted) must lie in "
             f"[0, 1); got {threshold!r}."
         )
+
+
+def _scale(
+    heat: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
+    alpha: float,
+    threshold: float,
+    colormap: str,
+    negative_colormap: str,
+) -> _Scale:
+    check_render_options(alpha, threshold)
     lo = float(heat.min()) if vmin is None else float(vmin)
     hi = float(heat.max()) if vmax is None else float(vmax)
     if not (math.isfinite(lo) and math.isfinite(hi)):

@@ -47,13 +47,15 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.markup import escape
 
+        from dicom_io.export import check_render_options
         from pipelines.export import export_explanation
 
         if slices not in ("all", "nonzero"):
             raise ValueError(f"--slices must be 'all' or 'nonzero'; got {slices!r}.")
-        for name, value in (("--alpha", alpha), ("--threshold", threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1; got {value:g}.")
+        try:
+            check_render_options(alpha, threshold)
+        except ValueError as e:  # the renderer's ranges, named as the user typed them
+            raise ValueError(f"--alpha / --threshold: {e}") from None
         res = export_explanation(
             source, heatmap, out, method=method, target=target, score_before=score_before,
             score_after=score_after, counterfactual=counterfactual, series_uid=series, multiframe=multiframe,

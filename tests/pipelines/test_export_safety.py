@@ -259,9 +259,10 @@ def test_alpha_and_threshold_reach_the_renderer(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(ex, "render_overlay", spy)
     assert _export_cli(src, heat, tmp_path / "out", "--alpha", "0.3", "--threshold", "0.2") == 0
     assert seen and set(seen) == {(0.3, 0.2)}
-    for opt in ("--alpha", "--threshold"):
+    # the renderer's ranges: alpha in (0, 1], threshold in [0, 1); refused before any work
+    for opt, value in (("--alpha", "1.5"), ("--alpha", "0"), ("--threshold", "1"), ("--threshold", "-0.1")):
         capsys.readouterr()
-        assert _export_cli(src, heat, tmp_path / "bad", opt, "1.5") == EXIT_BAD_INPUT
+        assert _export_cli(src, heat, tmp_path / "bad", opt, value) == EXIT_BAD_INPUT
         assert opt in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
