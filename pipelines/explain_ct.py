@@ -15,7 +15,8 @@ and renamed when complete):
 
 Before explaining, each series is checked against what the models were trained for (modality, slices,
 field of view, scan length, lung volume; after the explainer's reconstruction, the autoencoder's
-reconstruction error); a failed check refuses the whole job unless ``force=True`` (``--force``).
+reconstruction error and the distance of the query's semantic code from the autoencoder's reference
+codes); a failed check refuses the whole job unless ``force=True`` (``--force``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pipelines.input_check import (
     InputCheck,
     ct_volume_checks,
     enforce,
+    latent_check,
     lung_volume_check,
     reconstruction_check,
     softmax,
@@ -99,6 +101,16 @@ def _recon_reference(cfg: Any, encode_steps: int, decode_steps: int) -> tuple[An
     recorded = ", ".join(f"{r.encode_steps}/{r.decode_steps}" for r in refs) or "none"
     where = f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})"
     return found, where
+
+
+def _latent_reference(cfg: Any) -> tuple[Any, str]:
+    """The reference codes from the autoencoder's side-car (or None), and where it looked."""
+    from medxai.metrics.latent import latent_reference_from_sidecar
+    from medxai.training.checkpoint import read_json
+
+    sidecar = cfg.path("autoencoder.path").with_suffix(".json")
+    ref = latent_reference_from_sidecar(read_json(sidecar)) if sidecar.is_file() else None
+    return ref, f" in {str(sidecar)!r}"
 
 
 def explain_ct(
@@ -200,8 +212,19 @@ def explain_ct(
     # the reconstruction the explainer computed anyway gives the autoencoder's own error on the query
     recon_mse = reconstruction_mse(x, exp.counterfactuals["reconstruction"])  # type: ignore[index]
     reference, where = _recon_reference(cfg, explainer.encode_steps, explainer.decode_steps)
+    # the semantic code the explainer computed anyway, against the reference codes (no second encode)
+    latent_ref, latent_where = _latent_reference(cfg)
+    z = exp.extra["latent"]
+    latent_d, latent_note = None, ""
+    if latent_ref is not None and latent_ref.dim == z.shape[1]:
+        latent_d = latent_ref.distance(z)
+    elif latent_ref is not None:
+        latent_note = (f"the reference{latent_where} was recorded at latent size {latent_ref.dim}, the query's is "
+                       f"{z.shape[1]}; re-record it for this autoencoder and stack")
     for b, chk in enumerate(checks):
         chk.checks.append(reconstruction_check(float(recon_mse[b]), reference, limits, where=where))
+        chk.checks.append(latent_check(None if latent_d is None else float(latent_d[b]), latent_ref, limits,
+                                       where=latent_where, note=latent_note))
     enforce(checks, force=force, what="after reconstructing it", source=str(src), trained_for="chest CT series")
 
     cf = {k: v.numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in (exp.counterfactuals or {}).items()}

@@ -19,6 +19,13 @@ minutes on a CPU: 7 minutes on two busy cores; how the current file was made):
 
     python scripts/make_pretrained.py --recon-reference-only
 
+It also records the reference semantic codes (``"latent_distance"``: per-dimension mean and sd of the
+combined stack latent and the leave-one-out distribution of the mean squared standardised code,
+:mod:`medxai.metrics.latent`) on the same cohort, encoder only (about 10 s on a CPU); alone, for the
+weights already shipped (how the current entry was made):
+
+    python scripts/make_pretrained.py --latent-reference-only
+
 Every floating-point tensor is stored as float16 (half the size; the loaders cast back to the
 network's float32). The JSON sidecars (architecture, training history) are copied with a note of
 where the weights came from.
@@ -80,6 +87,25 @@ def record_recon_references(dest: Path, config: Path) -> None:
         print(f"{enc}/{dec} steps: MSE mean {ref.mean:.5f} sd {ref.sd:.5f} p99 {ref.p99:.5f} max {ref.max:.5f} (n={ref.n})")
 
 
+def record_latent_ref(dest: Path, config: Path) -> None:
+    """Record the reference codes of ``dest/ct/autoencoder.safetensors`` in its side-car (same cohort as the
+    reconstruction references)."""
+    from medxai.data import ct_stack_set
+    from medxai.diffusion import load_autoencoder
+    from medxai.metrics.latent import latent_reference, record_latent_reference
+    from medxai.training.ct import load_ct_config, stack_config
+
+    cfg = load_ct_config(config)
+    weights = dest / "ct" / "autoencoder.safetensors"
+    ae = load_autoencoder(weights)
+    phantom = str(cfg.get("data.phantom", "test"))
+    stacks = ct_stack_set(RECON_CASES, RECON_SEED, phantom=phantom, stack=stack_config(cfg)).x
+    ref = latent_reference(ae, stacks, cases=f"phantom '{phantom}' cases, seed {RECON_SEED}")
+    record_latent_reference(weights.with_suffix(".json"), ref)
+    print(f"latent distance (leave-one-out, D={ref.dim}): mean {ref.mean:.3f} sd {ref.sd:.3f} p99 {ref.p99:.3f} "
+          f"max {ref.max:.3f} (n={ref.n})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct", type=Path, default=Path("runs/ct_prognosis"), help="folder with teacher/autoencoder/agent.safetensors")
@@ -89,9 +115,14 @@ def main() -> None:
                     help="CT config whose stack settings make the reference cohort")
     ap.add_argument("--recon-reference-only", action="store_true",
                     help="only (re)record the autoencoder's reconstruction-error references for the shipped weights")
+    ap.add_argument("--latent-reference-only", action="store_true",
+                    help="only (re)record the autoencoder's reference codes (latent distance) for the shipped weights")
     args = ap.parse_args()
-    if args.recon_reference_only:
-        record_recon_references(args.dest, args.config)
+    if args.recon_reference_only or args.latent_reference_only:
+        if args.recon_reference_only:
+            record_recon_references(args.dest, args.config)
+        if args.latent_reference_only:
+            record_latent_ref(args.dest, args.config)
         return
     total = 0
     for part, names in PARTS.items():
@@ -104,6 +135,7 @@ def main() -> None:
             print(f"{src} -> {args.dest / part / (name + '.safetensors')}")
     print(f"{total / 2**20:.1f} MiB in {args.dest}")
     record_recon_references(args.dest, args.config)
+    record_latent_ref(args.dest, args.config)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ For a stack ``x`` ``(B, n, S, S)`` (n slices, e.g. the CT four-slice stack):
    ``|x(z+) - x(z)| + |x(z-) - x(z)|`` at the heatmap step, summed over slices (per-slice maps are in
    ``counterfactuals["diff_plus"]`` / ``["diff_minus"]``).
 
+The query's combined latent ``z`` ``(B, n * z_dim)`` is returned in ``extra["latent"]`` (the explain
+job scores it against the autoencoder's reference codes, :mod:`medxai.metrics.latent`).
+
 All decodes (reconstruction, every ``z+`` and ``z-``, all slices, all cases) run in batched DDIM calls.
 """
 
@@ -245,5 +248,7 @@ class DiffExplainer(Explainer):
             "scores": scores,
             "timings": timings,
             "step_sizes": list(self.step_sizes),
+            # the query's combined semantic code, for callers that score it (the explain job's latent check)
+            "latent": z.detach().cpu(),
         }
         return heat, extra

@@ -308,14 +308,21 @@ def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None,
         progress=(lambda s, n, loss: progress("autoencoder", s, n)) if progress else None,
         save=lambda step: save_autoencoder(ae, path, {"step": step}),
     )
-    ref = _recon_reference(cfg, ae, data, progress, npz)
+    ref, latent_ref = _recon_reference(cfg, ae, data, progress, npz)
     ae.cpu()
-    save_autoencoder(ae, path, {"history": _short(hist), "reconstruction_error": [ref.to_dict()]})
-    return {"path": str(path), **_short(hist), "reconstruction_error": ref.to_dict()}
+    meta: dict[str, Any] = {"history": _short(hist), "reconstruction_error": [ref.to_dict()]}
+    latent_summary = None
+    if latent_ref is not None:
+        meta["latent_distance"] = latent_ref.to_dict()
+        latent_summary = {k: v for k, v in meta["latent_distance"].items() if k not in ("latent_mean", "latent_sd")}
+    save_autoencoder(ae, path, meta)
+    return {"path": str(path), **_short(hist), "reconstruction_error": ref.to_dict(), "latent_distance": latent_summary}
 
 
-def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None) -> Any:
-    """Reconstruction-error statistics at the explainer's steps on held-out stacks (medxai explain's input check)."""
+def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None) -> tuple[Any, Any]:
+    """Reconstruction-error statistics at the explainer's steps, and the reference codes (encoder only),
+    on the same held-out stacks (medxai explain's input checks)."""
+    from medxai.metrics.latent import latent_reference
     from medxai.metrics.reconstruction import reconstruction_reference
 
     max_cases = 64  # enough for mean and sd, and a bounded cost after training
@@ -329,7 +336,12 @@ def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progres
     else:  # no held-out split: the last training cases, which slightly underestimates the error
         stacks, what = train["stacks"][-max_cases:], "training cases (no held-out split)"
     enc, dec = int(cfg.get("explainer.encode_steps")), int(cfg.get("explainer.decode_steps"))
-    return reconstruction_reference(ae, stacks, enc, dec, batch_size=int(cfg.get("explainer.batch_size", 64)), cases=what)
+    batch = int(cfg.get("explainer.batch_size", 64))
+    recon = reconstruction_reference(ae, stacks, enc, dec, batch_size=batch, cases=what)
+    if len(stacks) < 3:  # a leave-one-out sd needs 3 cases; explain then skips the latent check, saying why
+        logger.warning("only %d reference stacks: no latent reference recorded (medxai explain skips that check)", len(stacks))
+        return recon, None
+    return recon, latent_reference(ae, stacks, batch_size=batch, cases=what)
 
 
 def _teacher_outputs(cfg: Config, stacks: torch.Tensor, trust_code: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor | None]:

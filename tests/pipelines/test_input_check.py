@@ -15,6 +15,7 @@ import yaml
 
 from dicom_io import StudyInfo, Volume, write_ct_series
 from medxai.config import ConfigError, load_config
+from medxai.metrics.latent import LatentReference, latent_distance, latent_reference_from_sidecar, record_latent_reference
 from medxai.metrics.reconstruction import (
     ReconstructionReference,
     find_reference,
@@ -99,7 +100,8 @@ def test_head_ct_goes_through_with_force_keeping_the_reasons(ct: dict[str, Path]
     assert "input check FAILED, explained because of --force" in text and "lung volume" in text
     check = _meta(ct["root"] / "head_forced")["input_check"]
     assert check["passed"] is False and check["forced"] is True
-    assert set(check["failed"]) == {"lung_volume", "field_of_view"}
+    # the head's semantic code is far from the chest reference codes too (3.5 vs a limit of 3.4)
+    assert set(check["failed"]) == {"lung_volume", "field_of_view", "latent_distance"}
     lung = {c["name"]: c for c in check["checks"]}["lung_volume"]
     assert lung["pass"] is False and 0 < lung["value"] < 1000 and lung["unit"] == "mL"
 
@@ -119,9 +121,12 @@ def test_chest_phantom_passes_every_check(ct: dict[str, Path], capsys: pytest.Ca
     check = meta["input_check"]
     assert check["passed"] is True and check["forced"] is False and check["failed"] == []
     by_name = {c["name"]: c for c in check["checks"]}
-    assert set(by_name) == {"modality", "slices", "field_of_view", "scan_length", "lung_volume", "reconstruction_error"}
-    assert all(c["pass"] is True for c in check["checks"]), check  # the reconstruction check ran against a reference
+    assert set(by_name) == {"modality", "slices", "field_of_view", "scan_length", "lung_volume", "reconstruction_error",
+                            "latent_distance"}
+    assert all(c["pass"] is True for c in check["checks"]), check  # the reconstruction and latent checks ran against references
     assert by_name["lung_volume"]["value"] > 1000
+    assert 0 < by_name["latent_distance"]["value"] < 1.5  # about 1 in distribution (this phantom: 0.3-0.8)
+    assert "+ 3 sd over 40 phantom 'test' cases, seed 5" in by_name["latent_distance"]["expected"]
     # the "already in the target class" note follows the teacher's own probability (threshold 0.5 here)
     logits = np.asarray(meta["teacher_scores"]["query"], dtype=np.float64)
     p1 = float(np.exp(logits[1]) / np.exp(logits).sum())
@@ -172,6 +177,83 @@ def test_reconstruction_error_outside_the_reference_is_refused(ct: dict[str, Pat
     assert _meta(ct["root"] / "recon_forced")["input_check"]["forced"] is True
 
 
+def test_head_ct_is_refused_by_the_latent_check_alone(ct: dict[str, Path]) -> None:
+    """With every other limit loosened (lung volume, field of view, reconstruction error) in the config's
+    input_check section, the head-like CT is still refused: its semantic code is far from the chest
+    reference codes in the shipped side-car. Forced, the reason is kept in explanation.json."""
+    from pipelines.explain_ct import explain_ct
+
+    config = yaml.safe_load(ct["config"].read_text())
+    config["input_check"] = {"min_lung_volume_ml": 0, "fov_mm": [100, 600], "recon_sd_k": 1e6}
+    path = ct["root"] / "latent_only.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ref = latent_reference_from_sidecar(json.loads((pretrained_dir() / "ct" / "autoencoder.json").read_text()))
+    assert ref is not None
+    limit = ref.upper_limit(3.0)
+
+    with pytest.raises(InputCheckError, match=rf"refused after reconstructing it.*latent distance [0-9.]+ \(expected <= "
+                       rf"{limit:.3g} \(mean {ref.mean:.3g} \+ 3 sd over 40 phantom 'test' cases, seed 5\)\): the "
+                       r"autoencoder's semantic code of the query is far") as info:
+        explain_ct(path, ct["root"] / "head", ct["root"] / "latent_out")
+    (result,) = info.value.results
+    assert [c.name for c in result.failed] == ["latent_distance"]
+    by_name = {c.name: c for c in result.checks}
+    assert by_name["lung_volume"].passed is True and by_name["reconstruction_error"].passed is True
+    assert by_name["latent_distance"].value > limit > 3.0  # head-like CT: 3.5
+    assert not (ct["root"] / "latent_out").exists() or not any((ct["root"] / "latent_out").iterdir())
+
+    res = explain_ct(path, ct["root"] / "head", ct["root"] / "latent_forced", force=True)
+    assert res["cases"][0]["input_check"]["failed"] == ["latent_distance"]
+    check = _meta(ct["root"] / "latent_forced")["input_check"]
+    assert check["forced"] is True and check["failed"] == ["latent_distance"]
+    latent = {c["name"]: c for c in check["checks"]}["latent_distance"]
+    assert latent["pass"] is False and latent["value"] == pytest.approx(by_name["latent_distance"].value)
+
+
+def test_latent_check_without_a_reference_is_not_run(ct: dict[str, Path], tmp_path: Path) -> None:
+    """An autoencoder side-car without "latent_distance" (e.g. trained before this check existed): the
+    check reports pass null with the reason and refuses nothing."""
+    import shutil
+
+    from pipelines.explain_ct import explain_ct
+
+    weights = tmp_path / "autoencoder.safetensors"
+    shutil.copy(pretrained_dir() / "ct" / "autoencoder.safetensors", weights)
+    meta = json.loads((pretrained_dir() / "ct" / "autoencoder.json").read_text())
+    meta.pop("latent_distance")
+    weights.with_suffix(".json").write_text(json.dumps(meta))
+    config = yaml.safe_load(ct["config"].read_text())
+    config["autoencoder"]["path"] = str(weights)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    res = explain_ct(tmp_path / "c.yaml", ct["root"] / "chest", tmp_path / "out")
+    latent = {c["name"]: c for c in res["cases"][0]["input_check"]["checks"]}["latent_distance"]
+    assert latent["pass"] is None and latent["value"] is None
+    assert "no latent reference in" in latent["note"] and "--latent-reference-only" in latent["note"]
+
+
+def test_latent_reference_is_scored_leave_one_out(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 6)) * np.arange(1, 7) + 5
+    ref = LatentReference.from_latents(z, "synthetic")
+    np.testing.assert_allclose(ref.latent_mean, z.mean(0))
+    np.testing.assert_allclose(ref.latent_sd, z.std(0, ddof=1))
+    loo = [latent_distance(z[i : i + 1], np.delete(z, i, 0).mean(0), np.delete(z, i, 0).std(0, ddof=1))[0] for i in range(12)]
+    assert ref.mean == pytest.approx(np.mean(loo)) and ref.max == pytest.approx(np.max(loo))
+    assert ref.sd == pytest.approx(np.std(loo, ddof=1))
+    # in-sample every case is part of its own statistics: mean exactly (n-1)/n, below the leave-one-out mean
+    assert ref.distance(z).mean() == pytest.approx(11 / 12) and ref.mean > 1.0
+    assert ref.upper_limit(3) == pytest.approx(ref.mean + 3 * ref.sd)
+    side = tmp_path / "ae.json"
+    side.write_text(json.dumps({"kind": "diffae"}))
+    record_latent_reference(side, ref)
+    back = latent_reference_from_sidecar(json.loads(side.read_text()))
+    assert back is not None and back.n == 12 and back.dim == 6 and back.cases == "synthetic"
+    np.testing.assert_allclose(back.distance(z), ref.distance(z), rtol=1e-6)
+    with pytest.raises(ValueError, match="z has 5 dimensions but the reference has 6"):
+        ref.distance(z[:, :5])
+    assert latent_reference_from_sidecar({"kind": "diffae"}) is None
+
+
 def test_limits_come_from_the_config(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"input_check": {"min_lung_volume_ml": 500, "fov_mm": [200, 700]}}))
@@ -216,6 +298,11 @@ def test_shipped_autoencoder_has_references() -> None:
     refs = references_from_sidecar(meta)
     assert {(r.encode_steps, r.decode_steps) for r in refs} >= {(20, 20), (STEPS, STEPS)}
     assert all(r.n >= 20 and 0 < r.mean < r.upper_limit(4) for r in refs)
+    latent = latent_reference_from_sidecar(meta)
+    assert latent is not None and latent.n == 40 and latent.cases == "phantom 'test' cases, seed 5"
+    assert latent.dim == 4 * meta["network"]["z_dim"]  # the combined latent of the four-slice stack
+    assert all(s > 0 for s in latent.latent_sd)
+    assert 0.9 < latent.mean < 1.3 and latent.p95 <= latent.p99 <= latent.max < latent.upper_limit(3)
 
 
 def test_train_autoencoder_records_its_reference(tmp_path: Path) -> None:
@@ -244,6 +331,9 @@ def test_train_autoencoder_records_its_reference(tmp_path: Path) -> None:
     assert len(refs) == 1 and (refs[0].encode_steps, refs[0].decode_steps) == (3, 2)
     assert refs[0].n == 3 and refs[0].cases == "held-out cases" and refs[0].mean > 0
     assert result["reconstruction_error"]["mean"] == refs[0].mean
+    latent = latent_reference_from_sidecar(json.loads((tmp_path / "ae.json").read_text()))
+    assert latent is not None and latent.n == 3 and latent.cases == "held-out cases" and latent.dim == 4 * 8
+    assert result["latent_distance"]["mean"] == latent.mean and "latent_mean" not in result["latent_distance"]
 
 
 # ------------------------------------------------------------------------------------------ fundus
