@@ -34,6 +34,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .reconstruction import evaluating, reference_from_dict, stack_chunks
+
 __all__ = [
     "LATENT_SIDECAR_KEY",
     "LatentReference",
@@ -143,11 +145,7 @@ class LatentReference:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LatentReference":
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(k for k in known - set(data) if k not in ("cases", "metric"))
-        if missing:
-            raise ValueError(f"latent reference lacks {missing}; re-record it (scripts/make_pretrained.py --latent-reference-only).")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return reference_from_dict(cls, data, "scripts/make_pretrained.py --latent-reference-only")
 
     @classmethod
     def from_latents(cls, latents: torch.Tensor | np.ndarray, cases: str = "") -> "LatentReference":
@@ -183,16 +181,9 @@ def latent_reference(
     cases : str
         Description of the cases, stored with the statistics.
     """
-    x = torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks, dtype=torch.float32)
     dev = next(autoencoder.parameters()).device
-    was_training = autoencoder.training
-    autoencoder.eval()
-    try:
-        with torch.no_grad():  # the encoder alone: no DDIM
-            z = torch.cat([autoencoder.encode_stack(c.to(dev), batch_size).cpu()
-                           for c in x.split(max(1, batch_size // max(1, x.shape[1])))])
-    finally:
-        autoencoder.train(was_training)
+    with evaluating(autoencoder), torch.no_grad():  # the encoder alone: no DDIM
+        z = torch.cat([autoencoder.encode_stack(c.to(dev), batch_size).cpu() for c in stack_chunks(stacks, batch_size)])
     ref = LatentReference.from_latents(z, cases)
     logger.info("latent distance on %s (leave-one-out): mean %.3f sd %.3f p99 %.3f max %.3f", cases or f"{ref.n} cases",
                 ref.mean, ref.sd, ref.p99, ref.max)

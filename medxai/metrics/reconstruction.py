@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ __all__ = [
     "references_from_sidecar",
     "find_reference",
     "record_reference",
+    "evaluating",
+    "stack_chunks",
+    "reference_from_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,11 +103,7 @@ class ReconstructionReference:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReconstructionReference":
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(k for k in known - set(data) if k not in ("cases", "metric"))
-        if missing:
-            raise ValueError(f"reconstruction reference {dict(data)!r} lacks {missing}; re-record it (scripts/make_pretrained.py).")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return reference_from_dict(cls, data, "scripts/make_pretrained.py --recon-reference-only")
 
     @classmethod
     def from_errors(cls, errors: Sequence[float] | np.ndarray, encode_steps: int, decode_steps: int, cases: str = "") -> "ReconstructionReference":
@@ -116,6 +116,32 @@ class ReconstructionReference:
             int(encode_steps), int(decode_steps), int(e.size), float(e.mean()), float(e.std(ddof=1)),
             float(p50), float(p95), float(p99), float(e.max()), cases,
         )
+
+
+def stack_chunks(stacks: torch.Tensor | np.ndarray, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """``(N, n, S, S)`` stacks as float32 chunks of about ``batch_size`` slices (whole stacks each)."""
+    x = torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks, dtype=torch.float32)
+    return x.split(max(1, batch_size // max(1, x.shape[1])))
+
+
+@contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode for the block; its train/eval mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def reference_from_dict(cls: type, data: Mapping[str, Any], fix: str) -> Any:
+    """``cls(**data)`` for a reference dataclass read from a side-car; missing fields name ``fix``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(k for k in known - set(data) if k not in ("cases", "metric"))
+    if missing:
+        raise ValueError(f"{cls.__name__} in the side-car lacks {missing}; re-record it ({fix}).")
+    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def reconstruction_reference(
@@ -142,22 +168,16 @@ def reconstruction_reference(
     cases : str
         Description of the cases, stored with the statistics.
     """
-    x = torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks, dtype=torch.float32)
     dev = next(autoencoder.parameters()).device
-    was_training = autoencoder.training
-    autoencoder.eval()
-    try:
-        errors = []
+    errors = []
+    with evaluating(autoencoder), torch.no_grad():
         # the same calls as DiffExplainer: semantic code, DDIM inversion, DDIM decode from x_T
-        for chunk in x.split(max(1, batch_size // max(1, x.shape[1]))):
+        for chunk in stack_chunks(stacks, batch_size):
             xd = chunk.to(dev)
-            with torch.no_grad():
-                z = autoencoder.encode_stack(xd, batch_size)
-                x_T = autoencoder.stochastic_encode_stack(xd, z, encode_steps, batch_size)
-                rec = autoencoder.decode_stack(x_T, z, decode_steps, batch_size)
+            z = autoencoder.encode_stack(xd, batch_size)
+            x_T = autoencoder.stochastic_encode_stack(xd, z, encode_steps, batch_size)
+            rec = autoencoder.decode_stack(x_T, z, decode_steps, batch_size)
             errors.append(reconstruction_mse(chunk, rec.cpu()))
-    finally:
-        autoencoder.train(was_training)
     ref = ReconstructionReference.from_errors(np.concatenate(errors), encode_steps, decode_steps, cases)
     logger.info("reconstruction MSE at %d/%d steps on %s: mean %.5f sd %.5f p99 %.5f", encode_steps, decode_steps,
                 cases or f"{ref.n} cases", ref.mean, ref.sd, ref.p99)
