@@ -1,7 +1,9 @@
 """The small phantom models shipped in ``medxai/pretrained`` (made by ``scripts/make_pretrained.py``).
 
 Layout (the same as a ``medxai bench`` model cache): ``ct/{teacher,autoencoder,agent}.safetensors``
-and ``fundus/{ddpm,classifier,robust_classifier}.safetensors``, each with its JSON sidecar.
+and ``fundus/{ddpm,classifier,robust_classifier}.safetensors``, each with its JSON sidecar; and the
+bench's own per-run models (``ct_shortcut/``, ``ct_random/agent``, ``nn_explainer_*/``), which only
+``medxai bench --pretrained`` uses (see ``scripts/make_pretrained.py``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["pretrained_dir", "pretrained_overrides", "seed_models_dir"]
+__all__ = ["BENCH_PARTS", "pretrained_dir", "pretrained_overrides", "seed_models_dir"]
+
+#: The bench's own per-run models as laid out in its model cache (``folder/name``, no ``.safetensors``).
+#: The randomised teachers are not among them: the bench re-makes those from a seed in a second.
+BENCH_PARTS = (
+    "ct_shortcut/teacher", "ct_shortcut/agent", "ct_random/agent",
+    "nn_explainer_ct/explainer", "nn_explainer_ct_random/explainer", "nn_explainer_ct_shortcut/explainer",
+    "nn_explainer_fundus/explainer", "nn_explainer_fundus_random/explainer",
+)
 
 
 def pretrained_dir() -> Path:

@@ -26,6 +26,14 @@ weights already shipped (how the current entry was made):
 
     python scripts/make_pretrained.py --latent-reference-only
 
+``medxai bench --pretrained`` also trains, in every run, the models that only the bench uses: the
+shortcut scenario's teacher and agent, the randomised teacher's agent and one NN-Explainer per
+teacher (about 18 of its 38 minutes). They are products of the bench config alone (seeded), so they
+ship too: run the full bench once into a model cache, then copy them (how the current files were made):
+
+    medxai bench -o bench_out --pretrained --models bench_models
+    python scripts/make_pretrained.py --bench-models bench_models
+
 Every floating-point tensor is stored as float16 (half the size; the loaders cast back to the
 network's float32). The JSON sidecars (architecture, training history) are copied with a note of
 where the weights came from.
@@ -37,7 +45,10 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.pretrained import BENCH_PARTS
+
 PARTS = {"ct": ("teacher", "autoencoder", "agent"), "fundus": ("ddpm", "classifier", "robust_classifier")}
+
 #: held-out phantom cohort of the shipped autoencoder's reconstruction-error reference
 RECON_SEED, RECON_CASES = 5, 40
 #: (encode_steps, decode_steps) pairs recorded: the config's 20/20 and two quicker settings
@@ -117,7 +128,19 @@ def main() -> None:
                     help="only (re)record the autoencoder's reconstruction-error references for the shipped weights")
     ap.add_argument("--latent-reference-only", action="store_true",
                     help="only (re)record the autoencoder's reference codes (latent distance) for the shipped weights")
+    ap.add_argument("--bench-models", type=Path, default=None,
+                    help="only copy the bench's per-run models (BENCH_PARTS) from this bench model cache")
     args = ap.parse_args()
+    if args.bench_models is not None:
+        total = 0
+        for part in BENCH_PARTS:
+            src = args.bench_models / f"{part}.safetensors"
+            if not src.is_file():
+                raise SystemExit(f"{src} does not exist; run the full bench into that cache first (see the docstring).")
+            total += convert(src, args.dest / f"{part}.safetensors")
+            print(f"{src} -> {args.dest / (part + '.safetensors')}")
+        print(f"{total / 2**20:.1f} MiB of bench models in {args.dest}")
+        return
     if args.recon_reference_only or args.latent_reference_only:
         if args.recon_reference_only:
             record_recon_references(args.dest, args.config)
