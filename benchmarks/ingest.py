@@ -72,30 +72,34 @@ def read_monai(folder: Path) -> np.ndarray:
 READERS = {"medxai": read_medxai, "simpleitk": read_sitk, "monai": read_monai}
 
 
-def peak_rss_subprocess(name: str, folder: Path) -> float:
-    """MiB of peak RSS above the baseline after imports, for one read in a fresh process."""
+def _peak_over_imports(what: str, setup: str, call: str) -> float:
+    """MiB of peak RSS that ``call`` adds, in a fresh process, to the RSS after ``setup`` (the imports)."""
     # ru_maxrss survives exec (the child would inherit this process's peak), so reset the kernel's
     # high-water mark through /proc/self/clear_refs and read VmHWM instead.
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-import ingest as b
-import SimpleITK, numpy
-if {name!r} == "monai":
-    import monai.transforms
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+{setup}
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
 open("/proc/self/clear_refs", "w").write("5")
 base = status("VmRSS")
-b.READERS[{name!r}](b.Path({str(folder)!r}))
+{call}
 print(status("VmHWM") - base)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"peak-memory run of {name} failed: {out.stderr[-2000:]}")
+        raise RuntimeError(f"peak-memory run of {what} failed: {out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_subprocess(name: str, folder: Path) -> float:
+    """MiB of peak RSS above the baseline after imports, for one read in a fresh process."""
+    setup = "import ingest as b\nimport SimpleITK, numpy" + ("\nimport monai.transforms" if name == "monai" else "")
+    return _peak_over_imports(name, setup, f"b.READERS[{name!r}](b.Path({str(folder)!r}))")
 
 
 SITK_INGEST = """
@@ -122,24 +126,8 @@ def run_process(cmd: list[str]) -> tuple[float, float]:
 
 def ingest_peak_over_imports(folder: Path, out: Path) -> float:
     """MiB the ingest call (read + write) adds to a fresh process's RSS after its imports."""
-    code = f"""
-import sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-import SimpleITK, numpy, nibabel
-import pipelines.ingest as ing
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-open("/proc/self/clear_refs", "w").write("5")
-base = status("VmRSS")
-ing.ingest({str(folder)!r}, {str(out)!r})
-print(status("VmHWM") - base)
-"""
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"peak-memory run of the ingest call failed: {res.stderr[-2000:]}")
-    return float(res.stdout.strip().splitlines()[-1])
+    return _peak_over_imports("the ingest call", "import SimpleITK, numpy, nibabel\nimport pipelines.ingest as ing",
+                              f"ing.ingest({str(folder)!r}, {str(out)!r})")
 
 
 def whole_process(name: str, folder: Path, workdir: Path, repeats: int) -> dict[str, object]:
