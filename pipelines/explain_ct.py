@@ -40,7 +40,6 @@ from pipelines.input_check import (
     latent_check,
     lung_volume_check,
     reconstruction_check,
-    softmax,
     target_note,
 )
 from pipelines.paths import check_output_outside_input
@@ -90,27 +89,20 @@ def _on_grid(volume: Volume, array: np.ndarray) -> Volume:
     return Volume(np.ascontiguousarray(array, dtype=np.float32), volume.spacing, volume.origin, volume.direction)
 
 
-def _recon_reference(cfg: Any, encode_steps: int, decode_steps: int) -> tuple[Any, str]:
-    """The reference reconstruction statistics at these steps from the autoencoder's side-car (or None, and where it looked)."""
+def _references(cfg: Any, encode_steps: int, decode_steps: int) -> tuple[Any, str, Any, str]:
+    """From the autoencoder's side-car (read once): the reconstruction reference at these steps and
+    the reference codes (each None when not recorded), each with where it looked."""
+    from medxai.metrics.latent import latent_reference_from_sidecar
     from medxai.metrics.reconstruction import find_reference, references_from_sidecar
     from medxai.training.checkpoint import read_json
 
     sidecar = cfg.path("autoencoder.path").with_suffix(".json")
-    refs = references_from_sidecar(read_json(sidecar)) if sidecar.is_file() else []
-    found = find_reference(refs, encode_steps, decode_steps)
+    meta = read_json(sidecar) if sidecar.is_file() else {}
+    refs = references_from_sidecar(meta)
     recorded = ", ".join(f"{r.encode_steps}/{r.decode_steps}" for r in refs) or "none"
-    where = f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})"
-    return found, where
-
-
-def _latent_reference(cfg: Any) -> tuple[Any, str]:
-    """The reference codes from the autoencoder's side-car (or None), and where it looked."""
-    from medxai.metrics.latent import latent_reference_from_sidecar
-    from medxai.training.checkpoint import read_json
-
-    sidecar = cfg.path("autoencoder.path").with_suffix(".json")
-    ref = latent_reference_from_sidecar(read_json(sidecar)) if sidecar.is_file() else None
-    return ref, f" in {str(sidecar)!r}"
+    return (find_reference(refs, encode_steps, decode_steps),
+            f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})",
+            latent_reference_from_sidecar(meta), f" in {str(sidecar)!r}")
 
 
 def explain_ct(
@@ -151,6 +143,7 @@ def explain_ct(
         is kept in each case's ``explanation.json`` ``reader_warnings``. Default: they are an error.
     """
     import torch
+    from scipy.special import softmax
 
     from medxai.metrics.reconstruction import reconstruction_mse
     from medxai.training.ct import build_explainer, load_ct_config, stack_config
@@ -211,9 +204,8 @@ def explain_ct(
         raise StepError("explain", str(e)) from e
     # the reconstruction the explainer computed anyway gives the autoencoder's own error on the query
     recon_mse = reconstruction_mse(x, exp.counterfactuals["reconstruction"])  # type: ignore[index]
-    reference, where = _recon_reference(cfg, explainer.encode_steps, explainer.decode_steps)
+    reference, where, latent_ref, latent_where = _references(cfg, explainer.encode_steps, explainer.decode_steps)
     # the semantic code the explainer computed anyway, against the reference codes (no second encode)
-    latent_ref, latent_where = _latent_reference(cfg)
     z = exp.extra["latent"]
     latent_d, latent_note = None, ""
     if latent_ref is not None and latent_ref.dim == z.shape[1]:
@@ -255,7 +247,7 @@ def explain_ct(
                 _write_png(strip_image(slices["query"], slices["reconstruction"], slices[f"minus_{hi}"], slices[f"plus_{hi}"]), tmp / "strip.png")
                 names.append("strip.png")
                 case_scores = {k: (v[b] if isinstance(v, list) and len(v) == len(volumes) else v) for k, v in scores.items()}
-                note = target_note(softmax(case_scores["query"]), target, limits.already_target_p,
+                note = target_note(softmax(np.asarray(case_scores["query"], dtype=np.float64)), target, limits.already_target_p,
                                    counterfactual="the 'more likely' counterfactual (z+)")
                 meta = {
                     "case": case,

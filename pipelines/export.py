@@ -32,7 +32,7 @@ from typing import Mapping, NoReturn, Sequence
 
 import numpy as np
 
-from atomicfs import atomic_dir, atomic_path
+from atomicfs import atomic_dir
 from dicom_io import Photo, Volume, read_series, safe_filename
 from dicom_io.export import (
     Legend,
@@ -365,8 +365,8 @@ def export_explanation(
             result.summary = tmp / "export.json"
             summary = {**info, "source_series": ct.source.series_instance_uid, "study": ct.source.study_instance_uid,
                        "slices": idx, "reader_warnings": list(ct.warnings), "reader_notes": list(ct.notes), "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"}}
-            with atomic_path(result.summary) as t:
-                t.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            # plain write: the whole folder is renamed into place only when complete
+            result.summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     except FileExistsError as e:  # another run wrote the same export meanwhile
         _raise_exists(e, folder)
     logger.info("export written to %s", folder)

@@ -65,7 +65,6 @@ __all__ = [
     "latent_check",
     "fundus_checks",
     "target_note",
-    "softmax",
     "enforce",
 ]
 
@@ -338,13 +337,6 @@ def target_note(
         return None
     what = counterfactual or f"the counterfactual towards class {target}"
     return f"the {who} already gives P(class {target}) = {p:.2f} for this query; {what} has little room"
-
-
-def softmax(logits: Sequence[float]) -> np.ndarray:
-    """Probabilities from one case's logits ``(K,)``."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 # ------------------------------------------------------------------------------------------ fundus
