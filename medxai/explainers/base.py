@@ -11,6 +11,7 @@ snapshot afterwards; a change is undone and reported with a warning.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import difflib
 import logging
 import time
@@ -20,11 +21,12 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from medxai.explanation import Explanation
+from medxai.explanation import CounterfactualSweep, Explanation
 from medxai.targets import NeuronTarget, Target, as_target
 
 __all__ = [
     "Explainer",
+    "MethodResult",
     "ModelStateGuard",
     "find_layer",
     "layer_names",
@@ -86,6 +88,29 @@ def infer_input_spec(model: nn.Module) -> tuple[int | None, int | None]:
 def hook_count(model: nn.Module) -> int:
     """Number of forward/backward (pre-)hooks registered on ``model`` and all its sub-modules."""
     return sum(len(getattr(m, d, {})) for m in model.modules() for d in _HOOK_DICTS)
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """What a method's ``_explain`` returns besides plain heatmaps.
+
+    Parameters
+    ----------
+    heatmaps : torch.Tensor
+        ``(B, T, *spatial)`` on the input grid.
+    sweep : CounterfactualSweep, optional
+    latent : torch.Tensor, optional
+        ``(B, D)`` latent code of the query.
+    timings : dict of str to float
+    diagnostics : dict
+        Method-specific figures (arrays with a leading batch axis, or JSON values).
+    """
+
+    heatmaps: torch.Tensor
+    sweep: CounterfactualSweep | None = None
+    latent: torch.Tensor | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class ModelStateGuard:
@@ -194,6 +219,10 @@ class Explainer(abc.ABC):
     method: ClassVar[str] = "explainer"
     #: whether the method draws random numbers (then ``seed`` is recorded in the explanation)
     stochastic: ClassVar[bool] = False
+    #: whether ``explain`` takes a per-case region ``mask``
+    uses_mask: ClassVar[bool] = False
+    #: how the black box's logits become probabilities (``"softmax"`` or ``"sigmoid"``)
+    activation: str = "softmax"
 
     def __init__(
         self,
@@ -220,7 +249,14 @@ class Explainer(abc.ABC):
         self.check_weights = check_weights
 
     # ----------------------------------------------------------------- public API
-    def explain(self, x: torch.Tensor, target: Target | int) -> Explanation:
+    @classmethod
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "Explainer":
+        """Build from a settings dataclass (its fields are the constructor's keywords) and the extra
+        models the method registered as ``needs`` (the registry's :meth:`~medxai.registry.MethodSpec.build`).
+        Methods with extra models override this."""
+        return cls(model, **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}, **kwargs)
+
+    def explain(self, x: torch.Tensor, target: Target | int, *, mask: torch.Tensor | None = None) -> Explanation:
         """Explain ``target`` for the batch ``x``.
 
         Parameters
@@ -229,15 +265,23 @@ class Explainer(abc.ABC):
             ``(B, C, H, W)`` or ``(B, C, D, H, W)``; never modified.
         target : Target or int
             What to explain; an int means ``ClassTarget(int)``.
+        mask : torch.Tensor, optional
+            ``(B, 1, *spatial)`` or ``(B, *spatial)`` per-case region (field of view, lungs) for
+            methods that take one (``uses_mask`` in the registry); others refuse it.
 
         Returns
         -------
         Explanation
-            ``heatmaps`` of shape ``(B, T, *spatial)`` on the input grid (a torch tensor on the CPU),
-            ``scores["query"]`` = model output ``(B, K)``, ``scores["query_target"]`` = target score ``(B,)``.
+            ``heatmaps`` ``(B, T, *spatial)`` on the input grid (CPU), ``logits`` ``(B, K)`` of the
+            query, and the method's typed extras (sweep, latent, timings, diagnostics).
         """
         target = as_target(target)
         x = self._check_input(x)
+        call: dict[str, Any] = {}
+        if mask is not None:
+            if not self.uses_mask:
+                raise TypeError(f"{type(self).__name__} takes no mask; pass mask only to methods that confine their change to a region.")
+            call["mask"] = self._check_mask(mask, x)
         generator = self._make_generator()
         start = time.perf_counter()
         with ModelStateGuard(self.model, check_weights=self.check_weights):
@@ -247,30 +291,27 @@ class Explainer(abc.ABC):
                 with torch.no_grad():
                     logits = self._forward_checked(x)
                     target.validate(logits)
-                    query_target = target(logits).detach()
-                result = self._explain(x, target, generator)
+                result = self._explain(x, target, generator, **call)
             finally:
                 if isinstance(target, NeuronTarget):
                     target.detach()
-        if isinstance(result, tuple):
-            heatmaps, extra = result
-        else:
-            heatmaps, extra = result, {}
-        heatmaps = self._check_heatmaps(heatmaps, x)
-        extra = dict(extra)
-        extra.setdefault("seconds", time.perf_counter() - start)
-        counterfactuals = extra.pop("counterfactuals", None)
-        scores = {"query": logits.detach().cpu(), "query_target": query_target.cpu()}
-        scores.update(extra.pop("scores", {}))
+        if not isinstance(result, MethodResult):
+            result = MethodResult(heatmaps=result)
+        heatmaps = self._check_heatmaps(result.heatmaps, x)
+        timings = {"seconds": time.perf_counter() - start, **result.timings}
         return Explanation(
             method=self.method,
             target=target.describe(),
             heatmaps=heatmaps,
-            counterfactuals=counterfactuals,
-            scores=scores,
+            logits=logits.detach().float().cpu(),
+            target_class=target.class_index if not target.multi else None,
+            activation=self.activation,
+            sweep=result.sweep,
+            latent=None if result.latent is None else result.latent.detach().cpu(),
             parameters=self.get_parameters(),
             seed=self.seed if self.stochastic else None,
-            extra=extra,
+            timings=timings,
+            diagnostics=dict(result.diagnostics),
         )
 
     def get_parameters(self) -> dict[str, Any]:
@@ -280,12 +321,12 @@ class Explainer(abc.ABC):
     # ------------------------------------------------------------- for subclasses
     @abc.abstractmethod
     def _explain(
-        self, x: torch.Tensor, target: Target, generator: torch.Generator | None
-    ) -> torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]:
-        """Compute heatmaps ``(B, T, *spatial)`` (optionally with a dict of extras).
+        self, x: torch.Tensor, target: Target, generator: torch.Generator | None, **inputs: Any
+    ) -> "torch.Tensor | MethodResult":
+        """Compute heatmaps ``(B, T, *spatial)``, or a :class:`MethodResult` with the typed extras.
 
-        Called with the model in eval mode and its parameters frozen. ``extra`` may carry
-        ``"counterfactuals"`` (dict of arrays) and ``"scores"`` (dict of arrays).
+        Called with the model in eval mode and its parameters frozen; ``inputs`` holds the per-call
+        inputs (``mask``) of methods that take them.
         """
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,6 +350,19 @@ class Explainer(abc.ABC):
         if self.spatial_dims == 2:
             return f"(B, {c}, H, W)"
         return f"(B, {c}, H, W) or (B, {c}, D, H, W)"
+
+    def _check_mask(self, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor (B, 1, *spatial), got {type(mask).__name__}.")
+        m = mask.detach().float()
+        if m.ndim == x.ndim - 1:
+            m = m[:, None]
+        if m.ndim != x.ndim or m.shape[1] != 1 or m.shape[0] != x.shape[0] or m.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}; "
+                "pass one (1, *spatial) mask per input on the grid of x."
+            )
+        return (m > 0.5).float()
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):

@@ -11,17 +11,19 @@ For a stack ``x`` ``(B, n, S, S)`` (n slices, e.g. the CT four-slice stack):
    ``u = g`` (``normalize_direction=False``, the paper's rule) or ``u = sqrt(D) * g / ||g||``
    (default: ``a`` is then in units of per-dimension standard deviations, as DiffAE's manipulation);
 4. the teacher re-scores the reconstruction and every counterfactual; the heatmap is
-   ``|x(z+) - x(z)| + |x(z-) - x(z)|`` at the heatmap step, summed over slices (per-slice maps are in
-   ``counterfactuals["diff_plus"]`` / ``["diff_minus"]``).
+   ``|x(z+) - x(z)| + |x(z-) - x(z)|`` at the heatmap step, summed over slices.
 
-The query's combined latent ``z`` ``(B, n * z_dim)`` is returned in ``extra["latent"]`` (the explain
-job scores it against the autoencoder's reference codes, :mod:`medxai.metrics.latent`).
+The explanation's ``sweep`` holds every counterfactual at the signed steps ``-a_k .. -a_1, +a_1 .. +a_k``
+with the teacher's and the agent's logits, and the reconstruction as its ``origin``; ``latent`` is the
+query's combined code ``(B, n * z_dim)`` (the explain job scores it against the autoencoder's
+reference codes, :mod:`medxai.metrics.latent`).
 
 All decodes (reconstruction, every ``z+`` and ``z-``, all slices, all cases) run in batched DDIM calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +34,9 @@ from torch import nn
 
 from medxai.agent import Agent
 from medxai.diffusion.autoencoder import DiffusionAutoencoder
-from medxai.explainers.base import Explainer
+from medxai.explainers.base import Explainer, MethodResult
+from medxai.explanation import CounterfactualSweep
+from medxai.registry import CT_STACK, register_method
 from medxai.targets import NeuronTarget, Target
 
 __all__ = ["DiffExplainer"]
@@ -42,6 +46,27 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class DiffExplainerSettings:
+    """Settings of :class:`DiffExplainer` (the config's ``explainer`` section; see its parameters)."""
+
+    step_sizes: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    heatmap_step: float | None = None
+    encode_steps: int = 20
+    decode_steps: int = 20
+    normalize_direction: bool = True
+    batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DiffExplainerSettings":
+        from medxai.config import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, data, "diffexplainer", tuple_fields=("step_sizes",))
+
+
+@register_method("diffexplainer", settings=DiffExplainerSettings, inputs=frozenset({CT_STACK}),
+                 needs=("autoencoder", "agent"), counterfactual=True,
+                 summary="DiffExplainer: latent moves of a diffusion autoencoder along a distilled agent's gradient")
 class DiffExplainer(Explainer):
     """Counterfactual explainer built on a diffusion autoencoder and a distilled linear agent.
 
@@ -69,7 +94,6 @@ class DiffExplainer(Explainer):
         See :class:`~medxai.explainers.base.Explainer` (the method is deterministic: DDIM with eta=0).
     """
 
-    method: ClassVar[str] = "diffexplainer"
     stochastic: ClassVar[bool] = False
 
     def __init__(
@@ -120,6 +144,11 @@ class DiffExplainer(Explainer):
         self.batch_size = batch_size
         self.progress = progress
 
+    @classmethod
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "DiffExplainer":
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        return cls(model, models["autoencoder"], models["agent"], **fields, **kwargs)
+
     def get_parameters(self) -> dict[str, Any]:
         params = super().get_parameters()
         params.update(
@@ -169,9 +198,7 @@ class DiffExplainer(Explainer):
         return logits.detach(), grad.detach()
 
     # -------------------------------------------------------------------- core
-    def _explain(
-        self, x: torch.Tensor, target: Target, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    def _explain(self, x: torch.Tensor, target: Target, generator: torch.Generator | None, **inputs: Any) -> MethodResult:
         if isinstance(target, NeuronTarget) or target.multi:
             raise TypeError(
                 f"DiffExplainer explains one class score per input; got {target!r}. Use ClassTarget(k) or ScoreDirection(k, sign)."
@@ -194,8 +221,9 @@ class DiffExplainer(Explainer):
             z_n = agent.normalise(z.to(next(agent.buffers()).device))
             agent_logits, grad = self.direction(z_n, target)
             grad = grad.to(z_n.device)
-            # order: [z, z+a1..z+ak, z-a1..z-ak], each block (B, D)
-            blocks = [z_n] + [z_n + a * grad for a in self.step_sizes] + [z_n - a * grad for a in self.step_sizes]
+            # decode order: z, then the signed steps ascending (-a_k .. -a_1, +a_1 .. +a_k), each block (B, D)
+            signed = [-a for a in reversed(self.step_sizes)] + list(self.step_sizes)
+            blocks = [z_n] + [z_n + a * grad for a in signed]
             m = len(blocks)
             z_all = agent.denormalise(torch.cat(blocks)).to(dev)
             with torch.no_grad():
@@ -209,46 +237,24 @@ class DiffExplainer(Explainer):
                 flat = images.reshape(m * b, n, *x.shape[2:])
                 teacher = torch.cat([self._forward(c) for c in flat.split(max(1, self.batch_size // n))])
                 teacher = teacher.reshape(m, b, -1).cpu()
-                target_scores = target(teacher.reshape(m * b, -1)).reshape(m, b)
         finally:
             ae.train(was_training[0])
             agent.train(was_training[1])
 
-        k = len(self.step_sizes)
         recon = images[0]
-        plus = images[1 : 1 + k]
-        minus = images[1 + k :]
+        sweep = CounterfactualSweep(
+            steps=tuple(signed),
+            images=images[1:].transpose(0, 1).cpu(),  # (B, S, n, S, S)
+            logits=teacher[1:].transpose(0, 1).contiguous(),  # (B, S, K)
+            origin=recon.cpu(),
+            origin_logits=teacher[0],
+            agent_logits=agent_all[1:].transpose(0, 1).contiguous(),
+            agent_origin_logits=agent_logits.cpu(),
+            activation=self.activation,
+        )
+        k = len(self.step_sizes)
         hi = self.step_sizes.index(self.heatmap_step)
-        diff_plus = (plus[hi] - recon).abs()
-        diff_minus = (minus[hi] - recon).abs()
-        heat = (diff_plus + diff_minus).sum(dim=1, keepdim=True)
-
-        counterfactuals: dict[str, torch.Tensor] = {"reconstruction": recon.cpu()}
-        scores: dict[str, torch.Tensor] = {
-            "reconstruction": teacher[0],
-            "agent_query": agent_logits.cpu(),
-            "sweep_plus": teacher[1 : 1 + k].transpose(0, 1).contiguous(),  # (B, k, K)
-            "sweep_minus": teacher[1 + k :].transpose(0, 1).contiguous(),
-            "sweep_plus_target": target_scores[1 : 1 + k].T.contiguous(),  # (B, k)
-            "sweep_minus_target": target_scores[1 + k :].T.contiguous(),
-            "reconstruction_target": target_scores[0],
-            "agent_sweep_plus": agent_all[1 : 1 + k].transpose(0, 1).contiguous(),
-            "agent_sweep_minus": agent_all[1 + k :].transpose(0, 1).contiguous(),
-        }
-        for i, a in enumerate(self.step_sizes):
-            tag = f"{a:g}"
-            counterfactuals[f"plus_{tag}"] = plus[i].cpu()
-            counterfactuals[f"minus_{tag}"] = minus[i].cpu()
-            scores[f"plus_{tag}"] = teacher[1 + i]
-            scores[f"minus_{tag}"] = teacher[1 + k + i]
-        counterfactuals["diff_plus"] = (plus[hi] - recon).cpu()  # signed, per slice (B, n, S, S)
-        counterfactuals["diff_minus"] = (minus[hi] - recon).cpu()
-        extra: dict[str, Any] = {
-            "counterfactuals": counterfactuals,
-            "scores": scores,
-            "timings": timings,
-            "step_sizes": list(self.step_sizes),
-            # the query's combined semantic code, for callers that score it (the explain job's latent check)
-            "latent": z.detach().cpu(),
-        }
-        return heat, extra
+        plus, minus = images[1 + k + hi], images[k - hi]  # +a_hi and -a_hi
+        heat = ((plus - recon).abs() + (minus - recon).abs()).sum(dim=1, keepdim=True)
+        # the query's combined semantic code, for callers that score it (the explain job's latent check)
+        return MethodResult(heatmaps=heat, sweep=sweep, latent=z.detach().cpu(), timings=timings)

@@ -10,9 +10,9 @@ view.
 Example
 -------
 >>> dvce = DVCE(classifier, ddpm, robust_model=robust, config=DVCEConfig(), seed=0)  # doctest: +SKIP
->>> exp = dvce.explain(x, target=0, fov_mask=fov)                                    # doctest: +SKIP
->>> exp.counterfactuals["dvce"].shape, exp.heatmaps.shape                             # doctest: +SKIP
-(torch.Size([B, 3, S, S]), torch.Size([B, 1, S, S]))
+>>> exp = dvce.explain(x, target=0, mask=fov)                                        # doctest: +SKIP
+>>> exp.sweep.at(1.0).shape, exp.heatmaps.shape                                      # doctest: +SKIP
+((B, 3, S, S), torch.Size([B, 1, S, S]))
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.explainers.base import Explainer, ModelStateGuard
-from medxai.explanation import Explanation
+from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
+from medxai.explanation import CounterfactualSweep
+from medxai.registry import FUNDUS, TENSOR, register_method
 from medxai.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.targets import ClassTarget, Target
 from medxai.config import dataclass_from_mapping
@@ -147,6 +148,9 @@ def difference_heatmap(diff: torch.Tensor, sigma: float = 1.0, fov: torch.Tensor
     return heat
 
 
+@register_method("dvce", settings=DVCEConfig, inputs=frozenset({FUNDUS, TENSOR}), needs=("diffusion",),
+                 optional=("robust_model",), uses_mask=True, counterfactual=True,
+                 summary="DVCE: diffusion counterfactual guided by the black box (and a robust model's cone)")
 class DVCE(Explainer):
     """Diffusion visual counterfactual explanations of a classifier.
 
@@ -166,16 +170,15 @@ class DVCE(Explainer):
 
     Notes
     -----
-    ``explain(x, target, fov_mask=None)``: ``target`` is the class to move TOWARDS (e.g. 0 =
-    "healthy"); ``fov_mask`` ``(B, 1, S, S)`` restricts changes to the field of view. The
-    explanation holds ``counterfactuals["dvce"]`` ``(B, C, S, S)`` and
-    ``counterfactuals["difference"]`` (signed ``x_cf - x``), scores ``query`` / ``counterfactual``
-    (black-box logits), ``robust_query`` / ``robust_counterfactual`` (if a robust model is given),
-    and ``extra["target_reached"]`` (black-box argmax equals the target class).
+    ``explain(x, target, mask=None)``: ``target`` is the class to move TOWARDS (e.g. 0 =
+    "healthy"); ``mask`` ``(B, 1, S, S)`` (the field of view) confines the change. The explanation's
+    ``sweep`` has one step (``+1``): the counterfactual ``(B, 1, C, S, S)`` and the black box's logits
+    on it; ``diagnostics`` holds ``robust_logits`` / ``robust_counterfactual_logits`` (with a robust
+    model) and ``target_reached`` (black-box argmax equals the target class).
     """
 
-    method = "dvce"
     stochastic = True
+    uses_mask = True
 
     def __init__(
         self,
@@ -212,36 +215,11 @@ class DVCE(Explainer):
             )
         self.diffusion = diffusion
         self.robust_model = robust_model
-        self._fov: torch.Tensor | None = None
+        self.activation = self.config.activation
 
-    def explain(self, x: torch.Tensor, target: Target | int, *, fov_mask: torch.Tensor | None = None) -> Explanation:  # type: ignore[override]
-        """Counterfactuals of ``x`` ``(B, C, S, S)`` towards ``target``.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, C, S, S)`` in the diffusion model's data range; never modified.
-        target : Target or int
-            Class to move towards (int = ``ClassTarget``), e.g. 0 for "healthy".
-        fov_mask : torch.Tensor, optional
-            ``(B, 1, S, S)`` or ``(B, S, S)`` field-of-view masks; changes are confined to it.
-        """
-        if fov_mask is not None:
-            if not isinstance(fov_mask, torch.Tensor):
-                raise TypeError(f"fov_mask must be a torch.Tensor (B, 1, S, S), got {type(fov_mask).__name__}.")
-            fov = fov_mask.detach().float()
-            if fov.ndim == 3:
-                fov = fov[:, None]
-            if not isinstance(x, torch.Tensor) or fov.ndim != 4 or fov.shape[1] != 1 or fov.shape[0] != x.shape[0] or fov.shape[2:] != x.shape[2:]:
-                raise ValueError(
-                    f"fov_mask has shape {tuple(fov_mask.shape)} but x has shape {tuple(getattr(x, 'shape', ()))}; "
-                    "pass one (1, S, S) mask per image on the grid of x."
-                )
-            self._fov = (fov > 0.5).float()
-        try:
-            return super().explain(x, target)
-        finally:
-            self._fov = None
+    @classmethod
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "DVCE":
+        return cls(model, models["diffusion"], models.get("robust_model"), config=settings, **kwargs)
 
     def get_parameters(self) -> dict[str, Any]:
         params = super().get_parameters()
@@ -251,8 +229,8 @@ class DVCE(Explainer):
         return params
 
     def _explain(
-        self, x: torch.Tensor, target: Target, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        self, x: torch.Tensor, target: Target, generator: torch.Generator | None, *, mask: torch.Tensor | None = None
+    ) -> MethodResult:
         if target.multi:
             raise ValueError(f"DVCE explains one target class at a time, got {target.describe()}; pass e.g. ClassTarget(0).")
         self.diffusion.check_images(x, "x")
@@ -277,7 +255,7 @@ class DVCE(Explainer):
             cfs, infos = [], []
             for i in range(0, x.shape[0], cfg.batch_size):
                 xb = x[i : i + cfg.batch_size]
-                fov = None if self._fov is None else self._fov[i : i + cfg.batch_size].to(x.device)
+                fov = None if mask is None else mask[i : i + cfg.batch_size].to(x.device)
                 cf, info = guided_counterfactual(
                     self.diffusion, xb, guidance, num_steps=cfg.num_steps, skip_steps=cfg.skip_steps,
                     scheduler=cfg.scheduler, eta=cfg.eta, fov=fov, generator=generator,
@@ -285,31 +263,28 @@ class DVCE(Explainer):
                 cfs.append(cf)
                 infos.append(info)
             cf = torch.cat(cfs)
+            diagnostics: dict[str, Any] = {}
             with torch.no_grad():
-                scores: dict[str, torch.Tensor] = {"counterfactual": self.model(cf).detach().cpu()}
+                cf_logits = self.model(cf).detach().float().cpu()
                 if self.robust_model is not None:
-                    scores["robust_query"] = self.robust_model(x).detach().cpu()
-                    scores["robust_counterfactual"] = self.robust_model(cf).detach().cpu()
+                    diagnostics["robust_logits"] = self.robust_model(x).detach().float().cpu()
+                    diagnostics["robust_counterfactual_logits"] = self.robust_model(cf).detach().float().cpu()
         finally:
             for g in reversed(guards):
                 g.__exit__(None, None, None)
-        diff = (cf - x).detach()
-        heat = difference_heatmap(diff, cfg.heatmap_sigma, self._fov)
+        heat = difference_heatmap((cf - x).detach(), cfg.heatmap_sigma, mask)
         timers: dict[str, float] = {}
         for info in infos:
             for k, v in info["timers"].items():
                 timers[k] = timers.get(k, 0.0) + float(v)
-        extra: dict[str, Any] = {
-            "counterfactuals": {"dvce": cf.detach().cpu(), "difference": diff.cpu()},
-            "scores": scores,
-            "timers": timers,
-            "start_timestep": infos[0]["start_timestep"],
-            "steps_run": infos[0]["steps_run"],
-        }
-        if target.class_index is not None and scores["counterfactual"].shape[1] > 1:
-            k = target.class_index % scores["counterfactual"].shape[1]
-            extra["target_reached"] = (scores["counterfactual"].argmax(1) == k).tolist()
-        return heat, extra
+        diagnostics["start_timestep"] = infos[0]["start_timestep"]
+        diagnostics["steps_run"] = infos[0]["steps_run"]
+        if target.class_index is not None and cf_logits.shape[1] > 1:
+            k = target.class_index % cf_logits.shape[1]
+            diagnostics["target_reached"] = (cf_logits.argmax(1) == k).numpy()
+        sweep = CounterfactualSweep(steps=(1.0,), images=cf.detach().cpu()[:, None], logits=cf_logits[:, None],
+                                    activation=self.activation)
+        return MethodResult(heatmaps=heat, sweep=sweep, timings=timers, diagnostics=diagnostics)
 
 
 DVCE_VARIANTS = ("cone", "no_cone", "robust_only", "no_distance", "unguided", "exact_grad", "approx_grad")

@@ -7,6 +7,7 @@ onto MONAI's class score. The CAM maths (weights, ReLU, upsampling) is MONAI's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from monai.visualize.class_activation_maps import ModelWithHooks
 from torch import nn
 
 from medxai.explainers.base import Explainer, find_layer
+from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
 __all__ = ["GradCAM", "GradCAMpp", "default_cam_layer"]
@@ -79,6 +81,16 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@dataclasses.dataclass(frozen=True)
+class GradCAMSettings:
+    """Settings of :class:`GradCAM` / :class:`GradCAMpp` (``layer``: default the last convolution)."""
+
+    layer: str | None = None
+    normalize: bool = True
+
+
+@register_method("gradcam", settings=GradCAMSettings, inputs=ANY_IMAGE,
+                 summary="Grad-CAM (MONAI): gradient-weighted activations of a convolution layer")
 class GradCAM(Explainer):
     """Grad-CAM (Selvaraju et al. 2017) via ``monai.visualize.GradCAM``.
 
@@ -99,7 +111,6 @@ class GradCAM(Explainer):
     (bi/tri-linear) upsampler.
     """
 
-    method = "gradcam"
     _monai_cls: Any = _MonaiGradCAM
 
     def __init__(self, model: nn.Module, layer: str | None = None, normalize: bool = True, **kwargs: Any) -> None:
@@ -133,8 +144,9 @@ class GradCAM(Explainer):
         return maps
 
 
+@register_method("gradcam++", settings=GradCAMSettings, inputs=ANY_IMAGE,
+                 summary="Grad-CAM++ (MONAI): Grad-CAM with higher-order weights")
 class GradCAMpp(GradCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018) via ``monai.visualize.GradCAMpp``; see :class:`GradCAM`."""
 
-    method = "gradcampp"
     _monai_cls = _MonaiGradCAMpp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ from captum.attr import IntegratedGradients as _CaptumIG
 from torch import nn
 
 from medxai.explainers.base import Explainer
+from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
 __all__ = ["IntegratedGradients"]
@@ -19,6 +21,18 @@ logger = logging.getLogger(__name__)
 _REDUCTIONS = ("sum", "abs", "none")
 
 
+@dataclasses.dataclass(frozen=True)
+class IntegratedGradientsSettings:
+    """Settings of :class:`IntegratedGradients` (see its parameters)."""
+
+    baseline: float = 0.0
+    n_steps: int = 32
+    internal_batch_size: int | None = 16
+    channel_reduction: str = "sum"
+
+
+@register_method("integrated_gradients", settings=IntegratedGradientsSettings, inputs=ANY_IMAGE,
+                 summary="integrated gradients (Captum) from a constant baseline")
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017) via Captum.
 
@@ -37,7 +51,6 @@ class IntegratedGradients(Explainer):
         (signed, ``T=1``), ``"abs"`` sum of absolute values (``T=1``), ``"none"`` one map per channel (``T=C``).
     """
 
-    method = "integrated_gradients"
 
     def __init__(
         self,

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from medxai.explainers.base import Explainer, ModelStateGuard
+from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
+from medxai.registry import ANY_IMAGE, register_method
 from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.config import dataclass_from_mapping
@@ -499,6 +500,16 @@ def load_nn_explainer(folder: str | os.PathLike[str]) -> tuple[nn.Module, NNExpl
     return net.eval(), config, meta
 
 
+@dataclasses.dataclass(frozen=True)
+class NNExplainerSettings:
+    """Settings of :class:`NNExplainer` when built by the registry (the trained network comes from
+    the config's ``nn_explainer.path`` folder, written by ``medxai train explainer``)."""
+
+    score_masked: bool = True
+
+
+@register_method("nn_explainer", settings=NNExplainerSettings, inputs=ANY_IMAGE, needs=("nn_explainer",),
+                 summary="NN-Explainer: all-class masks from one pass of a trained explainer network")
 class NNExplainer(Explainer):
     """Masks for all classes of a classifier from one forward pass of a trained explainer network.
 
@@ -522,8 +533,6 @@ class NNExplainer(Explainer):
     [0, 1]. If the classifier's weights differ from those the explainer was trained for, a warning
     is logged (the masks then explain the other classifier).
     """
-
-    method = "nn_explainer"
 
     def __init__(
         self,
@@ -558,6 +567,14 @@ class NNExplainer(Explainer):
                     trained_for,
                 )
 
+    @classmethod
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "NNExplainer":
+        """``models["nn_explainer"]``: a folder written by :func:`save_nn_explainer`, or ``(network, config)``."""
+        net = models["nn_explainer"]
+        if isinstance(net, tuple):
+            return cls(model, net[0], net[1], score_masked=settings.score_masked, **kwargs)
+        return cls(model, net, score_masked=settings.score_masked, **kwargs)
+
     def get_parameters(self) -> dict[str, Any]:
         return {**super().get_parameters(), "config": self.config.to_dict(), "score_masked": self.score_masked}
 
@@ -589,9 +606,10 @@ class NNExplainer(Explainer):
                 f"NNExplainer explains class presence; target must be ClassTarget(k) or AllClasses(), got {target!r}."
             )
         masks = self.masks(x)[:, classes]
-        extra: dict[str, Any] = {"classes": list(classes)}
+        diagnostics: dict[str, Any] = {"classes": list(classes)}
         if self.score_masked:
             with torch.no_grad():
                 masked = [self.model(masks[:, i : i + 1] * x)[:, c] for i, c in enumerate(classes)]
-            extra["scores"] = {"masked": torch.stack(masked, dim=1).cpu()}
-        return masks, extra
+            # the classifier's logit of each explained class on mask_k * x, (B, T)
+            diagnostics["masked_logits"] = torch.stack(masked, dim=1).cpu()
+        return MethodResult(heatmaps=masks, diagnostics=diagnostics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from typing import Any, Sequence
@@ -11,6 +12,7 @@ from monai.visualize import OcclusionSensitivity as _MonaiOcclusion
 from torch import nn
 
 from medxai.explainers.base import Explainer
+from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
 __all__ = ["Occlusion"]
@@ -31,6 +33,18 @@ class _TargetScore(nn.Module):
         return score if score.ndim == 2 else score[:, None]
 
 
+@dataclasses.dataclass(frozen=True)
+class OcclusionSettings:
+    """Settings of :class:`Occlusion` (see its parameters)."""
+
+    mask_size: int | tuple[int, ...] | None = None
+    overlap: float = 0.6
+    mode: str | float = "gaussian"
+    batch_size: int = 16
+
+
+@register_method("occlusion", settings=OcclusionSettings, inputs=ANY_IMAGE,
+                 summary="occlusion sensitivity (MONAI): score drop when a patch is hidden")
 class Occlusion(Explainer):
     """Occlusion sensitivity (Zeiler & Fergus 2014) via MONAI.
 
@@ -51,7 +65,6 @@ class Occlusion(Explainer):
         Occluded images per forward pass.
     """
 
-    method = "occlusion"
 
     def __init__(
         self,

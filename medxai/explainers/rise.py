@@ -9,6 +9,7 @@ and every class is explained from the same forward passes when the target is ``A
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medxai.explainers.base import Explainer
+from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
 __all__ = ["RISE", "rise_masks"]
@@ -62,6 +64,19 @@ def rise_masks(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class RISESettings:
+    """Settings of :class:`RISE` (see its parameters)."""
+
+    n_masks: int = 1000
+    grid_size: int = 8
+    p: float = 0.5
+    batch_size: int = 16
+    center_scores: bool = True
+
+
+@register_method("rise", settings=RISESettings, inputs=ANY_IMAGE,
+                 summary="RISE: score-weighted random masks")
 class RISE(Explainer):
     """RISE saliency for one score, or for all classes at once with ``AllClasses``.
 
@@ -90,7 +105,6 @@ class RISE(Explainer):
     the paper; the default logit weighting works too but the maps then carry a constant offset.
     """
 
-    method = "rise"
     stochastic = True
 
     def __init__(
