@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medxai.agent import Agent  # noqa: E402
+from medxai.networks.agent import Agent  # noqa: E402
 from medxai.diffusion import DiffusionAutoencoder, ScheduleConfig, load_autoencoder  # noqa: E402
 from medxai.explainers.diffexplainer import DiffExplainer  # noqa: E402
 from medxai.networks.classifiers import TinyCNN  # noqa: E402

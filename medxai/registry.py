@@ -13,7 +13,8 @@ file there.
 Inputs a method takes (:data:`CT_STACK`, :data:`FUNDUS`, :data:`TENSOR`) say which explain jobs can
 run it; ``needs`` names the extra models it is built with beyond the black box (``"autoencoder"``,
 ``"agent"``, ``"diffusion"``, ``"robust_model"``, ``"nn_explainer"``), which the job loads from the
-config section of the same name.
+config section :data:`MODEL_SECTIONS` names. A method's settings come from the config section named
+after the method (``diffexplainer:``, ``dvce:``, ``gradcam:``, ...; absent = the defaults).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "ANY_IMAGE",
     "CT_STACK",
     "FUNDUS",
+    "MODEL_SECTIONS",
     "TENSOR",
     "MethodSpec",
     "get_method",
@@ -48,7 +50,15 @@ TENSOR = "tensor"
 ANY_IMAGE = frozenset({CT_STACK, FUNDUS, TENSOR})
 
 _KNOWN_INPUTS = {CT_STACK, FUNDUS, TENSOR}
-_KNOWN_NEEDS = {"autoencoder", "agent", "diffusion", "robust_model", "nn_explainer"}
+#: extra model role -> the config section that locates its weights
+MODEL_SECTIONS: dict[str, str] = {
+    "autoencoder": "autoencoder",
+    "agent": "agent",
+    "diffusion": "diffusion",
+    "robust_model": "robust_classifier",
+    "nn_explainer": "nn_explainer_network",
+}
+_KNOWN_NEEDS = set(MODEL_SECTIONS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Network, scheduler and guidance are separate objects (the diffusers split). :class:`ImageDDPM`
 owns the UNet and the noise-schedule settings; it makes fresh diffusers schedulers on request
 (:meth:`ImageDDPM.make_scheduler`: ``DDPMScheduler`` for ancestral sampling, ``DDIMScheduler`` for
-DDIM) and never writes the schedule maths itself. The guided loop lives in :mod:`medxai.guidance`.
+DDIM) and never writes the schedule maths itself. The guided loop lives in :mod:`medxai.diffusion.guidance`.
 
 Images at this object's API are in ``data_range`` (``(0, 1)`` for the fundus crops); the network
 works in [-1, 1].

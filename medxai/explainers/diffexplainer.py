@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from medxai.agent import Agent
+from medxai.networks.agent import Agent
 from medxai.diffusion.autoencoder import DiffusionAutoencoder
 from medxai.explainers.base import Explainer, MethodResult
 from medxai.explanation import CounterfactualSweep

@@ -2,7 +2,7 @@
 
 The query is noised to about half the schedule and denoised by an unconditional diffusion model
 whose reverse steps are guided towards the target class of the black box (see
-:mod:`medxai.guidance`). The explanation is the counterfactual itself and the difference to the
+:mod:`medxai.diffusion.guidance`). The explanation is the counterfactual itself and the difference to the
 query; the heatmap is ``sum_c |G_sigma * (x_cf - x)_c|`` (signed differences smoothed per channel
 before the absolute value, so that incoherent resampling noise cancels), zero outside the field of
 view.
@@ -29,7 +29,7 @@ from torch import nn
 from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
 from medxai.explanation import CounterfactualSweep
 from medxai.registry import FUNDUS, TENSOR, register_method
-from medxai.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
+from medxai.diffusion.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.targets import ClassTarget, Target
 from medxai.config import dataclass_from_mapping
 

@@ -216,7 +216,7 @@ def load_teacher_from_config(cfg: Config, trust_code: bool = False) -> torch.nn.
 
 
 def load_agent_from_config(cfg: Config) -> Any:
-    from medxai.agent import load_agent
+    from medxai.networks.agent import load_agent
 
     return load_agent(cfg.path("agent.path"))
 
@@ -359,7 +359,7 @@ def train_agent_from_config(
 ) -> dict[str, Any]:
     """Distil the teacher into the agent on the training latents; save it to ``agent.path``
     (``trust_code``: see :func:`load_teacher_from_config`)."""
-    from medxai.agent import Agent, save_agent
+    from medxai.networks.agent import Agent, save_agent
     from medxai.training.trainers import agreement, compute_latents, train_agent
 
     data = load_data(cfg, "train", progress, npz)

@@ -56,7 +56,7 @@ class RobustConfig:
     beta: float = 6.0
 
     def __post_init__(self) -> None:
-        from medxai.robust import ROBUST_METHODS
+        from medxai.training.robust import ROBUST_METHODS
 
         if self.method not in ROBUST_METHODS:
             raise ValueError(f"robust.method must be one of {ROBUST_METHODS}, got {self.method!r}.")
@@ -127,13 +127,13 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Class-balanced cross-entropy training of ``model`` on ``images`` ``(N, C, S, S)``, ``labels`` ``(N,)``.
 
-    With ``robust`` the loss is TRADES or PGD adversarial training (:func:`medxai.robust.robust_loss`).
+    With ``robust`` the loss is TRADES or PGD adversarial training (:func:`medxai.training.robust.robust_loss`).
     """
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"images must be (N, C, S, S) with one label each, got images {tuple(images.shape)} and labels {tuple(labels.shape)}."
         )
-    from medxai.robust import robust_loss
+    from medxai.training.robust import robust_loss
 
     dev = next(model.parameters()).device
     labels = labels.long()

@@ -161,7 +161,7 @@ def train_dr_classifier(
             xv, yv, _ = load_fundus_arrays(None, int(held or 100), int(data_section.get("val_seed", 10_000)), size)
         metrics = evaluate_classifier(model, xv, yv)
         if rcfg is not None:
-            from medxai.robust import robust_accuracy
+            from medxai.training.robust import robust_accuracy
 
             clean, adv = robust_accuracy(model, xv, yv, rcfg.eps, 10, generator=torch.Generator().manual_seed(1))
             metrics.update({"clean_accuracy": clean, "robust_accuracy": adv, "attack_eps": rcfg.eps})

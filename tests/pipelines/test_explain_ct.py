@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dicom_io import StudyInfo, Volume, read_series, write_ct_series
-from medxai.agent import Agent, save_agent
+from medxai.networks.agent import Agent, save_agent
 from medxai.diffusion import DiffusionAutoencoder, save_autoencoder
 from medxai.networks.classifiers import TinyCNN
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.agent import Agent
+from medxai.networks.agent import Agent
 from medxai.diffusion import DiffusionAutoencoder
 from medxai.networks.diffae import DiffAENetConfig
 from medxai.networks.teacher import TeacherFeatures

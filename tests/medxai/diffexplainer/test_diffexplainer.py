@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from medxai.agent import Agent, load_agent, save_agent
+from medxai.networks.agent import Agent, load_agent, save_agent
 from medxai.diffusion import load_autoencoder, save_autoencoder
 from medxai.explainers.base import hook_count
 from medxai.explainers.diffexplainer import DiffExplainer

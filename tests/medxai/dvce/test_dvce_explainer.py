@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medxai.explainers.dvce import DVCE, DVCEConfig, difference_heatmap, target_log_prob
-from medxai.guidance import GuidanceConfig
+from medxai.diffusion.guidance import GuidanceConfig
 from medxai.networks.classifiers import TinyCNN
 from medxai.targets import ClassTarget, ScoreDirection
 from suite import ExplainerSuite

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from medxai.guidance import (
+from medxai.diffusion.guidance import (
     AugmentConfig,
     DVCEGuidance,
     GuidanceConfig,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medxai.diffusion.ddpm import DDPMNetConfig, ImageDDPM, load_ddpm, save_ddpm
 from medxai.networks.classifiers import TinyCNN
-from medxai.robust import adversarial_examples, l2_pgd, robust_accuracy, robust_loss
+from medxai.training.robust import adversarial_examples, l2_pgd, robust_accuracy, robust_loss
 from medxai.training.dvce import RobustConfig, train_classifier, train_ddpm
 from medxai.training.trainers import TrainConfig
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from medxai.agent import Agent
+from medxai.networks.agent import Agent
 from medxai.diffusion import DiffusionAutoencoder
 from medxai.explainers.diffexplainer import DiffExplainer
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
