@@ -10,7 +10,7 @@ import torch
 from captum.attr import IntegratedGradients as _CaptumIG
 from torch import nn
 
-from medxai.explainers.base import Explainer
+from medxai.explainers.base import Explainer, MethodResult
 from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
@@ -103,4 +103,5 @@ class IntegratedGradients(Explainer):
             maps = attr.abs().sum(dim=1, keepdim=True)
         else:
             maps = attr
-        return maps, {"convergence_delta": delta.detach().cpu().tolist()}
+        # completeness gap per input (B,): sum of attributions minus (f(x) - f(baseline))
+        return MethodResult(heatmaps=maps, diagnostics={"convergence_delta": delta.detach().cpu()})

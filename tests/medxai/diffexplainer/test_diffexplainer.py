@@ -151,19 +151,21 @@ def _explainer(world, **kw) -> DiffExplainer:
 def test_counterfactual_direction_follows_teacher(toy_world) -> None:
     x = toy_world.test
     exp = _explainer(toy_world).explain(x, ClassTarget(1))
-    cf = exp.counterfactuals
-    recon, plus, minus = cf["reconstruction"], cf["plus_0.6"], cf["minus_0.6"]
+    sw = exp.sweep
+    assert sw is not None and sw.steps == (-0.6, -0.4, -0.2, 0.2, 0.4, 0.6)
+    recon, plus, minus = (torch.as_tensor(a) for a in (sw.origin, sw.at(0.6), sw.at(-0.6)))
     c_rec, c_plus, c_minus = central_score(recon), central_score(plus), central_score(minus)
     assert float((c_plus > c_rec).float().mean()) >= 0.75, (c_plus, c_rec)
     assert float((c_minus < c_rec).float().mean()) >= 0.75, (c_minus, c_rec)
-    mono = monotonicity(exp.scores["sweep_minus_target"], exp.scores["reconstruction_target"], exp.scores["sweep_plus_target"])
+    target = torch.as_tensor(sw.logits)[..., 1]  # (B, S): the teacher's target logit at every signed step
+    mono = monotonicity(target[:, :3].flip(1), torch.as_tensor(sw.origin_logits)[:, 1], target[:, 3:])
     assert mono["direction_correct"] >= 0.75, mono
     assert mono["spearman"] > 0.5, mono
     # shapes of everything the pipeline writes
     assert exp.heatmaps.shape == (8, 1, SIZE, SIZE)
-    assert cf["diff_plus"].shape == x.shape
-    assert exp.scores["sweep_plus"].shape == (8, 3, 2)
-    assert exp.scores["agent_query"].shape == (8, 2)
+    assert sw.difference(0.4).shape == x.shape
+    assert sw.logits.shape == (8, 6, 2) and sw.agent_logits.shape == (8, 6, 2)
+    assert sw.agent_origin_logits.shape == (8, 2) and exp.latent.shape[0] == 8
     summary = summarise_diffexplainer(x, exp, 1)
     json.dumps(summary)
     assert summary["agent_teacher_agreement"] >= 0.75

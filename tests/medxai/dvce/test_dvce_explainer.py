@@ -23,6 +23,7 @@ SUITE_CONFIG = DVCEConfig(
 
 
 class TestDVCE(ExplainerSuite):
+    method = "dvce"
     stochastic = True
 
     @pytest.fixture(autouse=True)
@@ -41,12 +42,13 @@ class TestDVCE(ExplainerSuite):
 
     def test_counterfactual_outputs(self, blob_task: Any) -> None:
         exp = self.make_explainer(blob_task.model, blob_task).explain(blob_task.x[:2], ClassTarget(1))
-        cf = exp.counterfactuals["dvce"]
+        assert exp.sweep is not None and exp.sweep.steps == (1.0,) and exp.sweep.origin is None
+        cf = torch.as_tensor(exp.sweep.at(1.0))
         assert cf.shape == blob_task.x[:2].shape and torch.isfinite(cf).all()
-        torch.testing.assert_close(exp.counterfactuals["difference"], cf - blob_task.x[:2])
-        assert exp.scores["counterfactual"].shape == (2, 2)
-        assert len(exp.extra["target_reached"]) == 2
-        assert exp.extra["timers"]["unet_forward"] > 0
+        torch.testing.assert_close(torch.as_tensor(exp.sweep.difference(1.0, blob_task.x[:2])), cf - blob_task.x[:2])
+        assert exp.sweep.logits.shape == (2, 1, 2) and exp.target_class == 1
+        assert len(exp.diagnostics["target_reached"]) == 2
+        assert exp.timings["unet_forward"] > 0
         assert exp.parameters["guidance"]["mode"] == "plain"
 
     def test_no_global_rng_use(self, blob_task: Any) -> None:
@@ -57,11 +59,13 @@ class TestDVCE(ExplainerSuite):
     def test_fov_mask_respected(self, blob_task: Any) -> None:
         fov = torch.ones(2, 1, 32, 32)
         fov[:, :, :, :8] = 0
-        exp = self.make_explainer(blob_task.model, blob_task).explain(blob_task.x[:2], 1, fov_mask=fov)
-        assert torch.equal(exp.counterfactuals["dvce"][..., :8], blob_task.x[:2, ..., :8])
+        explainer = self.make_explainer(blob_task.model, blob_task)
+        exp = explainer.explain(blob_task.x[:2], 1, mask=fov)
+        assert torch.equal(torch.as_tensor(exp.sweep.at(1.0))[..., :8], blob_task.x[:2, ..., :8])
         assert float(exp.heatmaps[..., :8].abs().max()) == 0.0
-        with pytest.raises(ValueError, match="fov_mask"):
-            self.make_explainer(blob_task.model, blob_task).explain(blob_task.x[:2], 1, fov_mask=torch.ones(1, 1, 32, 32))
+        assert not hasattr(explainer, "_fov")  # the mask is an argument, never instance state
+        with pytest.raises(ValueError, match="mask"):
+            explainer.explain(blob_task.x[:2], 1, mask=torch.ones(1, 1, 32, 32))
 
 
 def test_guidance_raises_target_probability(blob_task: Any, blob_ddpm: Any) -> None:
@@ -77,13 +81,13 @@ def test_guidance_raises_target_probability(blob_task: Any, blob_ddpm: Any) -> N
     ), seed=0)
     a = guided.explain(x, ClassTarget(1))
     b = unguided.explain(x, ClassTarget(1))
-    p_guided = torch.sigmoid(a.scores["counterfactual"][:, 1])
-    p_plain = torch.sigmoid(b.scores["counterfactual"][:, 1])
-    p_query = torch.sigmoid(a.scores["query"][:, 1])
+    p_guided = torch.sigmoid(torch.as_tensor(a.sweep.logits)[:, 0, 1])
+    p_plain = torch.sigmoid(torch.as_tensor(b.sweep.logits)[:, 0, 1])
+    p_query = torch.sigmoid(a.logits[:, 1])
     assert float(p_guided.mean()) > float(p_plain.mean()) + 0.2, (p_query, p_plain, p_guided)
     assert float(p_guided.mean()) > float(p_query.mean()) + 0.2
     # identical robust and plain classifier: every gradient lies inside the cone
-    assert "timers" in a.extra
+    assert "unet_forward" in a.timings
 
 
 def test_target_log_prob() -> None:

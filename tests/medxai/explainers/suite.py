@@ -7,6 +7,8 @@ channel k means class k; the evaluation images hold one blob in channel 0.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,9 @@ class ExplainerSuite:
     stochastic: bool = False
     #: expected number of maps per input for ``ClassTarget``
     maps_per_target: int = 1
+    #: the registered name of the method under test (tests/medxai/explainers/test_registry.py checks
+    #: that every registered method has a suite)
+    method: str = ""
 
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> Explainer:
         raise NotImplementedError
@@ -62,7 +67,9 @@ class ExplainerSuite:
         heat = exp.heatmaps
         assert tuple(heat.shape) == (blob_task.x.shape[0], self.maps_per_target, *blob_task.x.shape[2:])
         assert torch.isfinite(torch.as_tensor(heat)).all()
-        assert tuple(exp.scores["query"].shape) == (blob_task.x.shape[0], 2)
+        assert tuple(exp.logits.shape) == (blob_task.x.shape[0], 2)
+        probs = exp.probabilities
+        assert probs.shape == (blob_task.x.shape[0], 2) and np.allclose(probs.sum(1), 1.0)
 
     def test_same_seed_same_output(self, blob_task: Any) -> None:
         a = self.make_explainer(blob_task.model, blob_task, seed=3).explain(blob_task.x[:2], ClassTarget(0))
@@ -160,7 +167,24 @@ class ExplainerSuite:
 
     def test_save_load_roundtrip(self, blob_task: Any, tmp_path: Any) -> None:
         exp = self.make_explainer(blob_task.model, blob_task).explain(blob_task.x[:1], ClassTarget(0))
-        exp.save(tmp_path / "e", fmt="nifti")
+        files = exp.save(tmp_path / "e", query=blob_task.x[:1])
         back = Explanation.load(tmp_path / "e")
-        assert back.method == exp.method
+        assert back.method == exp.method and back.target_class == 0
         np.testing.assert_allclose(back.heatmaps, torch.as_tensor(exp.heatmaps).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(back.probabilities, exp.probabilities, rtol=1e-6)
+        assert {"heatmap", "strip", "explanation"} <= set(files) or {"heatmap_t0", "strip", "explanation"} <= set(files)
+        meta = json.loads((tmp_path / "e" / "explanation.json").read_text())
+        assert meta["method"] == exp.method and len(meta["probabilities"]) == 2
+        if exp.sweep is not None:
+            assert back.sweep is not None and back.sweep.steps == exp.sweep.steps
+            np.testing.assert_allclose(back.sweep.images, np.asarray(exp.sweep.images), rtol=1e-6)
+
+    def test_registered_with_settings(self, blob_task: Any) -> None:
+        """The method is in the registry under its own name, with a settings dataclass whose defaults build."""
+        from medxai.registry import get_method
+
+        explainer = self.make_explainer(blob_task.model, blob_task)
+        assert explainer.method == self.method, "set the suite's `method` to the registered name"
+        spec = get_method(explainer.method)
+        assert isinstance(explainer, spec.cls)
+        assert dataclasses.is_dataclass(spec.settings_from({}))

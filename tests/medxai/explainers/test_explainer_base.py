@@ -10,30 +10,77 @@ import pytest
 import torch
 
 from medxai.explainers import Explainer, ModelStateGuard, find_layer, hook_count, infer_input_spec
-from medxai.explanation import Explanation
+from medxai.explanation import CounterfactualSweep, Explanation
 from medxai.networks.classifiers import TinyCNN, make_classifier
 from medxai.targets import AllClasses, ClassTarget, NeuronTarget, ScoreDirection, as_target
 
 
-def test_explanation_save_load_nifti_and_png(tmp_path: Any) -> None:
-    heat = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
-    exp = Explanation(
-        method="x", target="ClassTarget(index=1)", heatmaps=heat,
-        counterfactuals={"plus": torch.ones(2, 1, 8, 8)}, scores={"query": torch.tensor([[0.1, 0.9]] * 2)},
-        parameters={"a": (1, 2)}, seed=3, extra={"note": "ok"},
+def _sweep_explanation() -> Explanation:
+    rng = np.random.default_rng(0)
+    heat = rng.random((2, 3, 8, 8)).astype(np.float32)
+    images = rng.random((2, 4, 1, 8, 8)).astype(np.float32)  # (B, S, C, H, W)
+    sweep = CounterfactualSweep(
+        steps=(-1.0, -0.5, 0.5, 1.0), images=images, logits=rng.normal(size=(2, 4, 2)),
+        origin=rng.random((2, 1, 8, 8)).astype(np.float32), origin_logits=np.zeros((2, 2)),
+        agent_logits=rng.normal(size=(2, 4, 2)), agent_origin_logits=np.zeros((2, 2)),
     )
-    exp.save(tmp_path / "n", fmt="nifti")
+    return Explanation(
+        method="x", target="ClassTarget(index=1)", heatmaps=heat, logits=torch.tensor([[0.0, 2.0]] * 2),
+        target_class=1, sweep=sweep, latent=rng.normal(size=(2, 5)), parameters={"a": (1, 2)}, seed=3,
+        timings={"seconds": 1.0}, diagnostics={"per_case": np.arange(2), "note": "ok"},
+    )
+
+
+def test_explanation_typed_fields_select_concat() -> None:
+    exp = _sweep_explanation()
+    np.testing.assert_allclose(exp.probabilities, torch.tensor([[0.0, 2.0]] * 2).softmax(1).numpy(), rtol=1e-6)
+    assert exp.sweep is not None and exp.sweep.at(0.5).shape == (2, 1, 8, 8)
+    np.testing.assert_allclose(exp.sweep.difference(-1.0), exp.sweep.images[:, 0] - exp.sweep.origin)
+    assert exp.sweep.positive_steps == (0.5, 1.0) and exp.sweep.negative_steps == (-1.0, -0.5)
+    assert exp.sweep.probabilities.shape == (2, 4, 2) and exp.sweep.agent_probabilities.shape == (2, 4, 2)
+    with pytest.raises(ValueError, match="not in the sweep"):
+        exp.sweep.at(0.7)
+    one = exp.select(1)
+    assert one.batch_size == 1 and one.sweep.images.shape == (1, 4, 1, 8, 8) and one.diagnostics["per_case"].tolist() == [1]
+    both = Explanation.concat([exp.select(0), exp.select(1)])
+    np.testing.assert_array_equal(both.heatmaps, exp.heatmaps)
+    np.testing.assert_array_equal(both.sweep.images, exp.sweep.images)
+    np.testing.assert_array_equal(both.latent, exp.latent)
+    assert both.diagnostics["note"] == "ok" and both.timings["seconds"] == 2.0
+    assert exp.target_probability()["sweep"][0] == pytest.approx(exp.sweep.probabilities[0, :, 1].tolist())
+    with pytest.raises(ValueError, match="ascending"):
+        CounterfactualSweep(steps=(1.0, -1.0), images=np.zeros((1, 2, 1, 4, 4)), logits=np.zeros((1, 2, 2)))
+    with pytest.raises(ValueError, match="logits"):
+        CounterfactualSweep(steps=(1.0,), images=np.zeros((1, 1, 1, 4, 4)), logits=np.zeros((1, 2)))
+
+
+def test_explanation_save_load(tmp_path: Any) -> None:
+    exp = _sweep_explanation()
+    with pytest.raises(ValueError, match="one case"):
+        exp.save(tmp_path / "all")
+    query = np.random.default_rng(1).random((1, 1, 8, 8)).astype(np.float32)
+    files = exp.select(0).save(tmp_path / "n", query=query, provenance={"PatientID": "p1"})
+    assert set(files) == {"heatmap_t0", "heatmap_t1", "heatmap_t2", "difference_minus", "difference_plus",
+                          "counterfactuals", "strip", "explanation"}
     back = Explanation.load(tmp_path / "n")
-    np.testing.assert_array_equal(back.heatmaps, heat)
-    assert back.seed == 3 and back.parameters == {"a": [1, 2]} and back.counterfactuals["plus"].shape == (2, 1, 8, 8)
-    np.testing.assert_allclose(back.scores["query"], [[0.1, 0.9]] * 2, rtol=1e-6)
-    exp.save(tmp_path / "p")  # 2D -> PNG
-    assert (tmp_path / "p" / "heatmap_b1_t2.png").is_file()
-    assert json.loads((tmp_path / "p" / "explanation.json").read_text())["file_format"] == "png"
-    assert not [p for p in (tmp_path / "p").iterdir() if p.name.startswith(".")]  # no temporary files left
-    assert Explanation.load(tmp_path / "p").heatmaps.shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match="png"):
-        Explanation(method="x", target="t", heatmaps=np.zeros((1, 1, 2, 2, 2))).save(tmp_path / "q", fmt="png")
+    np.testing.assert_array_equal(back.heatmaps, exp.heatmaps[:1])
+    assert back.seed == 3 and back.parameters == {"a": [1, 2]} and back.target_class == 1
+    np.testing.assert_allclose(back.sweep.images, exp.sweep.images[:1])
+    np.testing.assert_allclose(back.sweep.origin, exp.sweep.origin[:1])
+    meta = json.loads((tmp_path / "n" / "explanation.json").read_text())
+    assert meta["provenance"] == {"PatientID": "p1"}
+    np.testing.assert_allclose(meta["probabilities"], exp.probabilities[0], rtol=1e-6)
+    np.testing.assert_allclose(meta["sweep"]["probabilities"], exp.sweep.probabilities[0], rtol=1e-6)
+    assert meta["sweep"]["steps"] == [-1.0, -0.5, 0.5, 1.0] and "agent_probabilities" in meta["sweep"]
+    import nibabel as nib
+
+    minus = np.asarray(nib.load(str(tmp_path / "n" / files["difference_minus"])).dataobj)
+    np.testing.assert_allclose(minus, (exp.sweep.images[0, 0] - exp.sweep.origin[0]).sum(0), rtol=1e-6)
+    from PIL import Image
+
+    strip = np.asarray(Image.open(tmp_path / "n" / "strip.png"))
+    assert strip.ndim == 3 and strip.shape[1] >= 9 * 8  # query, recon, 4 steps, 2 changes, heatmap
+    assert not [p for p in (tmp_path / "n").iterdir() if p.name.startswith(".")]  # no temporary files left
     with pytest.raises(ValueError, match="heatmaps"):
         Explanation(method="x", target="t", heatmaps=np.zeros((8, 8)))
     with pytest.raises(ValueError, match="explanation.json"):

@@ -45,6 +45,7 @@ class _ScaledModel(torch.nn.Module):
 
 
 class TestDiffExplainer(ExplainerSuite):
+    method = "diffexplainer"
     randomisation_max_spearman = 0.5
 
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> DiffExplainer:

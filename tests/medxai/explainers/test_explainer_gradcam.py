@@ -11,6 +11,7 @@ from suite import ExplainerSuite
 
 
 class TestGradCAM(ExplainerSuite):
+    method = "gradcam"
     has_layer = True
     cls = GradCAM
 
@@ -37,6 +38,7 @@ class TestGradCAM(ExplainerSuite):
 
 
 class TestGradCAMpp(TestGradCAM):
+    method = "gradcam++"
     cls = GradCAMpp
 
     # Grad-CAM++ keeps only positive gradient weights, so on a re-initialised network its map still

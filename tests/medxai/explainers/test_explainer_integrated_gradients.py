@@ -12,6 +12,7 @@ from suite import ExplainerSuite
 
 
 class TestIntegratedGradients(ExplainerSuite):
+    method = "integrated_gradients"
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> IntegratedGradients:
         return IntegratedGradients(model, n_steps=16, **kwargs)
 

@@ -38,6 +38,7 @@ def trained_network(model: torch.nn.Module, task: Any) -> tuple[torch.nn.Module,
 
 
 class TestNNExplainer(ExplainerSuite):
+    method = "nn_explainer"
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> NNExplainer:
         net, config = trained_network(model, task)
         return NNExplainer(model, net, config, **kwargs)
@@ -64,7 +65,7 @@ class TestNNExplainer(ExplainerSuite):
         assert len(calls) == 1
         assert exp.heatmaps.shape == (4, 2, 32, 32)
         assert float(exp.heatmaps.min()) >= 0.0 and float(exp.heatmaps.max()) <= 1.0
-        assert exp.scores["masked"].shape == (4, 2)
+        assert exp.diagnostics["masked_logits"].shape == (4, 2)
 
     def test_rejects_score_direction(self, blob_task: Any) -> None:
         with pytest.raises(TypeError, match="ClassTarget"):

@@ -12,6 +12,7 @@ from suite import ExplainerSuite
 
 
 class TestOcclusion(ExplainerSuite):
+    method = "occlusion"
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> Occlusion:
         return Occlusion(model, mask_size=7, overlap=0.5, batch_size=32, **kwargs)
 

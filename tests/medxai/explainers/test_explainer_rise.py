@@ -12,6 +12,7 @@ from suite import ExplainerSuite
 
 
 class TestRISE(ExplainerSuite):
+    method = "rise"
     stochastic = True
 
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> RISE:
