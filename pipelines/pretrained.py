@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from medxai.config import pretrained_dir
+
 __all__ = ["BENCH_PARTS", "pretrained_dir", "pretrained_overrides", "seed_models_dir"]
 
 #: The bench's own per-run models as laid out in its model cache (``folder/name``, no ``.safetensors``).
@@ -22,26 +24,25 @@ BENCH_PARTS = (
 )
 
 
-def pretrained_dir() -> Path:
-    """Folder of the shipped phantom models (``ct/`` and ``fundus/``; see scripts/make_pretrained.py)."""
-    from importlib.resources import files
-
-    return Path(str(files("medxai"))) / "pretrained"
-
-
 def pretrained_overrides(kind: str, root: Path | None = None) -> dict[str, str]:
-    """Config overrides that point ``configs/ct_prognosis.yaml`` (``kind="ct"``) or
-    ``configs/dr_fundus.yaml`` (``"fundus"``) at the shipped weights."""
+    """Config overrides (absolute paths) that point ``configs/ct_prognosis.yaml`` (``kind="ct"``) or
+    ``configs/dr_fundus.yaml`` (``"fundus"``) at the shipped weights, whatever the ``runs/`` folder holds.
+
+    (Without overrides the shipped configs already fall back to these weights while their own paths
+    do not exist: see :meth:`medxai.config.Config.weights`.)
+    """
     root = pretrained_dir() if root is None else root
     if kind == "ct":
-        paths = {"teacher.path": "ct/teacher", "autoencoder.path": "ct/autoencoder", "agent.path": "ct/agent"}
+        paths = {"teacher.path": "ct/teacher.safetensors", "autoencoder.path": "ct/autoencoder.safetensors",
+                 "agent.path": "ct/agent.safetensors", "nn_explainer_network.path": "nn_explainer_ct"}
     elif kind == "fundus":
-        paths = {"classifier.path": "fundus/classifier", "robust_classifier.path": "fundus/robust_classifier",
-                 "diffusion.path": "fundus/ddpm"}
+        paths = {"classifier.path": "fundus/classifier.safetensors",
+                 "robust_classifier.path": "fundus/robust_classifier.safetensors",
+                 "diffusion.path": "fundus/ddpm.safetensors", "nn_explainer_network.path": "nn_explainer_fundus"}
     else:
         raise ValueError(f"kind must be 'ct' or 'fundus', got {kind!r}.")
-    out = {k: str(root / f"{v}.safetensors") for k, v in paths.items()}
-    missing = [v for v in out.values() if not Path(v).is_file()]
+    out = {k: str(root / v) for k, v in paths.items()}
+    missing = [v for v in out.values() if not Path(v).exists()]
     if missing:
         raise FileNotFoundError(
             f"the shipped model file {missing[0]!r} is missing; reinstall medxai or rebuild the weights with "

@@ -119,8 +119,10 @@ def record_latent_ref(dest: Path, config: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ct", type=Path, default=Path("runs/ct_prognosis"), help="folder with teacher/autoencoder/agent.safetensors")
-    ap.add_argument("--fundus", type=Path, default=Path("runs/dr"), help="folder with ddpm/classifier/robust_classifier.safetensors")
+    # the defaults are where configs/ct_prognosis.yaml and configs/dr_fundus.yaml train to (../runs/ from configs/)
+    runs = Path(__file__).resolve().parents[1] / "runs"
+    ap.add_argument("--ct", type=Path, default=runs / "ct_prognosis", help="folder with teacher/autoencoder/agent.safetensors")
+    ap.add_argument("--fundus", type=Path, default=runs / "dr", help="folder with ddpm/classifier/robust_classifier.safetensors")
     ap.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "medxai" / "pretrained")
     ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "ct_prognosis.yaml",
                     help="CT config whose stack settings make the reference cohort")

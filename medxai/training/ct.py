@@ -1,23 +1,27 @@
-"""CT prognosis wiring: config -> data, teacher, autoencoder, agent, DiffExplainer; train and evaluate.
+"""CT prognosis wiring for training: config -> data, teacher, autoencoder, agent; train them.
 
-Used by ``medxai train teacher|autoencoder|agent|all`` and ``medxai explain``. Training data are
-four-slice stacks made on the fly from phantom cohorts (:mod:`medxai.phantoms`, cached as
-``<run_dir>/data_<split>.npz``) or read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and
-``labels`` ``(N,)``.
+Used by ``medxai train teacher|autoencoder|agent|all``; the explain jobs load their models through
+``pipelines.models`` (training never imports explainers). Training data are four-slice stacks made on
+the fly from phantom cohorts (:mod:`medxai.phantoms`, cached as ``<run_dir>/data_<split>.npz``) or
+read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and ``labels`` ``(N,)``.
+
+Paths come from the config (relative to the config file, :meth:`medxai.config.Config.path`):
+trainers write to ``<section>.path``; loaders read :meth:`~medxai.config.Config.weights`, which falls
+back to the section's shipped ``pretrained`` weights while ``path`` does not exist.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from medxai.config import CT_PROGNOSIS_SCHEMA, DIFFAE_SCHEMA, Config, ConfigError, load_config
+from medxai.progress import ProgressFn as Progress
 
 __all__ = [
     "load_ct_config",
@@ -31,16 +35,14 @@ __all__ = [
     "new_teacher",
     "load_teacher_from_config",
     "load_agent_from_config",
-    "build_explainer",
+    "diffexplainer_steps",
     "train_teacher_from_config",
     "train_autoencoder_from_config",
     "train_agent_from_config",
-    "evaluate_from_config",
 ]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 
 def load_ct_config(path: str | Path) -> Config:
@@ -97,9 +99,10 @@ def load_data(cfg: Config, split: str = "train", progress: Progress | None = Non
     """Training (``split="train"``) or held-out (``"test"``) stacks from the npz or phantoms (cached)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    source = npz or (cfg.get("data.npz", None) if cfg.get("data.source", "phantom") == "npz" else None)
+    # --data (npz) is relative to the working directory; data.npz to the config file
+    source = Path(npz) if npz else (cfg.path("data.npz") if cfg.get("data.source", "phantom") == "npz" and cfg.has("data.npz") else None)
     if source:
-        p = Path(source)
+        p = source
         if not p.is_file():
             raise ValueError(f"data npz {str(p)!r} does not exist; fix data.npz in {cfg.source} or pass --data.")
         with np.load(p) as f:
@@ -110,7 +113,7 @@ def load_data(cfg: Config, split: str = "train", progress: Progress | None = Non
         if data["stacks"].ndim != 4 or data["stacks"].shape[2:] != (size, size):
             raise ValueError(f"{str(p)!r}: stacks have shape {data['stacks'].shape}, expected (N, n_slices, {size}, {size}).")
         return data
-    run_dir = Path(str(cfg.get("run_dir")))
+    run_dir = cfg.path("run_dir")
     cache = run_dir / f"data_{split}.npz"
     n = int(cfg.get(f"data.n_{split}", 240 if split == "train" else 40))
     seed = int(cfg.get(f"data.seed_{split}", 1 if split == "train" else 2))
@@ -133,7 +136,8 @@ def load_data(cfg: Config, split: str = "train", progress: Progress | None = Non
 
 # ---------------------------------------------------------------------------------------- parts
 def autoencoder_config(cfg: Config) -> Config:
-    path = cfg.relative("autoencoder.config")
+    """The DiffAE config named by ``autoencoder.config`` (validated; its image size must be ``stack.size``)."""
+    path = cfg.path("autoencoder.config")
     if not path.is_file():
         raise ConfigError(f"{cfg.source}: field 'autoencoder.config' points to {str(path)!r}, which does not exist.")
     ae_cfg = load_config(path, DIFFAE_SCHEMA)
@@ -166,18 +170,28 @@ def new_autoencoder(cfg: Config) -> Any:
 
 
 def load_autoencoder_from_config(cfg: Config) -> Any:
+    """The trained DiffusionAutoencoder of ``cfg`` (architecture from ``autoencoder.config``, weights
+    from :meth:`~medxai.config.Config.weights`), in eval mode on the CPU."""
     from medxai.diffusion import load_autoencoder
 
     net_cfg, sched = _net_and_schedule(cfg)
-    return load_autoencoder(cfg.path("autoencoder.path"), net_cfg, sched)
+    return load_autoencoder(cfg.weights("autoencoder"), net_cfg, sched).eval()
 
 
-def teacher_spec(cfg: Config) -> Any:
+def teacher_spec(cfg: Config, resolve: bool = False) -> Any:
+    """The :class:`~medxai.networks.teacher.TeacherSpec` of the ``teacher`` section.
+
+    ``resolve``: its ``path`` is the resolved weights (:meth:`~medxai.config.Config.weights`, which may
+    fall back to ``teacher.pretrained``) instead of ``teacher.path`` made config-relative.
+    """
     from medxai.networks.teacher import teacher_spec_from_dict
 
+    section = cfg.section("teacher")
+    section.pop("pretrained", None)
+    section["path"] = str(cfg.weights("teacher") if resolve else cfg.path("teacher.path"))
     try:
         return teacher_spec_from_dict(
-            cfg.section("teacher"), image_size=int(cfg.get("stack.size")), in_channels=len(stack_config(cfg).fractions)
+            section, image_size=int(cfg.get("stack.size")), in_channels=len(stack_config(cfg).fractions)
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{cfg.source}: section 'teacher' is invalid: {err}") from err
@@ -212,45 +226,21 @@ def load_teacher_from_config(cfg: Config, trust_code: bool = False) -> torch.nn.
     from medxai.networks.teacher import load_teacher
     from medxai.trust import trusts_code
 
-    return load_teacher(teacher_spec(cfg), trust_code=trusts_code(cfg, trust_code), source=cfg.source, key="teacher")
+    return load_teacher(teacher_spec(cfg, resolve=True), trust_code=trusts_code(cfg, trust_code), source=cfg.source, key="teacher")
 
 
 def load_agent_from_config(cfg: Config) -> Any:
+    """The trained agent of ``cfg`` (weights from :meth:`~medxai.config.Config.weights`), in eval mode."""
     from medxai.networks.agent import load_agent
 
-    return load_agent(cfg.path("agent.path"))
+    return load_agent(cfg.weights("agent"))
 
 
-def build_explainer(
-    cfg: Config, progress: Progress | None = None, device: str | None = None, *, trust_code: bool = False, **overrides: Any
-) -> Any:
-    """Load teacher, autoencoder and agent and return the configured DiffExplainer.
-
-    ``device`` (e.g. ``"cuda"``) moves the autoencoder and agent there; the teacher stays on the CPU
-    with the inputs. ``trust_code``: see :func:`load_teacher_from_config`.
-    """
-    from medxai.explainers.diffexplainer import DiffExplainer
-
-    ex = cfg.section("explainer")
-    kwargs = dict(
-        step_sizes=tuple(ex["step_sizes"]),
-        heatmap_step=ex.get("heatmap_step"),
-        encode_steps=int(ex["encode_steps"]),
-        decode_steps=int(ex["decode_steps"]),
-        normalize_direction=bool(ex.get("normalize_direction", True)),
-        batch_size=int(ex.get("batch_size", 64)),
-        seed=int(cfg.get("seed")),
-    )
-    kwargs.update(overrides)
-    teacher = load_teacher_from_config(cfg, trust_code)  # outside the try: its errors name teacher.*, not 'explainer'
-    try:
-        ae, agent = load_autoencoder_from_config(cfg), load_agent_from_config(cfg)
-        if device is not None:
-            ae.to(device)
-            agent.to(device)
-        return DiffExplainer(teacher, ae, agent, progress=progress, **kwargs)
-    except (TypeError,) as err:
-        raise ConfigError(f"{cfg.source}: section 'explainer' is invalid: {err}") from err
+def diffexplainer_steps(cfg: Config) -> tuple[int, int, int]:
+    """``(encode_steps, decode_steps, batch_size)`` of the ``diffexplainer`` section: the steps the
+    autoencoder's reconstruction reference is measured at (what ``medxai explain`` will run)."""
+    return (int(cfg.get("diffexplainer.encode_steps")), int(cfg.get("diffexplainer.decode_steps")),
+            int(cfg.get("diffexplainer.batch_size", 64)))
 
 
 # --------------------------------------------------------------------------------------- training
@@ -280,7 +270,7 @@ def train_teacher_from_config(
         tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
     hist = train_teacher(
         model, torch.from_numpy(data["stacks"]), torch.from_numpy(data["labels"]), tcfg,
-        progress=(lambda s, n, loss: progress("teacher", s, n)) if progress else None,
+        progress=progress,  # progress("teacher", step, steps)
     )
     path = cfg.path("teacher.path")
     save_weights(path, model.state_dict(), {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)})
@@ -303,10 +293,14 @@ def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ae.to(device)
     path = cfg.path("autoencoder.path")
+
+    def checkpoint(step: int) -> None:
+        save_autoencoder(ae, path, {"step": step})
+
     hist = train_autoencoder(
         ae, torch.from_numpy(data["stacks"]), tcfg,
-        progress=(lambda s, n, loss: progress("autoencoder", s, n)) if progress else None,
-        save=lambda step: save_autoencoder(ae, path, {"step": step}),
+        progress=progress,  # progress("autoencoder", step, steps)
+        save=checkpoint,
     )
     ref, latent_ref = _recon_reference(cfg, ae, data, progress, npz)
     ae.cpu()
@@ -335,8 +329,7 @@ def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progres
         stacks, what = test["stacks"][:max_cases], "held-out cases"
     else:  # no held-out split: the last training cases, which slightly underestimates the error
         stacks, what = train["stacks"][-max_cases:], "training cases (no held-out split)"
-    enc, dec = int(cfg.get("explainer.encode_steps")), int(cfg.get("explainer.decode_steps"))
-    batch = int(cfg.get("explainer.batch_size", 64))
+    enc, dec, batch = diffexplainer_steps(cfg)
     recon = reconstruction_reference(ae, stacks, enc, dec, batch_size=batch, cases=what)
     if len(stacks) < 3:  # a leave-one-out sd needs 3 cases; explain then skips the latent check, saying why
         logger.warning("only %d reference stacks: no latent reference recorded (medxai explain skips that check)", len(stacks))
@@ -374,7 +367,7 @@ def train_agent_from_config(
         import dataclasses
 
         tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
-    hist = train_agent(agent, latents, logits, feats, tcfg, progress=(lambda s, n, loss: progress("agent", s, n)) if progress else None)
+    hist = train_agent(agent, latents, logits, feats, tcfg, progress=progress)  # progress("agent", step, steps)
     result = {**_short(hist)}
     try:  # held-out agreement
         test = load_data(cfg, "test", progress, None) if not npz else None
@@ -393,35 +386,3 @@ def train_agent_from_config(
 
 def _short(hist: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hist.items() if k != "losses"}
-
-
-def evaluate_from_config(
-    cfg: Config, n_cases: int | None = None, progress: Progress | None = None, trust_code: bool = False
-) -> dict[str, Any]:
-    """Explain the held-out phantom cohort and compute every counterfactual metric (the targets);
-    ``trust_code``: see :func:`load_teacher_from_config`."""
-    from medxai.metrics.counterfactual import summarise_diffexplainer
-
-    data = load_data(cfg, "test", progress)
-    n = len(data["stacks"]) if n_cases is None else min(n_cases, len(data["stacks"]))
-    explainer = build_explainer(cfg, device="cuda" if torch.cuda.is_available() else None, trust_code=trust_code)
-    c = int(cfg.get("explainer.target_class"))
-    x = torch.from_numpy(data["stacks"][:n])
-    t0 = time.perf_counter()
-    exp = explainer.explain(x, c)
-    seconds = time.perf_counter() - t0
-    summary = summarise_diffexplainer(x, exp, c, torch.from_numpy(data["biomarker"][:n]), torch.from_numpy(data["lungs"][:n]))
-    auroc = [a for a in summary.get("heatmap_auroc", []) if a == a]
-    return {
-        "n_cases": n,
-        "seconds_per_case": seconds / n,
-        "psnr_mean": float(np.mean(summary["psnr"])),
-        "ssim_mean": float(np.mean(summary["ssim"])),
-        "score_change_reconstruction_mean": float(np.mean(summary["score_change_reconstruction"])),
-        "flip_rate": summary["flip_rate"],
-        "monotonicity": summary["monotonicity"],
-        "heatmap_auroc_mean": float(np.mean(auroc)) if auroc else float("nan"),
-        "heatmap_auroc_cases": len(auroc),
-        "agent_teacher_agreement": summary["agent_teacher_agreement"],
-        "change_outside_lungs": summary.get("change_outside_lungs"),
-    }

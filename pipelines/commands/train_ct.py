@@ -1,12 +1,16 @@
 """``medxai train teacher|autoencoder|agent|all|evaluate``: the DiffExplainer parts for CT prognosis.
 
-Data: phantom cohorts made on the fly (config section ``data``) or ``--data stacks.npz``.
-``medxai train all --config configs/ct_prognosis.yaml`` trains everything at the CPU default.
+Data: phantom cohorts made on the fly (config section ``data``) or ``--data stacks.npz`` (relative to
+the working directory). Each part is written to its ``<section>.path`` in the config, relative to the
+config file (``configs/ct_prognosis.yaml`` writes to ``runs/ct_prognosis/`` of the repository, whatever
+the working directory). ``medxai train all --config configs/ct_prognosis.yaml`` trains everything at
+the CPU default.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,6 +24,49 @@ _CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help
 _DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
 _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides training.*.max_seconds).")
 _TRUST = trust_code_option("the teacher class_path / evaluate MONAI bundle expressions")
+
+
+def evaluate_ct(cfg: Any, n_cases: Optional[int] = None, progress: Any = None, trust_code: bool = False) -> dict[str, Any]:
+    """Explain the held-out phantom cohort with the config's DiffExplainer and compute every
+    counterfactual metric (the targets); ``trust_code``: see :func:`pipelines.models.load_black_box`."""
+    import numpy as np
+    import torch
+
+    from medxai.metrics.counterfactual import summarise_diffexplainer
+    from medxai.registry import CT_STACK, get_method
+    from medxai.training import ct
+    from pipelines.models import load_black_box, load_method_models, method_settings, target_class
+
+    data = ct.load_data(cfg, "test", progress)
+    n = len(data["stacks"]) if n_cases is None else min(n_cases, len(data["stacks"]))
+    spec = get_method("diffexplainer", CT_STACK)
+    teacher = load_black_box(cfg, trust_code=trust_code)
+    models = load_method_models(cfg, spec, trust_code=trust_code)
+    if torch.cuda.is_available():  # the teacher stays on the CPU with the inputs
+        for m in models.values():
+            m.to("cuda")
+    explainer = spec.build(teacher, method_settings(cfg, spec), models, seed=int(cfg.get("seed")))
+    c = target_class(cfg)
+    x = torch.from_numpy(data["stacks"][:n])
+    t0 = time.perf_counter()
+    exp = explainer.explain(x, c)
+    seconds = time.perf_counter() - t0
+    summary = summarise_diffexplainer(x, exp, c, torch.from_numpy(data["biomarker"][:n]), torch.from_numpy(data["lungs"][:n]))
+    auroc = [a for a in summary.get("heatmap_auroc", []) if a == a]
+    return {
+        "n_cases": n,
+        "seconds_per_case": seconds / n,
+        "psnr_mean": float(np.mean(summary["psnr"])),
+        "ssim_mean": float(np.mean(summary["ssim"])),
+        "score_change_reconstruction_mean": float(np.mean(summary["score_change_reconstruction"])),
+        "flip_rate": summary["flip_rate"],
+        "monotonicity": summary["monotonicity"],
+        "heatmap_auroc_mean": float(np.mean(auroc)) if auroc else float("nan"),
+        "heatmap_auroc_cases": len(auroc),
+        "agent_teacher_agreement": summary["agent_teacher_agreement"],
+        "change_outside_lungs": summary.get("change_outside_lungs"),
+        "weights": dict(cfg.resolved_weights),
+    }
 
 
 def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float], trust_code: bool = False) -> dict[str, Any]:
@@ -41,7 +88,7 @@ def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optiona
     with progress_bars() as progress:
         for stage in stages:
             if stage == "evaluate":
-                results[stage] = ct.evaluate_from_config(cfg, progress=progress, trust_code=trust_code)
+                results[stage] = evaluate_ct(cfg, progress=progress, trust_code=trust_code)
             else:
                 # the autoencoder loads no model class, so it takes no trust_code
                 trust = {} if stage == "autoencoder" else {"trust_code": trust_code}

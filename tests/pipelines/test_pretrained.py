@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.pretrained import BENCH_PARTS, pretrained_dir, seed_models_dir
+from pipelines.pretrained import BENCH_PARTS, pretrained_dir, pretrained_overrides, seed_models_dir
 
 
 def test_bench_models_are_seeded_into_the_cache_layout_and_load(tmp_path: Path) -> None:
@@ -40,3 +40,17 @@ def test_seeding_keeps_what_the_cache_already_has(tmp_path: Path) -> None:
 @pytest.mark.parametrize("part", BENCH_PARTS)
 def test_every_bench_part_ships(part: str) -> None:
     assert (pretrained_dir() / f"{part}.safetensors").is_file()
+
+
+@pytest.mark.parametrize("kind, config", [("ct", "ct_prognosis.yaml"), ("fundus", "dr_fundus.yaml")])
+def test_overrides_point_every_model_section_at_shipped_weights(kind: str, config: str) -> None:
+    from medxai.config import load_config
+
+    over = pretrained_overrides(kind)
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in over.values())
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / config).with_overrides(over)
+    for key in over:
+        section = key.split(".")[0]
+        assert cfg.weights(section) == Path(over[key]) and not cfg.resolved_weights[section]["pretrained"]
+    with pytest.raises(ValueError, match="kind must be 'ct' or 'fundus'"):
+        pretrained_overrides("mri")
