@@ -1,13 +1,14 @@
-# Two entry points for a fresh clone on a CPU machine:
+# Entry points for a fresh clone on a CPU machine:
 #   make demo   - create .venv, install medxai, run the demo job
 #   make test   - create .venv, install medxai + test tools (Python and Debian), run the test suite
+#   make lint   - ruff (lint + format check) and mypy (dicom_io/ and medxai's typed API); docs/development.md
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps bench bench-ingest clean
+.PHONY: demo test lint venv system-deps bench bench-ingest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,13 @@ demo: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The import rules (tests/test_import_rules.py) run with the tests; the paths mypy checks are
+# [tool.mypy] files in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 bench: venv
 	$(BIN)/medxai bench -o bench_out --pretrained
 
@@ -37,4 +45,4 @@ bench-ingest: venv
 	$(BIN)/python benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) demo_out bench_out .pytest_cache
+	rm -rf $(VENV) demo_out bench_out .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,6 @@
 Never imports torch or medxai.
 """
 
-from .naming import safe_filename
 from .dicom_series import SeriesInfo, find_series, read_dicom_volume, read_series
 from .errors import (
     DicomIOError,
@@ -13,6 +12,7 @@ from .errors import (
     UnreadableFileError,
     UnsupportedInputError,
 )
+from .naming import safe_filename
 from .photo import read_photo, write_photo
 from .reader import read_image
 from .text import printable
@@ -21,11 +21,31 @@ from .volume_files import read_nifti, read_nrrd, write_nifti, write_nrrd, write_
 from .write_series import StudyInfo, write_ct_series, write_photo_dicom
 
 __all__ = [
-    "FrameRef", "Photo", "SourceRef", "Volume",
-    "SeriesInfo", "find_series", "read_series", "read_dicom_volume", "read_image", "read_photo", "write_photo",
-    "read_nifti", "read_nrrd", "write_nifti", "write_nrrd", "write_volume",
-    "StudyInfo", "write_ct_series", "write_photo_dicom",
-    "safe_filename", "printable",
-    "DicomIOError", "UnreadableFileError", "SeriesSelectionError", "GeometryError",
-    "MissingSliceError", "UnsupportedInputError",
+    "FrameRef",
+    "Photo",
+    "SourceRef",
+    "Volume",
+    "SeriesInfo",
+    "find_series",
+    "read_series",
+    "read_dicom_volume",
+    "read_image",
+    "read_photo",
+    "write_photo",
+    "read_nifti",
+    "read_nrrd",
+    "write_nifti",
+    "write_nrrd",
+    "write_volume",
+    "StudyInfo",
+    "write_ct_series",
+    "write_photo_dicom",
+    "safe_filename",
+    "printable",
+    "DicomIOError",
+    "UnreadableFileError",
+    "SeriesSelectionError",
+    "GeometryError",
+    "MissingSliceError",
+    "UnsupportedInputError",
 ]

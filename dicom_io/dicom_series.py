@@ -27,18 +27,19 @@ import logging
 import os
 import struct
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
-from atomicfs import is_partial
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
-from .fastheader import FastHeader, scan_header
+from atomicfs import is_partial
+
 from .errors import (
     DicomIOError,
     GeometryError,
@@ -47,6 +48,7 @@ from .errors import (
     UnreadableFileError,
     UnsupportedInputError,
 )
+from .fastheader import FastHeader, scan_header
 from .text import printable
 from .types import FrameRef, SourceRef, Volume
 
@@ -92,10 +94,41 @@ PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
 #: log) unless it carries the DICM marker. Anything else that cannot be read is an error naming it.
 #: The tail after ``.zip`` covers what DICOM CDs/DVDs ship beside the images (a viewer, its web page).
 NON_DICOM_SUFFIXES: tuple[str, ...] = (
-    ".txt", ".csv", ".json", ".md", ".xml", ".html", ".pdf", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz",
-    ".nrrd", ".py", ".yaml", ".yml", ".log", ".zip",
-    ".htm", ".nhdr", ".gz", ".tif", ".tiff", ".gif", ".bmp", ".ico", ".css", ".js", ".exe", ".dll", ".inf",
-    ".ini", ".rtf", ".doc", ".docx",
+    ".txt",
+    ".csv",
+    ".json",
+    ".md",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".nii",
+    ".nii.gz",
+    ".nrrd",
+    ".py",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".zip",
+    ".htm",
+    ".nhdr",
+    ".gz",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".bmp",
+    ".ico",
+    ".css",
+    ".js",
+    ".exe",
+    ".dll",
+    ".inf",
+    ".ini",
+    ".rtf",
+    ".doc",
+    ".docx",
 )
 #: File names (lower case) that are obviously not DICOM; hidden files (``.DS_Store``, ``._IM0001``)
 #: are skipped too, and so is a file named DICOMDIR (a directory, not an image).
@@ -118,8 +151,7 @@ class _Obj:
     """One DICOM object found on disk: either scanned by the fast header path (``fast`` + file bytes)
     or parsed by pydicom (``ds``)."""
 
-    def __init__(self, path: str, ds: Dataset | None = None, fast: FastHeader | None = None,
-                 data: bytes | None = None) -> None:
+    def __init__(self, path: str, ds: Dataset | None = None, fast: FastHeader | None = None, data: bytes | None = None) -> None:
         self.path = path
         self._ds = ds
         self.fast = fast
@@ -131,7 +163,7 @@ class _Obj:
             return default if v is None else v
         try:
             return self._ds.get(keyword, default)  # type: ignore[union-attr]
-        except Exception as e:  # noqa: BLE001 - pydicom converts values when first used: a damaged one raises here
+        except Exception as e:
             raise UnreadableFileError(
                 f"Cannot read {keyword} of '{self.path}': the value is damaged ({type(e).__name__}: "
                 f"{printable(e)[:200]}). Re-export or re-transfer the file, or remove it from the folder.",
@@ -246,11 +278,9 @@ def _read_dataset(path: str, stop_before_pixels: bool) -> Dataset:
         # No preamble: retry as a raw dataset, which is still a real DICOM file if it parses.
         try:
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-        except Exception as e:  # noqa: BLE001 - any parse failure means unreadable
-            raise UnreadableFileError(
-                f"Cannot read '{path}': it looks like DICOM but does not parse ({e}).", path
-            ) from e
-    except Exception as e:  # noqa: BLE001
+        except Exception as e:
+            raise UnreadableFileError(f"Cannot read '{path}': it looks like DICOM but does not parse ({e}).", path) from e
+    except Exception as e:
         raise UnreadableFileError(
             f"Cannot read '{path}': the file is damaged or truncated ({type(e).__name__}: {e}). "
             "Re-export or re-transfer it, or remove it from the folder.",
@@ -261,7 +291,13 @@ def _read_dataset(path: str, stop_before_pixels: bool) -> Dataset:
 # What a damaged header raises once its values are used: pydicom's lazy conversion, int()/float() of
 # odd values, numpy on impossible sizes. (DicomIOError is a ValueError and passes through unchanged.)
 _DAMAGE_ERRORS = (
-    ValueError, TypeError, AttributeError, LookupError, NotImplementedError, OverflowError, struct.error,
+    ValueError,
+    TypeError,
+    AttributeError,
+    LookupError,
+    NotImplementedError,
+    OverflowError,
+    struct.error,
     BytesLengthException,
 )
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -309,9 +345,7 @@ def _damaged_sop_class(ds: Dataset) -> bool:
     return not uid or not pydicom.uid.UID(str(uid)).is_valid
 
 
-def _scan(
-    source: Path, skip_unreadable: bool = False
-) -> tuple[dict[str, list[_Obj]], list[str], list[str]]:
+def _scan(source: Path, skip_unreadable: bool = False) -> tuple[dict[str, list[_Obj]], list[str], list[str]]:
     """Read every DICOM file under ``source`` once (pixels included).
 
     Returns series -> objects, the skipped non-image files, and warnings to keep with the volume.
@@ -472,9 +506,7 @@ def _orientation(iop: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
     row, col = iop[:3], iop[3:]
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
     if nr < 1e-6 or nc < 1e-6 or abs(float(np.dot(row / nr, col / nc))) > 1e-3:
-        raise GeometryError(
-            f"'{path}': ImageOrientationPatient {list(iop)} does not hold two orthogonal unit vectors.", path
-        )
+        raise GeometryError(f"'{path}': ImageOrientationPatient {list(iop)} does not hold two orthogonal unit vectors.", path)
     return row / nr, col / nc
 
 
@@ -496,8 +528,15 @@ def _frames_of(obj: _Obj) -> list[_Frame]:
         slope, inter = _rescale(v, path)
         return [
             _Frame(
-                path, obj, None, _floats(v["ImagePositionPatient"], 3, "ImagePositionPatient", path), row, col,
-                (float(ps[0]), float(ps[1])), slope, inter,
+                path,
+                obj,
+                None,
+                _floats(v["ImagePositionPatient"], 3, "ImagePositionPatient", path),
+                row,
+                col,
+                (float(ps[0]), float(ps[1])),
+                slope,
+                inter,
             )
         ]
     ds = obj.ds
@@ -527,8 +566,15 @@ def _frames_of(obj: _Obj) -> list[_Frame]:
             slope, inter = _rescale(pvt if pvt is not None else ds, path)
             frames.append(
                 _Frame(
-                    path, obj, i, _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
-                    (float(ps[0]), float(ps[1])), slope, inter,
+                    path,
+                    obj,
+                    i,
+                    _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path),
+                    row,
+                    col,
+                    (float(ps[0]), float(ps[1])),
+                    slope,
+                    inter,
                 )
             )
         return frames
@@ -549,8 +595,14 @@ def _frames_of(obj: _Obj) -> list[_Frame]:
     ps = _floats(ds.PixelSpacing, 2, "PixelSpacing", path)
     return [
         _Frame(
-            path, obj, None, _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path), row, col,
-            (float(ps[0]), float(ps[1])), *_rescale(ds, path),
+            path,
+            obj,
+            None,
+            _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
+            row,
+            col,
+            (float(ps[0]), float(ps[1])),
+            *_rescale(ds, path),
         )
     ]
 
@@ -673,8 +725,7 @@ def _check_pixel_format(obj: _Obj) -> None:
     pi = str(obj.get("PhotometricInterpretation", "") or "").strip()
     if pi in _NOT_GRAYSCALE or pi.startswith("YBR"):
         raise UnsupportedInputError(
-            f"'{path}': PhotometricInterpretation is {pi}; a volume needs grayscale slices (MONOCHROME1 or "
-            "MONOCHROME2).",
+            f"'{path}': PhotometricInterpretation is {pi}; a volume needs grayscale slices (MONOCHROME1 or MONOCHROME2).",
             path,
         )
     fmt = {kw: obj.get(kw) for kw in ("SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")}
@@ -718,7 +769,7 @@ def _raw_frames(obj: _Obj) -> np.ndarray:
             if type(e).__name__ == "PanicException":
                 raise RuntimeError(f"the decoder failed ({e})") from e
             raise
-    except Exception as e:  # noqa: BLE001 - decoder errors come in many types
+    except Exception as e:
         raise UnreadableFileError(
             f"Cannot decode the pixel data of '{path}' (transfer syntax "
             f"{getattr(ts, 'name', ts)}): {type(e).__name__}: {e}. The file may be truncated or use a "
@@ -738,8 +789,7 @@ def patient_study_attributes(ds: Dataset) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kw in PATIENT_STUDY_KEYWORDS:
         if kw in ds:
-            v = ds.data_element(kw).value
-            out[kw] = v
+            out[kw] = ds[kw].value
     return out
 
 
@@ -770,9 +820,7 @@ def _check_consistent(frames: Sequence[_Frame]) -> None:
     bad = np.flatnonzero(np.any(np.abs(spacing - spacing[0]) > 1e-6 + 1e-4 * np.abs(spacing[0]), axis=1))
     if bad.size:
         f = frames[int(bad[0])]
-        raise GeometryError(
-            f"'{f.path}' has PixelSpacing {f.pixel_spacing} but '{f0.path}' has {f0.pixel_spacing}.", f.path
-        )
+        raise GeometryError(f"'{f.path}' has PixelSpacing {f.pixel_spacing} but '{f0.path}' has {f0.pixel_spacing}.", f.path)
 
 
 @_names_file
@@ -785,9 +833,7 @@ def _slice_thickness(obj: _Obj) -> float:
     return thick
 
 
-def _regular_steps(
-    frames: list[_Frame], dist: np.ndarray, allow_gaps: bool
-) -> tuple[float, np.ndarray, list[str]]:
+def _regular_steps(frames: list[_Frame], dist: np.ndarray, allow_gaps: bool) -> tuple[float, np.ndarray, list[str]]:
     """Check slice steps. Returns (step, target positions along the normal, warnings).
 
     With no gap the target positions are the slices' own; with accepted gaps they are a regular grid
@@ -812,11 +858,7 @@ def _regular_steps(
         return step, dist.copy(), warns
     # Distinguish missing slices (a step that is a multiple of the typical one) from irregular spacing.
     ratios = steps[off] / step
-    gaps = [
-        (int(i), int(round(r)) - 1)
-        for i, r in zip(off, ratios)
-        if r > 1.5 and abs(r - round(r)) < 0.1
-    ]
+    gaps = [(int(i), int(round(r)) - 1) for i, r in zip(off, ratios) if r > 1.5 and abs(r - round(r)) < 0.1]
     if len(gaps) != off.size:
         i = int(off[0])
         raise GeometryError(
@@ -901,9 +943,7 @@ def read_series(
     if series_uid is not None:
         if series_uid not in by_series:
             listing = "; ".join(_series_info(u, it).describe() for u, it in sorted(by_series.items()))
-            raise SeriesSelectionError(
-                f"Series '{series_uid}' is not in '{src}'. Series found: {listing}.", str(src)
-            )
+            raise SeriesSelectionError(f"Series '{series_uid}' is not in '{src}'. Series found: {listing}.", str(src))
         items = by_series[series_uid]
     elif len(by_series) > 1:
         listing = "; ".join(_series_info(u, it).describe() for u, it in sorted(by_series.items()))
@@ -1037,7 +1077,8 @@ def _assemble(
             mark_padding(k, i, stored)
             refs.append(
                 FrameRef(
-                    str(f.obj.get("SOPInstanceUID")), str(f.obj.get("SOPClassUID")),
+                    str(f.obj.get("SOPInstanceUID")),
+                    str(f.obj.get("SOPClassUID")),
                     None if f.frame_index is None else f.frame_index + 1,
                 )
             )

@@ -28,8 +28,27 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Every VR of PS3.5 (explicit VR files): anything else means a damaged header, which pydicom judges.
 _KNOWN_VRS = _LONG_VRS | {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
-    b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FL",
+    b"FD",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
 }
 # VRs a WANTED attribute may have, by kind; another VR (a swapped tag, a damaged header) goes to pydicom.
 _KIND_VRS = {
@@ -74,8 +93,14 @@ WANTED: dict[int, tuple[str, str]] = {
     0x52009229: ("SharedFunctionalGroupsSequence", "seq"),
 }
 _REQUIRED = (
-    "SOPInstanceUID", "SOPClassUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-    "Rows", "Columns", "BitsAllocated",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
 )
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from

@@ -24,9 +24,10 @@ import logging
 import os
 import re
 import ssl
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydicom
@@ -54,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HttpAuth = Union[requests.auth.AuthBase, None]
+HttpAuth = requests.auth.AuthBase | None
 
 # Query parameters whose value is a secret (matched as a substring of the name, case-insensitive).
 _SECRET_PARAM = re.compile(r"token|key|secret|passw|pwd|signature|sig$|auth|credential|session", re.IGNORECASE)
@@ -197,8 +198,10 @@ def auth_from_env(var: str) -> requests.auth.AuthBase:
     """
     if not var or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
         # not echoed: people paste the secret itself here by mistake
-        raise ValueError("--auth-env expects the NAME of an environment variable (letters, digits, '_'; e.g. "
-                         "MEDXAI_PACS_AUTH), not the credentials themselves; got something else (not shown).")
+        raise ValueError(
+            "--auth-env expects the NAME of an environment variable (letters, digits, '_'; e.g. "
+            "MEDXAI_PACS_AUTH), not the credentials themselves; got something else (not shown)."
+        )
     value = os.environ.get(var, "").strip()
     if not value:
         raise ValueError(
@@ -210,17 +213,22 @@ def auth_from_env(var: str) -> requests.auth.AuthBase:
     if scheme.lower() == "bearer":
         token = rest.strip()
         if not token or any(c.isspace() for c in token):
-            raise ValueError(f"environment variable {var} starts with 'Bearer' but holds no single token after it; "
-                             "set it to 'Bearer <token>'.")
+            raise ValueError(
+                f"environment variable {var} starts with 'Bearer' but holds no single token after it; set it to 'Bearer <token>'."
+            )
         return BearerAuth(token)
     if any(c.isspace() for c in value):
-        raise ValueError(f"environment variable {var} holds spaces but is neither 'user:password' nor "
-                         "'Bearer <token>'; set it to one of those forms.")
+        raise ValueError(
+            f"environment variable {var} holds spaces but is neither 'user:password' nor "
+            "'Bearer <token>'; set it to one of those forms."
+        )
     user, sep, password = value.partition(":")
     if sep:
         if not user:
-            raise ValueError(f"environment variable {var} holds ':password' without a user name; set it to "
-                             "'user:password' (or 'Bearer <token>' for a token).")
+            raise ValueError(
+                f"environment variable {var} holds ':password' without a user name; set it to "
+                "'user:password' (or 'Bearer <token>' for a token)."
+            )
         return _BasicAuth(user, password)
     return BearerAuth(value)
 
@@ -243,8 +251,7 @@ class TlsFiles:
     client_key: Path | None = None
 
     def __post_init__(self) -> None:
-        for name, option in (("ca_bundle", "--ca-bundle"), ("client_cert", "--client-cert"),
-                             ("client_key", "--client-key")):
+        for name, option in (("ca_bundle", "--ca-bundle"), ("client_cert", "--client-cert"), ("client_key", "--client-key")):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -253,8 +260,9 @@ class TlsFiles:
                 raise ValueError(f"{name} ({option}) '{path}' is not a file; give the path of a PEM file.")
             object.__setattr__(self, name, path)
         if self.client_key is not None and self.client_cert is None:
-            raise ValueError("client_key (--client-key) was given without client_cert (--client-cert); "
-                             "give the client certificate too.")
+            raise ValueError(
+                "client_key (--client-key) was given without client_cert (--client-cert); give the client certificate too."
+            )
 
     @property
     def is_empty(self) -> bool:
@@ -264,8 +272,7 @@ class TlsFiles:
     def ssl_context(self) -> ssl.SSLContext:
         """A client ``SSLContext`` that verifies the server (hostname included) against ``ca_bundle`` (or the
         system CAs) and presents the client certificate, if any."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                         cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_bundle) if self.ca_bundle else None)
         if self.client_cert is not None:
             try:
                 ctx.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
@@ -334,8 +341,11 @@ def _session(auth: HttpAuth, tls: TlsFiles | None) -> requests.Session:
     # Without explicit auth the session keeps trust_env and no auth, so requests still applies ~/.netrc / $NETRC.
     session.auth = auth
     if tls is not None:
-        add_certs_to_session(session, ca_bundle=str(tls.ca_bundle) if tls.ca_bundle else None,
-                             cert=str(tls.client_cert) if tls.client_cert and not tls.client_key else None)
+        add_certs_to_session(
+            session,
+            ca_bundle=str(tls.ca_bundle) if tls.ca_bundle else None,
+            cert=str(tls.client_cert) if tls.client_cert and not tls.client_key else None,
+        )
         if tls.client_key is not None:  # add_certs_to_session takes one combined PEM only
             session.cert = (str(tls.client_cert), str(tls.client_key))
     return session
@@ -350,8 +360,10 @@ def _client(url: str, timeout: float, auth: HttpAuth = None, tls: TlsFiles | Non
         raise ValueError(f"timeout must be > 0 seconds; got {timeout}.")
     clean, auth = _split_credentials(url, auth)
     if tls is not None and not tls.is_empty and not clean.startswith("https://"):
-        raise ValueError(f"--ca-bundle / --client-cert were given for {redact_url(clean)}, which is not https://; "
-                         "use the https:// URL of the PACS (the files would be ignored over plain HTTP).")
+        raise ValueError(
+            f"--ca-bundle / --client-cert were given for {redact_url(clean)}, which is not https://; "
+            "use the https:// URL of the PACS (the files would be ignored over plain HTTP)."
+        )
     client = DICOMwebClient(url=clean.rstrip("/"), session=_session(auth, tls), timeout=timeout)
     client.set_http_retry_params(retry=False)
     return _Conn(client, redact_url(url.rstrip("/")), _secrets(auth))  # shows user:***@ if given
@@ -384,12 +396,17 @@ def _http_error(conn: _Conn, what: str, e: BaseException, timeout: float) -> Pac
         return PacsError(
             f"TLS with the PACS at {url} failed for the {what}: {redact_text(str(e), conn.secrets)}. If the PACS uses "
             "a private CA, give its PEM file with --ca-bundle; if it wants a client certificate, --client-cert "
-            "(and --client-key).", url)
+            "(and --client-key).",
+            url,
+        )
     if isinstance(e, requests.Timeout):
         return PacsError(f"PACS at {url} did not answer the {what} within {timeout:g} s (timeout).", url)
     if isinstance(e, requests.ConnectionError):
-        return PacsError(f"Cannot connect to the PACS at {url} for the {what}: {redact_text(str(e), conn.secrets)}. "
-                         "Is the URL right and the server up?", url)
+        return PacsError(
+            f"Cannot connect to the PACS at {url} for the {what}: {redact_text(str(e), conn.secrets)}. "
+            "Is the URL right and the server up?",
+            url,
+        )
     return PacsError(f"{what} at {url} failed: {type(e).__name__}: {redact_text(str(e), conn.secrets)}.", url)
 
 
@@ -399,9 +416,15 @@ def _value(item: Mapping[str, Any], tag: str) -> str | None:
 
 
 def search_series(
-    url: str, *, study_uid: str | None = None, series_uid: str | None = None,
-    query: Mapping[str, str] | None = None, limit: int = 1000, timeout: float = 30.0,
-    auth: HttpAuth = None, tls: TlsFiles | None = None,
+    url: str,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    query: Mapping[str, str] | None = None,
+    limit: int = 1000,
+    timeout: float = 30.0,
+    auth: HttpAuth = None,
+    tls: TlsFiles | None = None,
 ) -> list[tuple[str, str]]:
     """QIDO-RS series search; returns (StudyInstanceUID, SeriesInstanceUID) pairs.
 
@@ -411,14 +434,15 @@ def search_series(
     return _search(_client(url, timeout, auth, tls), study_uid, series_uid, query, limit, timeout)
 
 
-def _search(conn: _Conn, study_uid: str | None, series_uid: str | None, query: Mapping[str, str] | None,
-            limit: int, timeout: float) -> list[tuple[str, str]]:
+def _search(
+    conn: _Conn, study_uid: str | None, series_uid: str | None, query: Mapping[str, str] | None, limit: int, timeout: float
+) -> list[tuple[str, str]]:
     filters: dict[str, Any] = dict(query or {})
     if series_uid:
         filters["SeriesInstanceUID"] = series_uid
     try:
         found = conn.client.search_for_series(study_instance_uid=study_uid, search_filters=filters, limit=limit)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _http_error(conn, "QIDO-RS series search", e, timeout) from e
     out = []
     for item in found:
@@ -474,18 +498,18 @@ def pull(
     matches = _search(conn, study_uid, series_uid, query, max_series + 1, timeout)
     if not matches:
         raise PacsError(
-            f"PACS at {conn.shown} has no series matching study={study_uid!r} series={series_uid!r} "
-            f"query={dict(query or {})}.", conn.shown, 404,
+            f"PACS at {conn.shown} has no series matching study={study_uid!r} series={series_uid!r} query={dict(query or {})}.",
+            conn.shown,
+            404,
         )
     if len(matches) > max_series:
-        raise ValueError(f"the query matches more than {max_series} series at {conn.shown}; narrow it or raise "
-                         "max_series.")
+        raise ValueError(f"the query matches more than {max_series} series at {conn.shown}; narrow it or raise max_series.")
     out = Path(out_dir)
     n = 0
     for st, se in matches:
         try:
             datasets = conn.client.retrieve_series(st, se)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _http_error(conn, f"WADO-RS retrieve of series {se}", e, timeout) from e
         folder = out / safe_filename(st) / safe_filename(se)
         for ds in datasets:
@@ -556,11 +580,11 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _read_all(files: Sequence[Path]) -> list[Dataset]:
-    out = []
+    out: list[Dataset] = []
     for f in files:
         try:
             out.append(pydicom.dcmread(str(f)))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             from .errors import UnreadableFileError
 
             raise UnreadableFileError(f"Cannot read DICOM file '{f}' to send: {type(e).__name__}: {e}.", str(f)) from e
@@ -606,7 +630,7 @@ def push(
         datasets = _read_all(paths[i : i + batch])
         try:
             resp = conn.client.store_instances(datasets)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _http_error(conn, f"STOW-RS store of {len(datasets)} instance(s)", e, timeout) from e
         failed = resp.get("FailedSOPSequence") if resp is not None else None
         if failed:
@@ -614,7 +638,8 @@ def push(
             raise PacsError(
                 f"PACS at {conn.shown} refused {len(failed)} of {len(datasets)} instance(s) "
                 f"(failure reason {', '.join(reasons)}).",
-                conn.shown, int(failed[0].get("FailureReason", 0)) or None,
+                conn.shown,
+                int(failed[0].get("FailureReason", 0)) or None,
             )
         for item in (resp.get("ReferencedSOPSequence") or []) if resp is not None else []:
             stored.append(str(item.ReferencedSOPInstanceUID))
@@ -622,7 +647,7 @@ def push(
     return stored
 
 
-DimseTls = Union[TlsFiles, bool, None]
+DimseTls = TlsFiles | bool | None
 
 
 def _tls_args(tls: DimseTls, host: str) -> tuple[ssl.SSLContext, str] | None:
@@ -634,8 +659,15 @@ def _tls_args(tls: DimseTls, host: str) -> tuple[ssl.SSLContext, str] | None:
     return files.ssl_context(), host
 
 
-def _association(host: str, port: int, called_aet: str, calling_aet: str, timeout: float,
-                 contexts: Sequence[tuple[str, Sequence[str]]], tls: DimseTls = None) -> Any:
+def _association(
+    host: str,
+    port: int,
+    called_aet: str,
+    calling_aet: str,
+    timeout: float,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    tls: DimseTls = None,
+) -> Any:
     from pynetdicom import AE
 
     tls_args = _tls_args(tls, host)
@@ -657,8 +689,10 @@ def _association(host: str, port: int, called_aet: str, calling_aet: str, timeou
             why = f"did not accept an association within {timeout:g} s (refused or unreachable)"
         if tls_args is not None and not assoc.is_rejected:
             # pynetdicom reports a failed handshake as an aborted or failed association; say what to check
-            why += (", or the TLS handshake failed (is the port a TLS port? give the PACS's CA with "
-                    "--ca-bundle, and --client-cert/--client-key if it wants a client certificate)")
+            why += (
+                ", or the TLS handshake failed (is the port a TLS port? give the PACS's CA with "
+                "--ca-bundle, and --client-cert/--client-key if it wants a client certificate)"
+            )
         raise PacsError(f"PACS at {where} {why}; calling AE {calling_aet!r}.", where)
     return assoc
 
@@ -667,8 +701,9 @@ def _where(called_aet: str, host: str, port: int, tls: DimseTls) -> str:
     return f"dicom{'s' if tls not in (None, False) else ''}://{called_aet}@{host}:{port}"
 
 
-def c_echo(host: str, port: int, *, called_aet: str = "ANY-SCP", calling_aet: str = "MEDXAI", timeout: float = 10.0,
-           tls: DimseTls = None) -> int:
+def c_echo(
+    host: str, port: int, *, called_aet: str = "ANY-SCP", calling_aet: str = "MEDXAI", timeout: float = 10.0, tls: DimseTls = None
+) -> int:
     """DICOM verification (C-ECHO); returns the DIMSE status (0 = success) or raises PacsError.
 
     ``tls``: None/False for plain TCP; True for TLS verified against the system CAs; a `TlsFiles` for TLS
@@ -677,8 +712,9 @@ def c_echo(host: str, port: int, *, called_aet: str = "ANY-SCP", calling_aet: st
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     verification = "1.2.840.10008.1.1"
-    assoc = _association(host, port, called_aet, calling_aet, timeout,
-                         [(verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])], tls)
+    assoc = _association(
+        host, port, called_aet, calling_aet, timeout, [(verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])], tls
+    )
     where = _where(called_aet, host, port, tls)
     try:
         status = assoc.send_c_echo()
@@ -721,8 +757,7 @@ def c_store(
     if len(contexts) > 128:
         raise ValueError(f"{len(contexts)} SOP classes in one association; send fewer kinds of objects at once.")
     where = _where(called_aet, host, port, tls)
-    assoc = _association(host, port, called_aet, calling_aet, timeout,
-                         [(k, sorted(v)) for k, v in contexts.items()], tls)
+    assoc = _association(host, port, called_aet, calling_aet, timeout, [(k, sorted(v)) for k, v in contexts.items()], tls)
     stored: list[str] = []
     try:
         for path, ds in zip(paths, datasets):

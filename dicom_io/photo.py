@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut
+from pydicom.pixels.processing import apply_color_lut
 
 from atomicfs import atomic_path
 
@@ -35,9 +35,7 @@ def read_photo_file(path: str | os.PathLike[str]) -> Photo:
             else:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UnreadableFileError(
-            f"Cannot read image '{path}': {e}. Is it a damaged or truncated JPEG/PNG?", str(path)
-        ) from e
+        raise UnreadableFileError(f"Cannot read image '{path}': {e}. Is it a damaged or truncated JPEG/PNG?", str(path)) from e
     return Photo(np.ascontiguousarray(rgb), None, SourceRef(files=(str(path),)))
 
 
@@ -57,7 +55,7 @@ def photo_from_dataset(ds: Dataset, path: str) -> Photo:
         )
     try:
         a = ds.pixel_array  # pydicom converts YBR_FULL(_422) to RGB
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnreadableFileError(f"Cannot decode the pixel data of '{path}': {type(e).__name__}: {e}.", path) from e
     pi = str(ds.get("PhotometricInterpretation", ""))
     if pi == "PALETTE COLOR":
@@ -94,7 +92,7 @@ def read_photo(path: str | os.PathLike[str]) -> Photo:
     if len(head) >= 132 and head[128:132] == b"DICM":
         try:
             ds = pydicom.dcmread(str(p))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise UnreadableFileError(f"Cannot read DICOM file '{p}': {type(e).__name__}: {e}.", str(p)) from e
         return photo_from_dataset(ds, str(p))
     return read_photo_file(p)

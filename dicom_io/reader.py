@@ -66,9 +66,7 @@ def read_image(
     if not p.exists():
         raise DicomIOError(f"'{p}' does not exist.", str(p))
     if p.is_dir():
-        return read_series(
-            p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value
-        )
+        return read_series(p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(p)
@@ -78,15 +76,14 @@ def read_image(
         return read_photo(p)
     try:
         ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnreadableFileError(
-            f"'{p}' is neither a DICOM file nor a .nii.gz/.nrrd/.png/.jpg file medxai can read "
-            f"({type(e).__name__}: {e}).",
+            f"'{p}' is neither a DICOM file nor a .nii.gz/.nrrd/.png/.jpg file medxai can read ({type(e).__name__}: {e}).",
             str(p),
         ) from e
     try:
         photo = is_photo_dataset(ds)
-    except Exception as e:  # noqa: BLE001 - pydicom converts values when first used: a damaged one raises
+    except Exception as e:
         raise UnreadableFileError(
             f"Cannot read '{p}': its SamplesPerPixel or SOPClassUID is damaged ({type(e).__name__}: "
             f"{printable(e)[:200]}). "
@@ -95,6 +92,4 @@ def read_image(
         ) from e
     if photo:
         return read_photo(p)
-    return read_series(
-        p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value
-    )
+    return read_series(p, series_uid, allow_gaps=allow_gaps, skip_unreadable=skip_unreadable, padding_value=padding_value)

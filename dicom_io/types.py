@@ -120,7 +120,8 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape (z, y, x)."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        z, y, x = self.array.shape
+        return z, y, x
 
     @property
     def affine_lps(self) -> np.ndarray:
@@ -135,7 +136,7 @@ class Volume:
         """(4, 4) matrix mapping (i=x, j=y, k=z, 1) voxel indices to RAS millimetres (NIfTI convention)."""
         return LPS_TO_RAS @ self.affine_lps
 
-    def replace(self, **changes: Any) -> "Volume":
+    def replace(self, **changes: Any) -> Volume:
         """A copy with some fields replaced (the array is not copied)."""
         return dataclasses.replace(self, **changes)
 
@@ -160,11 +161,10 @@ class Photo:
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or self.array.shape[2] != 3 or self.array.dtype != np.uint8:
-            raise ValueError(
-                f"Photo.array must be uint8 RGB of shape (H, W, 3); got {self.array.dtype} {self.array.shape}."
-            )
+            raise ValueError(f"Photo.array must be uint8 RGB of shape (H, W, 3); got {self.array.dtype} {self.array.shape}.")
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W)."""
-        return self.array.shape[:2]  # type: ignore[return-value]
+        h, w = self.array.shape[:2]
+        return h, w

@@ -15,9 +15,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import nibabel as nib
 import nrrd
@@ -75,8 +76,11 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     """Read a 3D NIfTI file (sform preferred, then qform) into a Volume in LPS."""
     try:
         img = nib.load(str(path))
+        # nib.load picks the class by content; a .nii(.gz) name on an Analyze or MGH file lands here too
+        if not isinstance(img, nib.Nifti1Pair):  # the base of Nifti1Image, Nifti2Image, Nifti2Pair
+            raise TypeError(f"nibabel reads it as {type(img).__name__}, not as NIfTI-1/2")
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnreadableFileError(f"Cannot read NIfTI file '{path}': {type(e).__name__}: {e}.", str(path)) from e
     data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 else data
     if data.ndim != 3:
@@ -124,7 +128,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: np.dtype | 
     gz = str(path).lower().endswith(".gz")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh, _gzip_stream(fh, gz) as out:
         out.write(head.getvalue().ljust(int(hdr.get_data_offset()), b"\0"))
-        out.write(memoryview(voxels).cast("B"))
+        out.write(voxels.data.cast("B"))
     return Path(path)
 
 
@@ -132,7 +136,7 @@ def read_nrrd(path: str | os.PathLike[str]) -> Volume:
     """Read a 3D scalar NRRD into a Volume in LPS (RAS and LAS spaces are converted)."""
     try:
         data, header = nrrd.read(str(path), index_order="F")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnreadableFileError(f"Cannot read NRRD file '{path}': {type(e).__name__}: {e}.", str(path)) from e
     if data.ndim != 3:
         raise UnsupportedInputError(
@@ -154,7 +158,8 @@ def read_nrrd(path: str | os.PathLike[str]) -> Volume:
     to_lps = np.eye(4)
     to_lps[:3, :3] = _NRRD_SPACES[space]
     return volume_from_affine(
-        data, to_lps @ affine,
+        data,
+        to_lps @ affine,
         warnings=_strings_from_json(header.get(_WARNINGS_KEY), _WARNINGS_KEY),
         notes=_strings_from_json(header.get(_NOTES_KEY), _NOTES_KEY),
     )
@@ -207,13 +212,21 @@ def write_nrrd(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(("\n".join(lines) + "\n\n").encode("ascii"))
         with _gzip_stream(fh, compress) as out:
-            out.write(memoryview(data).cast("B"))
+            out.write(data.data.cast("B"))
     return Path(path)
 
 
 #: NRRD type names of the numpy dtypes medxai writes.
-_NRRD_TYPES = {"f4": "float", "f8": "double", "u1": "uint8", "i1": "int8", "u2": "uint16", "i2": "int16",
-               "u4": "uint32", "i4": "int32"}
+_NRRD_TYPES = {
+    "f4": "float",
+    "f8": "double",
+    "u1": "uint8",
+    "i1": "int8",
+    "u2": "uint16",
+    "i2": "int16",
+    "u4": "uint32",
+    "i4": "int32",
+}
 
 #: gzip level of written volumes: zlib-ng level 2 gives files within a few percent of ITK's default
 #: level at about a third of its time (benchmarks/ingest.py); level 1 is a little faster but 1.5x larger

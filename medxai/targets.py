@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from medxai.networks.layers import find_layer
 
 __all__ = ["Target", "ClassTarget", "ScoreDirection", "NeuronTarget", "AllClasses", "as_target"]
 
@@ -35,7 +38,7 @@ class Target(abc.ABC):
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         """Return the score to explain, shape ``(B,)``, from the model output ``(B, K)``."""
 
-    def validate(self, output: torch.Tensor) -> None:
+    def validate(self, output: torch.Tensor) -> None:  # noqa: B027 - optional hook, most targets fit any output
         """Raise ``ValueError`` if the target does not fit the model output ``(B, K)``."""
 
     @property
@@ -57,8 +60,7 @@ def _check_index(index: Any, output: torch.Tensor, name: str = "index") -> None:
     k = int(output.shape[1])
     if not -k <= index < k:
         raise ValueError(
-            f"target {name}={index} is out of range for a model with {k} output classes; "
-            f"use an index in 0..{k - 1}."
+            f"target {name}={index} is out of range for a model with {k} output classes; use an index in 0..{k - 1}."
         )
 
 
@@ -159,8 +161,6 @@ class NeuronTarget(Target):
 
     def attach(self, model: nn.Module) -> None:
         """Register the forward hook on ``model``'s layer (raises ``ValueError`` for an unknown layer)."""
-        from medxai.explainers.base import find_layer
-
         module = find_layer(model, self.layer)
 
         def _hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
@@ -179,8 +179,7 @@ class NeuronTarget(Target):
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if self._activation is None:
             raise RuntimeError(
-                f"NeuronTarget({self.layer!r}, {self.unit}) has no activation: attach() it to the model "
-                "before the forward pass."
+                f"NeuronTarget({self.layer!r}, {self.unit}) has no activation: attach() it to the model before the forward pass."
             )
         act = self._activation
         if act.ndim < 2 or not 0 <= self.unit < act.shape[1]:
@@ -217,17 +216,23 @@ class AllClasses(Target):
 
     def validate(self, output: torch.Tensor) -> None:
         if output.ndim != 2:
-            raise ValueError(
-                f"the model output has shape {tuple(output.shape)}; AllClasses needs logits (B, K)."
-            )
+            raise ValueError(f"the model output has shape {tuple(output.shape)}; AllClasses needs logits (B, K).")
 
     def __repr__(self) -> str:
         extra = "" if self.activation == "none" else f"activation={self.activation!r}"
         return f"AllClasses({extra})"
 
 
-def as_target(target: Target | int | None) -> Target:
-    """Turn ``target`` into a :class:`Target` (an ``int`` means ``ClassTarget(target)``)."""
+#: a plain callable ``output (B, K) -> score (B,)`` used as a target
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def as_target(target: Target | int | ScoreFn | None) -> Target:
+    """Turn ``target`` into a :class:`Target`.
+
+    An ``int`` means ``ClassTarget(target)``; a callable ``output (B, K) -> score (B,)`` is wrapped.
+    ``None`` raises ``TypeError`` (it is accepted only to give a helpful message).
+    """
     if isinstance(target, Target):
         return target
     if isinstance(target, bool):
@@ -238,15 +243,13 @@ def as_target(target: Target | int | None) -> Target:
         raise TypeError("target must be given: pass a Target (e.g. ClassTarget(1)) or an int class index.")
     if callable(target):
         return _CallableTarget(target)
-    raise TypeError(
-        f"target must be a Target, an int class index or a callable (B, K) -> (B,), got {type(target).__name__}."
-    )
+    raise TypeError(f"target must be a Target, an int class index or a callable (B, K) -> (B,), got {type(target).__name__}.")
 
 
 class _CallableTarget(Target):
     """Adapter for a plain callable ``output (B, K) -> score (B,)``."""
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: ScoreFn) -> None:
         self.fn = fn
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:

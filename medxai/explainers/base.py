@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import logging
 import time
 import warnings
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from medxai.explanation import CounterfactualSweep, Explanation
+from medxai.networks.layers import find_layer, infer_input_spec, layer_names  # re-exported (moved there)
 from medxai.targets import NeuronTarget, Target, as_target
 
 __all__ = [
@@ -43,46 +43,6 @@ _HOOK_DICTS = (
     "_backward_pre_hooks",
 )
 _HOOK_SIDE_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of all sub-modules of ``model`` (as in ``named_modules()``, without the root)."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the sub-module called ``name``.
-
-    Raises
-    ------
-    ValueError
-        If there is no such module; the message lists close matches and a few valid names.
-    """
-    modules = dict(model.named_modules())
-    if isinstance(name, str) and name in modules and name:
-        return modules[name]
-    names = layer_names(model)
-    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
-    # prefer the last few modules: the usual choice for CAM methods
-    sample = close or (names[:3] + (["..."] if len(names) > 6 else []) + names[-3:])
-    raise ValueError(
-        f"layer {name!r} does not exist in {type(model).__name__}; valid layer names include "
-        f"{', '.join(repr(n) if n != '...' else n for n in sample)} (see medxai.explainers.layer_names(model))."
-    )
-
-
-def infer_input_spec(model: nn.Module) -> tuple[int | None, int | None]:
-    """Guess ``(in_channels, spatial_dims)`` from the first convolution of ``model``.
-
-    Returns ``(None, None)`` when the model has no convolution (nothing is checked then).
-    """
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
-            return int(module.in_channels), dims
-        if isinstance(module, (nn.modules.conv._ConvNd,)):
-            return int(module.in_channels), len(module.kernel_size)
-    return None, None
 
 
 def hook_count(model: nn.Module) -> int:

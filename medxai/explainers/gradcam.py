@@ -17,27 +17,14 @@ from monai.visualize.class_activation_maps import GradCAMpp as _MonaiGradCAMpp
 from monai.visualize.class_activation_maps import ModelWithHooks
 from torch import nn
 
-from medxai.explainers.base import Explainer, find_layer
+from medxai.explainers.base import Explainer
+from medxai.networks.layers import default_cam_layer, find_layer
 from medxai.registry import ANY_IMAGE, register_method
 from medxai.targets import Target
 
 __all__ = ["GradCAM", "GradCAMpp", "default_cam_layer"]
 
 logger = logging.getLogger(__name__)
-
-
-def default_cam_layer(model: nn.Module) -> str:
-    """Name of the last convolution of ``model`` (a reasonable default layer for CAM methods)."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            last = name
-    if last is None:
-        raise ValueError(
-            f"{type(model).__name__} has no convolution; pass layer='<module name>' explicitly "
-            "(see medxai.explainers.layer_names(model))."
-        )
-    return last
 
 
 class _TargetHooks(ModelWithHooks):

@@ -276,7 +276,7 @@ class TeacherFeatures:
         if classifier_layer and not isinstance(model, torch.jit.ScriptModule):
             layer = dict(model.named_modules()).get(classifier_layer)
             if layer is None:
-                from medxai.explainers.base import find_layer
+                from medxai.networks.layers import find_layer
 
                 find_layer(model, classifier_layer)  # raises with close matches
             if isinstance(layer, nn.Linear):
