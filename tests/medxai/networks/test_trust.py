@@ -323,8 +323,8 @@ def _dr_job(tmp_path: Path, class_path: str, init_kwargs: dict[str, Any]) -> tup
     save_weights(tmp_path / "clf.safetensors", _tiny_state(3))
     spec = {"kind": "class_path", "class_path": class_path, "init_kwargs": init_kwargs, "num_classes": 2,
             "path": str(tmp_path / "clf.safetensors")}
-    config = {"type": "dvce_fundus", "seed": 0, "image_size": 32, "classifier": spec,
-              "diffusion": {"path": str(tmp_path / "ddpm.safetensors")}, "dvce": {"target_class": 0}}
+    config = {"input": "fundus", "method": "dvce", "target_class": 0, "seed": 0, "image_size": 32,
+              "classifier": spec, "diffusion": {"path": str(tmp_path / "ddpm.safetensors")}, "dvce": {}}
     (tmp_path / "dr.yaml").write_text(yaml.safe_dump(config))
     Image.fromarray(np.asarray(make_fundus_case(3, fundus_config("test")).rgb)).save(tmp_path / "photo.png")
     return tmp_path / "dr.yaml", tmp_path / "photo.png"
