@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import cast
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    UID,
     generate_uid,
 )
 
@@ -87,6 +88,8 @@ def write_ct_series(
     rescale: Sequence[tuple[float, float]] | tuple[float, float] = (1.0, -1024.0),
     compression: str = "none",
     file_names: Sequence[str] | None = None,
+    slices: Sequence[int] | None = None,
+    per_slice: Sequence[Mapping[str, object]] | None = None,
 ) -> list[Path]:
     """Write a volume as a CT Image series, one file per slice, each written atomically.
 
@@ -105,7 +108,13 @@ def write_ct_series(
     compression : {'none', 'rle', 'jpeg-ls', 'jpeg2000'}
         Lossless transfer syntax.
     file_names : sequence of str, optional
-        One name per slice (default ``CT000001.dcm`` ...).
+        One name per written slice (default ``CT000001.dcm`` ..., numbered by the volume's slice index).
+    slices : sequence of int, optional
+        Write only these slices of the volume (each at its own position on the volume's grid, with
+        InstanceNumber = index + 1): a derived series of a few source slices. Default: every slice.
+    per_slice : sequence of mapping, optional
+        One mapping of pydicom keyword -> value per written slice, set after ``info.extra`` (e.g. the
+        SourceImageSequence of a derived slice).
 
     Returns
     -------
@@ -116,11 +125,22 @@ def write_ct_series(
         raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}; got {compression!r}.")
     info = info or StudyInfo()
     nz, ny, nx = volume.shape
-    per_slice = list(rescale) if rescale and isinstance(rescale[0], (tuple, list)) else [tuple(rescale)] * nz  # type: ignore[index]
-    if len(per_slice) != nz:
-        raise ValueError(f"rescale has {len(per_slice)} entries for {nz} slices; give one (slope, intercept) per slice.")
-    if file_names is not None and len(file_names) != nz:
-        raise ValueError(f"file_names has {len(file_names)} entries for {nz} slices.")
+    if rescale and isinstance(rescale[0], (tuple, list)):
+        pairs = cast("Sequence[tuple[float, float]]", rescale)
+    else:
+        pairs = [cast("tuple[float, float]", rescale)] * nz
+    scales = [(float(a), float(b)) for a, b in pairs]
+    if len(scales) != nz:
+        raise ValueError(f"rescale has {len(scales)} entries for {nz} slices; give one (slope, intercept) per slice.")
+    written = list(range(nz)) if slices is None else [int(k) for k in slices]
+    if not written or any(not 0 <= k < nz for k in written) or len(set(written)) != len(written):
+        raise ValueError(f"slices must be distinct indices in 0..{nz - 1}, got {list(slices or [])}.")
+    if file_names is not None and len(file_names) != len(written):
+        raise ValueError(f"file_names has {len(file_names)} entries for {len(written)} slices.")
+    if per_slice is not None and len(per_slice) != len(written):
+        raise ValueError(
+            f"per_slice has {len(per_slice)} entries for {len(written)} slices; give one mapping per written slice."
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -136,8 +156,8 @@ def write_ct_series(
     affine = volume.affine_lps
     normal = np.cross(row_dir, col_dir)
     paths: list[Path] = []
-    for k in range(nz):
-        slope, inter = per_slice[k]
+    for j, k in enumerate(written):
+        slope, inter = scales[k]
         stored = np.rint((volume.array[k].astype(np.float64) - inter) / slope)
         signed = bool(stored.min() < 0)
         lo, hi = (-32768, 32767) if signed else (0, 65535)
@@ -218,11 +238,13 @@ def write_ct_series(
         ds.WindowWidth = "1500"
         for kw, v in info.extra.items():
             setattr(ds, kw, v)
+        for kw, v in (per_slice[j] if per_slice is not None else {}).items():
+            setattr(ds, kw, v)
         ds.PixelData = pix.tobytes()
         if compression != "none":
             # keep the SOP Instance UID set above (pydicom would draw a new, random one)
             ds.compress(COMPRESSIONS[compression], pix, generate_instance_uid=False)
-        name = file_names[k] if file_names is not None else f"CT{k + 1:06d}.dcm"
+        name = file_names[j] if file_names is not None else f"CT{k + 1:06d}.dcm"
         path = out / name
         with atomic_path(path) as tmp:
             ds.save_as(tmp, enforce_file_format=True)

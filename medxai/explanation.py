@@ -254,6 +254,9 @@ class Explanation:
         How logits become :attr:`probabilities`.
     sweep : CounterfactualSweep, optional
         Counterfactuals (counterfactual methods only).
+    channel_maps : array, optional
+        ``(B, C, *spatial)``: one map per INPUT channel, for inputs whose channels are places (the CT
+        four-slice stack: one map per slice). ``heatmaps`` is then their sum over channels.
     latent : array, optional
         ``(B, D)``: the query's latent code (DiffExplainer's combined semantic code).
     parameters : dict
@@ -274,6 +277,7 @@ class Explanation:
     target_class: int | None = None
     activation: str = "softmax"
     sweep: CounterfactualSweep | None = None
+    channel_maps: ArrayLike | None = None
     latent: ArrayLike | None = None
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int | None = None
@@ -330,6 +334,7 @@ class Explanation:
             heatmaps=_np(self.heatmaps)[sl],
             logits=None if self.logits is None else _np(self.logits)[sl],
             sweep=None if self.sweep is None else self.sweep.select(sl),
+            channel_maps=None if self.channel_maps is None else _np(self.channel_maps)[sl],
             latent=None if self.latent is None else _np(self.latent)[sl],
             diagnostics=diag,
         )
@@ -358,6 +363,7 @@ class Explanation:
             heatmaps=_cat([p.heatmaps for p in parts]),
             logits=_cat([p.logits for p in parts]),
             sweep=None if any(s is None for s in sweeps) else CounterfactualSweep.concat(sweeps),  # type: ignore[arg-type]
+            channel_maps=_cat([p.channel_maps for p in parts]),
             latent=_cat([p.latent for p in parts]),
             timings=timings,
             diagnostics=diag,
@@ -379,9 +385,12 @@ class Explanation:
         Files (NIfTI float32; with ``grid`` the maps are on the source image's grid with its
         geometry, else on the explainer's grid with an identity affine):
 
-        * ``heatmap.nii.gz`` -- the heatmap (several targets: ``heatmap_t{t}.nii.gz``);
-        * ``difference_minus.nii.gz`` / ``difference_plus.nii.gz`` -- signed change at the largest
-          negative / positive step of the sweep, summed over channels (counterfactual methods);
+        * ``heatmap.nii.gz`` -- the heatmap (several targets: ``heatmap_t{t}.nii.gz``); with ``grid``
+          and :attr:`channel_maps`, the per-channel maps (on CT: each stack slice's own map on its
+          source slice); without ``grid`` the per-channel maps also go to ``channel_maps.nii.gz``;
+        * ``difference_minus.nii.gz`` / ``difference_plus.nii.gz`` -- signed change ``(C, *spatial)``
+          at the largest negative / positive step of the sweep (counterfactual methods), put on the
+          source grid channel by channel;
         * ``counterfactuals.npz`` -- float32 ``query``, ``origin`` (if any), ``steps`` and ``images``
           ``(S, C, *spatial)`` on the explainer's grid;
         * ``strip.png`` -- query | origin | counterfactuals | changes, each labelled with the black
@@ -420,11 +429,16 @@ class Explanation:
                 return grid.write(grid.to_source(arr[None] if arr.ndim == len(self.spatial_shape) else arr), out / f"{stem}.nii.gz")
             return _write_nifti(arr, out / f"{stem}.nii.gz")
 
-        if heat.shape[0] == 1:
+        channel_maps = None if self.channel_maps is None else _np(self.channel_maps)[0].astype(np.float32)
+        if channel_maps is not None and grid is not None and heat.shape[0] == 1:
+            files["heatmap"] = write_map(channel_maps, "heatmap")
+        elif heat.shape[0] == 1:
             files["heatmap"] = write_map(heat[0], "heatmap")
         else:
             for t in range(heat.shape[0]):
                 files[f"heatmap_t{t}"] = write_map(heat[t], f"heatmap_t{t}")
+        if channel_maps is not None and grid is None:
+            files["channel_maps"] = _write_nifti(channel_maps, out / "channel_maps.nii.gz")
         q = None if query is None else _np(query)[0].astype(np.float32)
         sweep = self.sweep
         if sweep is not None:
@@ -432,7 +446,7 @@ class Explanation:
             for name, steps in (("minus", sweep.negative_steps), ("plus", sweep.positive_steps)):
                 if steps and base is not None:
                     step = steps[0] if name == "minus" else steps[-1]
-                    files[f"difference_{name}"] = write_map(sweep.difference(step, query)[0].sum(0), f"difference_{name}")
+                    files[f"difference_{name}"] = write_map(sweep.difference(step, query)[0], f"difference_{name}")
             arrays: dict[str, Any] = {"steps": np.asarray(sweep.steps, np.float32),
                                              "images": _np(sweep.images)[0].astype(np.float32)}
             if q is not None:
@@ -490,6 +504,7 @@ class Explanation:
         files = meta["files"]
         names = [files["heatmap"]] if "heatmap" in files else [files[k] for k in sorted(f for f in files if f.startswith("heatmap_t"))]
         heat = np.stack([_read_nifti(src / n) for n in names])[None]
+        channel_maps = _read_nifti(src / files["channel_maps"])[None] if "channel_maps" in files else None
         sweep = None
         if meta.get("sweep") and "counterfactuals" in files:
             with np.load(src / files["counterfactuals"]) as z:
@@ -503,6 +518,7 @@ class Explanation:
             method=meta["method"], target=meta["target"], heatmaps=heat,
             logits=None if meta.get("logits") is None else np.asarray(meta["logits"])[None],
             target_class=meta.get("target_class"), activation=meta.get("activation", "softmax"), sweep=sweep,
+            channel_maps=channel_maps,
             parameters=meta.get("parameters", {}), seed=meta.get("seed"), timings=meta.get("timings", {}),
             diagnostics=meta.get("diagnostics", {}),
         )

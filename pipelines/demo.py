@@ -2,15 +2,17 @@
 
 1. A phantom chest CT study is written as a DICOM series (with its planted fibrosis mask), then read
    back like a user's data.
-2. DiffExplainer explains it with the small pretrained phantom models shipped in
-   ``medxai/pretrained`` (teacher, diffusion autoencoder, agent): counterfactual slices, teacher scores
-   along the step sweep, a difference heatmap on the CT grid.
-3. The heatmap goes back out as Secondary Capture overlays in the source study, a Parametric Map, a
-   Segmentation and a 3D Slicer bundle.
-4. DVCE turns a phantom fundus photograph with referable DR into a healthy-looking one (shipped
-   DDPM and classifiers); its overlay is a Secondary Capture too.
-5. ``report.html`` shows the counterfactuals, the overlays and two checks against the planted truth:
-   did the teacher's score move, and does the heatmap land on the biomarker (pixel AUROC).
+2. The explain job (:func:`pipelines.explain.run_explain`, the same as ``medxai explain``) runs
+   DiffExplainer with the small pretrained phantom models shipped in ``medxai/pretrained`` (teacher,
+   diffusion autoencoder, agent): counterfactual slices, the teacher's probabilities along the step
+   sweep, a difference heatmap on the CT grid, and, in the same run, Secondary Capture overlays in the
+   source study, a Parametric Map, a Segmentation, the counterfactuals as derived CT series in HU and a
+   3D Slicer bundle.
+3. The same job runs DVCE on a phantom fundus photograph with referable DR (shipped DDPM and
+   classifiers): a healthy-looking counterfactual and a Secondary Capture overlay in the photo's study.
+4. ``report.html`` shows the counterfactuals, the overlays and two checks against the planted truth,
+   computed from the in-memory explanations: did the teacher's probability move, and does the change
+   land on the biomarker (pixel AUROC).
 
 It also reads a real CT series shipped with pydicom and writes it as NIfTI/NRRD (the ingest path).
 """
@@ -21,15 +23,16 @@ import csv
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from medxai.progress import ProgressFn as Progress
 
 __all__ = ["run_demo", "demo_ct_source", "DEMO_CT_SEED", "DEMO_FUNDUS_SEED"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 REPO = Path(__file__).resolve().parents[1]
 # Cohort seeds of the demo cases; the shipped models were trained on other seeds (configs/*.yaml).
@@ -45,13 +48,6 @@ def demo_ct_source() -> Path:
     if small is None:
         raise FileNotFoundError("pydicom's test files are not installed; reinstall pydicom.")
     return Path(os.path.dirname(small)) / "dicomdirtests" / "98892001" / "CT5N"
-
-
-def _p1(logits: Any) -> float:
-    """Softmax probability of class 1 from a teacher's logits ``(K,)``."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return float(e[1] / e.sum())
 
 
 def _first_case(root: Path, label: int) -> tuple[Path, dict[str, str]]:
@@ -100,66 +96,85 @@ def run_demo(out: str | os.PathLike[str], progress: Progress | None = None) -> d
 
 
 def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], dict[str, Any], list[dict[str, str]]]:
-    """Phantom CT study -> DiffExplainer -> SC/PM/SEG/Slicer; the checks against the planted biomarker."""
-    import json
-
-    from dicom_io import read_nifti, read_series
+    """Phantom CT study -> DiffExplainer (the explain job, DICOM objects in the same run); the checks
+    against the planted biomarker, computed from the in-memory explanation."""
+    from dicom_io import read_nifti
     from medxai.metrics import pixel_auroc
-    from pipelines.explain_ct import explain_ct
-    from pipelines.export import export_explanation
+    from pipelines.explain import run_explain
     from pipelines.phantom import write_ct_cohort
     from pipelines.pretrained import pretrained_overrides
 
     cohort = write_ct_cohort(out_dir / "phantom_ct", 1, seed=DEMO_CT_SEED)
     case_dir, row = _first_case(cohort, 1)
     dicom = case_dir / "dicom"
-    res = explain_ct(REPO / "configs" / "ct_prognosis.yaml", dicom, out_dir / "ct_explanation", progress=progress,
-                     overrides=pretrained_overrides("ct"))
-    case = res["cases"][0]["case"]
-    exp_dir = out_dir / "ct_explanation" / case
-    meta = json.loads((exp_dir / "explanation.json").read_text())
-    heat = read_nifti(exp_dir / "heatmap.nii.gz").array
+    res = run_explain(REPO / "configs" / "ct_prognosis.yaml", dicom, out_dir / "ct_explanation", method="diffexplainer",
+                      overrides=pretrained_overrides("ct"), progress=progress,
+                      overwrite=True)  # the demo owns its output folder and regenerates everything in it
+    (case,) = res.cases
+    exp, grid, k = case.explanation, case.grid, case.target_class
+    sweep = exp.sweep
+    # the change each counterfactual makes, slice by slice, at the heatmap step (|x(z+) - x(z)| + |x(z-) - x(z)|)
+    a = float(exp.parameters["heatmap_step"])
+    change = np.abs(sweep.difference(a)[0]) + np.abs(sweep.difference(-a)[0])  # (n, S, S)
+    heat = grid.to_source(change)
     bio = read_nifti(case_dir / "masks" / "biomarker.nii.gz").array > 0
     lungs = read_nifti(case_dir / "masks" / "lungs.nii.gz").array > 0
-    idx = meta["slice_indices"]
+    idx = grid.slice_indices
     # AUROC on the explained slices, inside the lungs (where fibrosis can be), on the CT grid
     h, m = heat[idx][lungs[idx]], bio[idx][lungs[idx]]
     auroc = pixel_auroc(h, m) if 0 < m.sum() < m.size else float("nan")
-    ts = meta["teacher_scores"]
-    p = _p1
-    sweep = {"signed_steps": [-a for a in meta["step_sizes"][::-1]] + [0.0] + list(meta["step_sizes"]),
-             "teacher_target_prob": [[p(v) for v in ts["sweep_minus"][::-1]] + [p(ts["reconstruction"])] + [p(v) for v in ts["sweep_plus"]]]}
+    p = sweep.probabilities[0, :, k]  # P(target) at the signed steps, ascending
+    p_recon = float(sweep.origin_probabilities[0, k])
+    neg = len(sweep.negative_steps)
+    signed = [*sweep.negative_steps, 0.0, *sweep.positive_steps]
+    curve = [float(v) for v in p[:neg]] + [p_recon] + [float(v) for v in p[neg:]]
     ct = {
-        "models": {"case": case, "planted_extent": float(row.get("extent", "nan")), "label": int(row["label"]),
-                   "teacher_p_query": p(ts["query"]), "teacher_p_reconstruction": p(ts["reconstruction"]),
-                   "teacher_p_less_likely": p(ts["sweep_minus"][-1]), "teacher_p_more_likely": p(ts["sweep_plus"][-1])},
-        "diffexplainer": {"loc_auroc": auroc, "seconds_per_case": res["seconds"], "sweep": sweep,
-                          "score_moved": p(ts["sweep_plus"][-1]) - p(ts["sweep_minus"][-1])},
+        "models": {"case": case.case, "planted_extent": float(row.get("extent", "nan")), "label": int(row["label"]),
+                   "teacher_p_query": case.target_probability["query"], "teacher_p_reconstruction": p_recon,
+                   "teacher_p_less_likely": float(p[0]), "teacher_p_more_likely": float(p[-1])},
+        "diffexplainer": {"loc_auroc": auroc, "seconds_per_case": res.seconds, "sweep": {"signed_steps": signed,
+                                                                                         "teacher_target_prob": [curve]},
+                          "score_moved": float(p[-1] - p[0])},
     }
-    vol = read_series(dicom)
-    exported = export_explanation(
-        vol, heat, out_dir / "dicom_export", method="DiffExplainer", target="one-year mortality (phantom)",
-        score_before=p(ts["query"]), score_after=p(ts["sweep_minus"][-1]),
-        step=-float(meta["step_sizes"][-1]),  # the counterfactual whose probability is shown
-        overwrite=True,  # the demo owns its output folder and regenerates everything in it
-    )
+    f = case.files
     written = {
         "phantom_dicom": str(dicom),
-        "ct_explanation": str(exp_dir),
-        "secondary_captures": str(exported.overlay_files[0].parent) if exported.overlay_files else "",
-        "parametric_map": str(exported.parametric_map or ""),
-        "slicer_bundle": str(exported.slicer_bundle or ""),
+        "ct_explanation": str(case.case_dir),
+        "secondary_captures": str(f.get("sc_overlay", "")),
+        "parametric_map": str(f.get("parametric_map", "")),
+        "segmentation": str(f.get("segmentation", "")),
+        "slicer_bundle": str(f.get("slicer", "")),
+        "counterfactual_series": str(f.get("ct_counterfactual_plus", "")),
     }
     figures = [{"section": "ct", "title": "DiffExplainer on the demo CT study",
-                "path": str((exp_dir / "strip.png").relative_to(out_dir)),
-                "caption": "Rows: the four slices. Columns: query | reconstruction | z- (less likely) | z+ (more likely) | "
-                           "z+ - recon | z- - recon (red brighter, blue darker)."}]
-    if exported.overlay_files:
-        png = _sc_preview(exported.overlay_files, out_dir / "figures" / "ct_sc_overlay.png")
+                "path": str(f["strip"].relative_to(out_dir)),
+                "caption": "Rows: the four slices. Columns (P = the teacher's probability of death within a year): "
+                           "query | reconstruction | each counterfactual step, less to more likely | change at the "
+                           "outermost steps (red brighter, blue darker) | heatmap."}]
+    if "sc_overlay" in f:
+        png = _sc_preview(sorted(f["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "ct_sc_overlay.png")
         if png is not None:
             figures.append({"section": "ct", "title": "Secondary Capture overlay (as a PACS shows it)",
                             "path": str(png.relative_to(out_dir)), "caption": "The SC slice with the most heatmap mass."})
+    if "ct_counterfactual_plus" in f:
+        png = _ct_preview(sorted(f["ct_counterfactual_plus"].glob("*.dcm")), out_dir / "figures" / "ct_counterfactual.png")
+        figures.append({"section": "ct", "title": "The 'more likely' counterfactual as a derived CT series",
+                        "path": str(png.relative_to(out_dir)),
+                        "caption": "One slice of the derived CT series in HU (lung window), in the source study."})
     return written, ct, figures
+
+
+def _ct_preview(files: list[Path], dest: Path) -> Path:
+    """A PNG of the middle slice of a written CT series in the lung window (what a PACS viewer shows)."""
+    import pydicom
+
+    from dicom_io import write_photo
+    from dicom_io.export import window_to_uint8
+
+    ds = pydicom.dcmread(files[len(files) // 2])
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return write_photo(np.repeat(window_to_uint8(hu, "lung")[..., None], 3, axis=-1), dest)
 
 
 def _sc_preview(files: list[Path], dest: Path) -> Path | None:
@@ -186,35 +201,41 @@ def _fundus_part(out_dir: Path) -> tuple[dict[str, str], dict[str, Any], list[di
     """Phantom fundus photograph with referable DR -> DVCE towards healthy; lesion AUROC of the change."""
     from dicom_io import read_image
     from medxai.metrics import pixel_auroc
-    from pipelines.explain_dr import run_dr_explain
+    from pipelines.explain import run_explain
     from pipelines.phantom import write_fundus_cohort
     from pipelines.pretrained import pretrained_overrides
 
     cohort = write_fundus_cohort(out_dir / "phantom_fundus", 1, seed=DEMO_FUNDUS_SEED)
     case_dir, row = _first_case(cohort, 1)
-    exp_dir = out_dir / "fundus_explanation"
-    res = run_dr_explain(REPO / "configs" / "dr_fundus.yaml", case_dir / "image.dcm", exp_dir, dicom=True,
-                         overrides=pretrained_overrides("fundus"))
-    heat = np.load(res.files["heatmap_photo_npy"])
+    res = run_explain(REPO / "configs" / "dr_fundus.yaml", case_dir / "image.dcm", out_dir / "fundus_explanation",
+                      method="dvce", overrides=pretrained_overrides("fundus"), overwrite=True)
+    (case,) = res.cases
+    exp = case.explanation
+    heat = case.grid.to_source(exp.heatmaps_numpy()[0])  # (H, W) on the photo grid, 0 outside the field of view
     lesions = np.asarray(read_image(case_dir / "masks" / "lesions.png").array)
     lesions = (lesions.max(-1) if lesions.ndim == 3 else lesions) > 127  # PNG read back as grey or RGB
     rgb = np.asarray(read_image(case_dir / "image.png").array)
     fov = rgb.astype(np.float32).sum(-1) > 30  # the photograph, not the black surround
     m = lesions[fov]
     auroc = pixel_auroc(heat[fov], m) if 0 < m.sum() < m.size else float("nan")
-    q = np.asarray(res.scores["classifier_query"], dtype=np.float64).ravel()  # probabilities
-    c = np.asarray(res.scores["classifier_counterfactual"], dtype=np.float64).ravel()
+    healthy = 0
+    q = float(exp.probabilities[0, healthy])
+    c = float(exp.sweep.probabilities[0, -1, healthy])  # the counterfactual (DVCE's one step)
     fundus = {
         "models": {"case": row["case_id"], "label": int(row["label"]),
-                   "classifier_p_healthy_query": float(q[0]), "classifier_p_healthy_counterfactual": float(c[0])},
-        "dvce": {"target_rate": float(res.target_reached), "loc_auroc": auroc},
+                   "classifier_p_healthy_query": q, "classifier_p_healthy_counterfactual": c},
+        "dvce": {"target_rate": float(np.mean(exp.diagnostics["target_reached"])), "loc_auroc": auroc},
     }
-    written = {"phantom_fundus": str(case_dir / "image.dcm"), "fundus_explanation": str(exp_dir)}
-    if "dicom" in res.files:
-        written["fundus_secondary_capture"] = str(res.files["dicom"])
-    figures = [{"section": "fundus", "title": f"DVCE: {name}", "path": str(Path(res.files[key]).relative_to(out_dir)),
-                "caption": cap}
-               for name, key, cap in (("query", "query", "The phantom photograph (field-of-view crop)."),
-                                      ("counterfactual", "counterfactual", "The healthy-looking counterfactual."),
-                                      ("change", "difference_abs", "|counterfactual - query| (brighter = more change)."))]
+    written = {"phantom_fundus": str(case_dir / "image.dcm"), "fundus_explanation": str(case.case_dir)}
+    if "sc_overlay" in case.files:
+        written["fundus_secondary_capture"] = str(next(case.files["sc_overlay"].glob("*.dcm")))
+    figures = [{"section": "fundus", "title": "DVCE: the phantom photograph and its healthy-looking counterfactual",
+                "path": str(case.files["strip"].relative_to(out_dir)),
+                "caption": "query | counterfactual (P = the classifier's probability of 'healthy') | change "
+                           "(red brighter, blue darker) | heatmap."}]
+    if "sc_overlay" in case.files:
+        png = _sc_preview(sorted(case.files["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "fundus_sc_overlay.png")
+        if png is not None:
+            figures.append({"section": "fundus", "title": "Secondary Capture overlay on the photograph",
+                            "path": str(png.relative_to(out_dir)), "caption": "As a PACS shows it."})
     return written, fundus, figures

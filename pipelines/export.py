@@ -17,7 +17,11 @@ patients, studies or series whose labels sanitise alike (``12345/1`` and ``12345
 name and renamed when complete: an interrupted export leaves nothing that looks finished. An existing
 export is replaced only with ``overwrite=True`` (``--overwrite``). The output may not lie inside the
 source folder. Fundus exports (`export_photo_explanation`) use the same naming.
-The explain command calls `export_explanation` with its in-memory heatmaps.
+
+`medxai export` is for heatmaps made elsewhere. The explain job (`pipelines.explain`) writes the same
+objects into its own case folders in the same run through `write_ct_objects` / `write_photo_objects`
+(no folder naming, not atomic: the caller's `atomic_dir` is) and names its folders with
+`ct_export_folder` / `photo_export_folder`.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, NoReturn, Sequence
+from typing import NoReturn
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from atomicfs import atomic_dir
 from dicom_io import Photo, Volume, read_series, safe_filename
@@ -54,11 +60,16 @@ from .paths import check_output_outside_input
 
 __all__ = [
     "ExportResult",
+    "check_dicom_source",
+    "ct_export_folder",
     "export_explanation",
     "export_folder",
     "export_photo_explanation",
+    "photo_export_folder",
     "select_slices",
     "load_on_grid",
+    "write_ct_objects",
+    "write_photo_objects",
 ]
 
 logger = logging.getLogger(__name__)
@@ -274,33 +285,107 @@ def export_explanation(
         ct = source if isinstance(source, Volume) else read_series(source, series_uid, skip_unreadable=skip_unreadable)
     except Exception as e:
         raise StepError("export: read source", f"cannot read the source CT '{source}': {e}") from e
-    if ct.source is None or not ct.source.files:
-        raise ValueError("source must be a DICOM series (a Volume with SourceRef.files); NIfTI sources have no study to join.")
-    if isinstance(source, Volume):
-        src_dirs = sorted({str(Path(f).parent) for f in ct.source.files})
-        check_output_outside_input(out, src_dirs, option="output folder (-o/--out)")
-    if any(f is None for f in ct.source.frames):
-        raise ValueError("the source volume has interpolated slices without a DICOM source; export needs every slice's source.")
+    check_dicom_source(ct, out)
     heat = _as_array(heatmap, ct, "heatmap")
     cf = _as_array(counterfactual, ct, "counterfactual") if counterfactual is not None else None
-    headers = read_source_headers(ct.source.files)
+    folder = ct_export_folder(out, ct, method)
+    _refuse_existing(folder, overwrite)  # before any work; checked again when the new folder is complete
+    try:
+        # one hidden folder for the whole export, renamed onto `folder` only when every part is written
+        with atomic_dir(folder, replace=overwrite) as tmp:
+            result = write_ct_objects(
+                ct, heat, tmp, method=method, target=target, score_before=score_before, score_after=score_after,
+                step=step, counterfactual=cf, multiframe=multiframe, slices=slices, window=window, colormap=colormap,
+                alpha=alpha, overlay_threshold=overlay_threshold, segmentation=segmentation,
+                seg_threshold=seg_threshold, slicer_dir=tmp / "slicer" if slicer else None,
+            )
+            result.summary = tmp / "export.json"
+            summary = {"method": method, "target": target, "score_before": score_before, "score_after": score_after,
+                       "step": step, "source_series": ct.source.series_instance_uid,  # type: ignore[union-attr]
+                       "study": ct.source.study_instance_uid,  # type: ignore[union-attr]
+                       "slices": select_slices(heat, slices), "reader_warnings": list(ct.warnings),
+                       "reader_notes": list(ct.notes),
+                       "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"}}
+            # plain write: the whole folder is renamed into place only when complete
+            result.summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    except FileExistsError as e:  # another run wrote the same export meanwhile
+        _raise_exists(e, folder)
+    logger.info("export written to %s", folder)
+    return result.moved(tmp, folder)
+
+
+def check_dicom_source(ct: Volume, out: str | os.PathLike[str]) -> None:
+    """Refuse a volume that did not come from DICOM files (nothing to join), an output inside the source
+    files' folders, or slices without a DICOM source (interpolated over a gap)."""
+    if ct.source is None or not ct.source.files:
+        raise ValueError("source must be a DICOM series (a Volume with SourceRef.files); NIfTI sources have no study to join.")
+    src_dirs = sorted({str(Path(f).parent) for f in ct.source.files})
+    check_output_outside_input(out, src_dirs, option="output folder (-o/--out)")
+    if any(f is None for f in ct.source.frames):
+        raise ValueError("the source volume has interpolated slices without a DICOM source; export needs every slice's source.")
+
+
+def ct_export_folder(out: str | os.PathLike[str], ct: Volume, method: str) -> Path:
+    """``out/<patient>_<h>/<study>_<h>/<SeriesDescription>_<method>_<h>`` of a CT series read from DICOM
+    (a volume from a file: ``unknown-patient_<h>/study_<h>/<file stem>_<method>_<h>``, hashed on the path)."""
+    src = ct.source
+    if src is None or not src.files:
+        raise ValueError("ct_export_folder needs a Volume read from DICOM (SourceRef.files); use export_folder for files.")
+    desc = src.series_description or "series"
+    return export_folder(out, src.patient_study, src.study_instance_uid, f"{desc}_{method}",
+                         f"{src.series_instance_uid or ''}\x00{method}")
+
+
+def write_ct_objects(
+    ct: Volume,
+    heat: np.ndarray,
+    dest: str | os.PathLike[str],
+    *,
+    method: str,
+    target: str,
+    score_before: float | None = None,
+    score_after: float | None = None,
+    step: str | float | None = None,
+    counterfactual: np.ndarray | None = None,
+    multiframe: bool = False,
+    slices: str | Sequence[int] = "nonzero",
+    window: str | tuple[float, float] = "lung",
+    colormap: str | None = None,
+    alpha: float = 0.5,
+    overlay_threshold: float = 0.05,
+    segmentation: bool = True,
+    seg_threshold: float = 0.5,
+    slicer_dir: str | os.PathLike[str] | None = None,
+    headers: Sequence[Dataset] | None = None,
+) -> ExportResult:
+    """Write the DICOM objects of one CT explanation into ``dest`` (no folder naming, not atomic: the
+    caller writes ``dest`` inside its own `atomic_dir`). See `export_explanation` for the parameters;
+    ``heat`` and ``counterfactual`` are (z, y, x) arrays on the CT grid, ``slicer_dir`` (None: no
+    bundle) where the 3D Slicer bundle goes, ``headers`` the source headers if already read.
+
+    Writes ``SC_overlay/``, ``SC_counterfactual/`` (with a counterfactual), ``PM.dcm``, ``SEG.dcm``
+    (``segmentation``) and the bundle.
+    """
+    if ct.source is None or not ct.source.files:
+        raise ValueError("write_ct_objects needs a Volume read from DICOM (SourceRef.files).")
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    heat = np.asarray(heat, dtype=np.float32)
+    cf = None if counterfactual is None else np.asarray(counterfactual, dtype=np.float32)
+    headers = list(headers) if headers is not None else read_source_headers(ct.source.files)
     multi_source = len(headers) == 1 and ct.shape[0] > 1
     per_slice = [headers[0]] * ct.shape[0] if multi_source else headers
     if len(per_slice) != ct.shape[0]:
         raise ValueError(f"{len(headers)} source files for {ct.shape[0]} slices; cannot map slices to sources.")
-    desc = ct.source.series_description or "series"
-    folder = export_folder(out, ct.source.patient_study, ct.source.study_instance_uid, f"{desc}_{method}",
-                           f"{ct.source.series_instance_uid or ''}\x00{method}")
-    _refuse_existing(folder, overwrite)  # before any work; checked again when the new folder is complete
     idx = select_slices(heat, slices)
     lo, hi = float(heat.min()), float(heat.max())
     normal = np.cross(ct.direction[:, 0], ct.direction[:, 1])
     locs = [float(np.dot(ct.affine_lps @ np.array([0.0, 0.0, k, 1.0]), np.r_[normal, 0.0])) for k in range(ct.shape[0])]
-    info = {"method": method, "target": target, "score_before": score_before, "score_after": score_after,
-            "step": step}
+    info = {"method": method, "target": target, "score_before": score_before, "score_after": score_after, "step": step}
     cmap = {} if colormap is None else {"colormap": colormap}
+    src = ct.source
 
-    def sc_series(dest: Path, images: np.ndarray, kind: str, extra: tuple[str, ...], number_offset: int) -> list[Path]:
+    def sc_series(folder: Path, images: np.ndarray, kind: str, extra: tuple[str, ...], number_offset: int) -> list[Path]:
         if not idx:
             logger.warning("heatmap is zero everywhere; no %s slices exported (use slices='all')", kind)
             return []
@@ -315,62 +400,51 @@ def export_explanation(
         base = per_slice[0].get("SeriesNumber")
         number = number_offset + (int(base) if base not in (None, "") else 0)
         write_secondary_capture(
-            frames, [per_slice[k] for k in idx], dest,
-            source_frames=[ct.source.frames[k] for k in idx] if ct.source.frames else None,
-            series_description=f"medxai {kind} {method} {ct.source.series_description or ''}".strip(),
+            frames, [per_slice[k] for k in idx], folder,
+            source_frames=[src.frames[k] for k in idx] if src.frames else None,
+            series_description=f"medxai {kind} {method} {src.series_description or ''}".strip(),
             series_number=number,
             derivation_description=f"medxai {kind}: {leg.describe()}",
             multiframe=multiframe,
             slice_locations=[locs[k] for k in idx],
             frame_labels=[f"slice {k + 1}" for k in idx],
         )
-        return sorted(p for p in dest.iterdir() if p.suffix == ".dcm")
+        return sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
 
+    result = ExportResult(out_dir=out)
     try:
-        # one hidden folder for the whole export, renamed onto `folder` only when every part is written
-        with atomic_dir(folder, replace=overwrite) as tmp:
-            result = ExportResult(out_dir=tmp)
-            try:
-                result.overlay_files = sc_series(tmp / "SC_overlay", ct.array, "overlay", (), 1000)
-                if cf is not None:
-                    result.counterfactual_files = sc_series(
-                        tmp / "SC_counterfactual", cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100)
-            except Exception as e:
-                raise StepError("export: secondary capture", str(e)) from e
-            pm_sources = headers if multi_source else per_slice
-            try:
-                result.parametric_map = write_parametric_map(
-                    heat, pm_sources, tmp / "PM.dcm",
-                    description=f"{method}: {target}", series_description=f"medxai heatmap {method}"[:64],
-                )
-            except Exception as e:
-                raise StepError("export: parametric map", str(e)) from e
-            if segmentation:
-                try:
-                    result.segmentation = write_segmentation(
-                        threshold_heatmap(heat, seg_threshold), pm_sources, tmp / "SEG.dcm",
-                        method=method, description=f"{method}: {target} >= {seg_threshold:g} x max",
-                    )
-                except Exception as e:
-                    raise StepError("export: segmentation", str(e)) from e
-            if slicer:
-                try:
-                    result.slicer_bundle = write_slicer_bundle(
-                        ct.replace(source=None), tmp / "slicer",
-                        heatmaps={method: heat}, counterfactuals={"counterfactual": cf} if cf is not None else None,
-                        window=window, info=info, **cmap,
-                    )
-                except Exception as e:
-                    raise StepError("export: slicer bundle", str(e)) from e
-            result.summary = tmp / "export.json"
-            summary = {**info, "source_series": ct.source.series_instance_uid, "study": ct.source.study_instance_uid,
-                       "slices": idx, "reader_warnings": list(ct.warnings), "reader_notes": list(ct.notes), "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"}}
-            # plain write: the whole folder is renamed into place only when complete
-            result.summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    except FileExistsError as e:  # another run wrote the same export meanwhile
-        _raise_exists(e, folder)
-    logger.info("export written to %s", folder)
-    return result.moved(tmp, folder)
+        result.overlay_files = sc_series(out / "SC_overlay", ct.array, "overlay", (), 1000)
+        if cf is not None:
+            result.counterfactual_files = sc_series(
+                out / "SC_counterfactual", cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100)
+    except Exception as e:
+        raise StepError("export: secondary capture", str(e)) from e
+    pm_sources = headers if multi_source else per_slice
+    try:
+        result.parametric_map = write_parametric_map(
+            heat, pm_sources, out / "PM.dcm",
+            description=f"{method}: {target}", series_description=f"medxai heatmap {method}"[:64],
+        )
+    except Exception as e:
+        raise StepError("export: parametric map", str(e)) from e
+    if segmentation:
+        try:
+            result.segmentation = write_segmentation(
+                threshold_heatmap(heat, seg_threshold), pm_sources, out / "SEG.dcm",
+                method=method, description=f"{method}: {target} >= {seg_threshold:g} x max",
+            )
+        except Exception as e:
+            raise StepError("export: segmentation", str(e)) from e
+    if slicer_dir is not None:
+        try:
+            result.slicer_bundle = write_slicer_bundle(
+                ct.replace(source=None), Path(slicer_dir),
+                heatmaps={method: heat}, counterfactuals={"counterfactual": cf} if cf is not None else None,
+                window=window, info=info, **cmap,
+            )
+        except Exception as e:
+            raise StepError("export: slicer bundle", str(e)) from e
+    return result
 
 
 def _rel(v: object, root: Path) -> object:
@@ -424,6 +498,7 @@ def export_photo_explanation(
         The SC file(s) at their final location.
     """
     check_render_options(alpha, overlay_threshold)
+    legend = Legend(method, target, score_before, score_after)
     h = np.asarray(heatmap, dtype=np.float32)
     if h.shape != photo.shape:
         raise ValueError(f"heatmap shape {h.shape} must equal the photo's (H, W) {photo.shape}.")
@@ -431,13 +506,34 @@ def export_photo_explanation(
     files = list(src.files) if src is not None else []
     if files:
         check_output_outside_input(out, files, option="output folder")
-    legend = Legend(method, target, score_before, score_after)
-    cmap = {} if colormap is None else {"colormap": colormap}  # None: the renderer's default for photos
-    frame = render_photo_overlay(photo.array, h, legend, alpha=alpha, threshold=overlay_threshold, **cmap)
-    header = None
+    folder = photo_export_folder(out, photo, method)
+    _refuse_existing(folder, overwrite)
+    try:
+        with atomic_dir(folder, replace=overwrite) as tmp:
+            names = [p.name for p in write_photo_objects(photo, h, tmp, method=method, target=target,
+                                                         score_before=score_before, score_after=score_after,
+                                                         colormap=colormap, alpha=alpha,
+                                                         overlay_threshold=overlay_threshold)]
+    except FileExistsError as e:
+        _raise_exists(e, folder)
+    logger.debug("photo export %s: %s", folder, legend.describe())
+    return [folder / n for n in names]
+
+
+def _photo_header(photo: Photo) -> Dataset | None:
+    src = photo.source
+    if src is not None and src.frames and src.files:
+        return read_source_headers(list(src.files)[:1])[0]
+    return None
+
+
+def photo_export_folder(out: str | os.PathLike[str], photo: Photo, method: str) -> Path:
+    """``out/<patient>_<h>/<study>_<h>/fundus_<photo>_<method>_<h>``: a DICOM photo is identified by its
+    SOPInstanceUID, a photo file by its resolved path (patient ``MEDXAI-UNLINKED``), an in-memory photo
+    by its pixels."""
+    src = photo.source
+    files = list(src.files) if src is not None else []
     if src is not None and src.frames and files:
-        header = read_source_headers(files[:1])[0]
-    if src is not None and header is not None:
         ps: Mapping[str, object] = src.patient_study
         study_uid = src.study_instance_uid
         label = src.series_description or Path(files[0]).stem
@@ -448,18 +544,40 @@ def export_photo_explanation(
         key = str(Path(files[0]).resolve()) if files else hashlib.sha256(photo.array.tobytes()).hexdigest()
         study_uid = key
         label = Path(files[0]).stem if files else "photo"
-    folder = export_folder(out, ps, study_uid, f"fundus_{label}_{method}", f"{key}\x00{method}")
-    _refuse_existing(folder, overwrite)
-    try:
-        with atomic_dir(folder, replace=overwrite) as tmp:
-            write_photo_secondary_capture(
-                frame, tmp, source=header, source_file_name=files[0] if files else None,
-                derivation_description=f"medxai fundus overlay: {legend.describe()}",
-            )
-            names = sorted(p.name for p in tmp.glob("*.dcm"))
-    except FileExistsError as e:
-        _raise_exists(e, folder)
-    return [folder / n for n in names]
+    return export_folder(out, ps, study_uid, f"fundus_{label}_{method}", f"{key}\x00{method}")
+
+
+def write_photo_objects(
+    photo: Photo,
+    heatmap: np.ndarray,
+    dest: str | os.PathLike[str],
+    *,
+    method: str,
+    target: str,
+    score_before: float | None = None,
+    score_after: float | None = None,
+    colormap: str | None = None,
+    alpha: float = 0.5,
+    overlay_threshold: float = 0.05,
+) -> list[Path]:
+    """Write the SC overlay of one photo explanation into ``dest`` (not atomic: the caller writes ``dest``
+    inside its own `atomic_dir`); see `export_photo_explanation`. Returns the SC file(s)."""
+    check_render_options(alpha, overlay_threshold)
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.shape != photo.shape:
+        raise ValueError(f"heatmap shape {h.shape} must equal the photo's (H, W) {photo.shape}.")
+    legend = Legend(method, target, score_before, score_after)
+    cmap = {} if colormap is None else {"colormap": colormap}  # None: the renderer's default for photos
+    frame = render_photo_overlay(photo.array, h, legend, alpha=alpha, threshold=overlay_threshold, **cmap)
+    header = _photo_header(photo)
+    files = list(photo.source.files) if photo.source is not None else []
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    write_photo_secondary_capture(
+        frame, out, source=header, source_file_name=files[0] if files else None,
+        derivation_description=f"medxai fundus overlay: {legend.describe()}",
+    )
+    return sorted(out.glob("*.dcm"))
 
 
 def _raise_exists(e: FileExistsError, folder: Path) -> NoReturn:

@@ -3,13 +3,13 @@
 A head CT explained by a chest-CT model still gets a confident answer; these checks refuse such inputs
 (``InputCheckError``, a ``ValueError``: exit code 2 at the CLI) naming each failed check with its
 measured value and the expected range. ``medxai explain --force`` (``force=True`` in Python) explains
-anyway and keeps the failed checks in the output (``explanation.json`` / ``dvce.json`` ``input_check``)
-and in the printed summary.
+anyway and keeps the failed checks in the output (``explanation.json`` ``provenance.input_check``) and in
+the printed summary. The checks run for every method of the explain job (:mod:`pipelines.explain`).
 
 Every threshold lives in :class:`CTInputLimits` / :class:`FundusInputLimits` (defaults below); a job
 config overrides them in its ``input_check:`` section, e.g. ``input_check: {min_lung_volume_ml: 800}``.
 
-CT (DiffExplainer) checks, per series:
+CT checks (every method on ``input: ct_stack``), per series:
 
 * ``modality``: the DICOM Modality must be one of ``modalities`` (``CT``); not recorded (NIfTI) passes;
 * ``slices``: at least ``min_slices`` axial slices (the four-slice stack samples the lung extent);
@@ -19,21 +19,24 @@ CT (DiffExplainer) checks, per series:
 * ``lung_volume``: volume of the lungs the stack transform segments (air inside the body), at least
   ``min_lung_volume_ml`` (adult lungs are 3-7 L, the phantoms 1.6-2.8 L; the air of a head CT's
   sinuses a few tens of mL);
-* ``reconstruction_error``: the autoencoder's per-case reconstruction MSE of the query (the
-  reconstruction DiffExplainer computes anyway) at most ``mean + recon_sd_k * sd`` of the reference
-  recorded in the autoencoder's side-car at the same encode/decode steps
+* ``reconstruction_error`` (methods whose explanation has a sweep origin, i.e. DiffExplainer): the
+  autoencoder's per-case reconstruction MSE of the query (the reconstruction DiffExplainer computes
+  anyway) at most ``mean + recon_sd_k * sd`` of the reference recorded in the autoencoder's side-car
+  at the same encode/decode steps
   (:mod:`medxai.metrics.reconstruction`); without such a reference the check is not run
   (``pass: null``) and says why. Measured on the shipped model, this error does NOT separate
   out-of-distribution queries (DDIM inversion reproduces almost any image); it is reported because
   it is the autoencoder's own account of the query; the latent check below separates better;
-* ``latent_distance``: the query's mean squared standardised semantic code (the combined latent
-  DiffExplainer computes anyway, ``mean_j ((z_j - mu_j) / sd_j)^2`` with ``mu``/``sd`` from the
-  reference codes recorded in the autoencoder's side-car, :mod:`medxai.metrics.latent`) at most
+* ``latent_distance`` (methods whose explanation has a latent, i.e. DiffExplainer): the query's mean
+  squared standardised semantic code (the combined latent DiffExplainer computes anyway,
+  ``mean_j ((z_j - mu_j) / sd_j)^2`` with ``mu``/``sd`` from the reference codes recorded in the
+  autoencoder's side-car, :mod:`medxai.metrics.latent`) at most
   ``mean + latent_sd_k * sd`` of the reference cases' own distances (scored leave-one-out); about 1
   for a training-distribution query. Without a recorded reference the check is not run
   (``pass: null``) and says why.
 
-Fundus (DVCE) checks, per photograph (the fundus transform's field-of-view detection is reused):
+Fundus checks (every method on ``input: fundus``), per photograph (the fundus transform's field-of-view
+detection is reused):
 
 * ``photo_size``: the shorter side in pixels in ``photo_side_px``;
 * ``fov_fraction``: the share of the photo inside the detected circular field of view in
@@ -49,7 +52,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +78,7 @@ logger = logging.getLogger(__name__)
 class InputCheckError(ValueError):
     """The input is not what the models were trained for; the message names each failed check."""
 
-    def __init__(self, message: str, results: Sequence["InputCheck"] = ()) -> None:
+    def __init__(self, message: str, results: Sequence[InputCheck] = ()) -> None:
         super().__init__(message)
         self.results = list(results)
 
@@ -131,7 +135,7 @@ class CTInputLimits:
             raise ValueError(f"already_target_p must be in [0.5, 1], got {self.already_target_p}.")
 
     @classmethod
-    def from_config(cls, config: Any) -> "CTInputLimits":
+    def from_config(cls, config: Any) -> CTInputLimits:
         """From the config's optional ``input_check`` section (unknown fields raise, naming the valid ones)."""
         return _limits_from_config(cls, config, ("modalities", "fov_mm", "scan_length_mm"))
 
@@ -166,7 +170,7 @@ class FundusInputLimits:
             raise ValueError(f"already_target_p must be in [0.5, 1], got {self.already_target_p}.")
 
     @classmethod
-    def from_config(cls, config: Any) -> "FundusInputLimits":
+    def from_config(cls, config: Any) -> FundusInputLimits:
         """From the config's optional ``input_check`` section."""
         return _limits_from_config(cls, config, ("photo_side_px", "fov_fraction"))
 
@@ -326,17 +330,22 @@ def latent_check(distance: float | None, reference: Any | None, limits: CTInputL
 
 
 def target_note(
-    probabilities: Sequence[float], target: int, threshold: float, who: str = "teacher", counterfactual: str | None = None
+    probabilities: Sequence[float] | np.ndarray, target: int, threshold: float, who: str = "teacher",
+    counterfactual: str | None = None,
 ) -> str | None:
     """A note when the model already gives the target class a probability of at least ``threshold``.
 
-    ``counterfactual`` names the counterfactual that has little room (default: the one towards the target).
+    ``counterfactual`` names the counterfactual that has little room (default: the one towards the
+    target); ``""`` for methods without a counterfactual (the note then states the probability only).
     """
     p = float(np.asarray(probabilities, dtype=np.float64)[target])
     if p < threshold:
         return None
+    text = f"the {who} already gives P(class {target}) = {p:.2f} for this query"
+    if counterfactual == "":
+        return text
     what = counterfactual or f"the counterfactual towards class {target}"
-    return f"the {who} already gives P(class {target}) = {p:.2f} for this query; {what} has little room"
+    return f"{text}; {what} has little room"
 
 
 # ------------------------------------------------------------------------------------------ fundus

@@ -353,7 +353,7 @@ def test_private_names_stay_private() -> None:
 
 
 def test_private_rule_examples() -> None:
-    assert _private_violation("pipelines.bench", "pipelines.explain_dr._dvce_config") is not None
+    assert _private_violation("pipelines.bench", "pipelines.explain._read_ct") is not None
     assert _private_violation("pipelines.commands.explain", "pipelines.commands._options.trust_code_option") is None
     assert _private_violation("pipelines.bench", "pipelines.commands._options.trust_code_option") is not None
     assert _private_violation("medxai.phantoms", "medxai.phantoms._common.case_seed") is None

@@ -1,5 +1,6 @@
 """Exporters that put explanations where users look: DICOM in the source study (Secondary Capture
-overlays, Parametric Map, Segmentation, all built with highdicom) and a 3D Slicer bundle.
+overlays, Parametric Map, Segmentation, all built with highdicom; a derived CT series such as a
+counterfactual in HU) and a 3D Slicer bundle.
 
 They take numpy arrays, DICOM headers and plain strings, never medxai objects.
 """
@@ -13,6 +14,7 @@ from ._common import (
     complete_source_header,
     read_source_headers,
 )
+from .derived_ct import write_derived_ct_series
 from .overlay import (
     DEFAULT_COLORMAP,
     DEFAULT_NEGATIVE_COLORMAP,
@@ -43,7 +45,7 @@ __all__ = [
     "WINDOWS", "Legend", "check_render_options", "colormap_lut", "colour_scale_lines", "render_overlay", "render_photo_overlay",
     "window_to_uint8", "DEFAULT_COLORMAP", "DEFAULT_NEGATIVE_COLORMAP", "DEFAULT_PHOTO_COLORMAP",
     "DEFAULT_PHOTO_NEGATIVE_COLORMAP",
-    "write_parametric_map",
+    "write_parametric_map", "write_derived_ct_series",
     "UNLINKED_PATIENT", "MultiFrameTrueColorSCImage", "write_secondary_capture", "write_photo_secondary_capture",
     "threshold_heatmap", "write_segmentation",
     "check_same_grid", "write_color_table", "write_slicer_bundle",

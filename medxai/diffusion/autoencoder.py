@@ -29,7 +29,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import nn
 
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
-from medxai.training.checkpoint import load_state_checked, load_weights, read_json, save_weights
+from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 from medxai.config import dataclass_from_mapping
 
 __all__ = [
@@ -136,6 +136,21 @@ class DiffusionAutoencoder(nn.Module):
                 f"{cfg.image_size}, {cfg.image_size}); resize the stack to image_size={cfg.image_size} "
                 "(CTStackConfig.size) or use an autoencoder trained at that size."
             )
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
+        """:func:`save_autoencoder`."""
+        return save_autoencoder(self, path, meta)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        network: DiffAENetConfig | Mapping[str, Any] | None = None,
+        schedule: ScheduleConfig | Mapping[str, Any] | None = None,
+    ) -> DiffusionAutoencoder:
+        """:func:`load_autoencoder`."""
+        return load_autoencoder(path, network, schedule)
 
     # -------------------------------------------------------------------- training
     def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -270,14 +285,18 @@ class DiffusionAutoencoder(nn.Module):
 
 
 def save_autoencoder(ae: DiffusionAutoencoder, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``ae``'s weights to ``path`` (``.safetensors``) and its architecture to the ``.json`` beside it."""
+    """Write ``ae``'s weights (safetensors) and a JSON side-car with its architecture and schedule.
+
+    ``path``: ``name.safetensors`` (``name.json`` beside it) or a folder (``autoencoder.safetensors``
+    and ``autoencoder.json`` inside). Returns the weights file.
+    """
     info = {
         "kind": "diffae",
         "network": ae.config.to_dict(),
         "schedule": dataclasses.asdict(ae.schedule),
         **dict(meta or {}),
     }
-    return save_weights(path, ae.net.state_dict(), info)
+    return save_pretrained(path, ae.net.state_dict(), info, name="autoencoder")
 
 
 def load_autoencoder(
@@ -285,22 +304,23 @@ def load_autoencoder(
     network: DiffAENetConfig | Mapping[str, Any] | None = None,
     schedule: ScheduleConfig | Mapping[str, Any] | None = None,
 ) -> DiffusionAutoencoder:
-    """Load weights written by :func:`save_autoencoder`.
+    """Load weights written by :func:`save_autoencoder` (weights file or folder; no unpickling).
 
     The architecture comes from ``network``/``schedule`` when given (the config), else from the JSON
-    sidecar; weights that do not fit raise ``ValueError`` naming the file.
+    side-car; weights that do not fit raise ``ValueError`` naming the file.
     """
-    p = Path(path)
-    sidecar = p.with_suffix(".json")
-    meta = read_json(sidecar) if sidecar.is_file() else {}
+    state, meta, weights = load_pretrained(path, name="autoencoder", kinds=("diffae", None), sidecar_required=False)
     net_cfg = network if network is not None else meta.get("network")
     if net_cfg is None:
-        raise ValueError(f"no architecture for {str(p)!r}: pass network= or keep the {sidecar.name} sidecar beside it.")
+        raise ValueError(
+            f"no architecture for {str(weights)!r}: pass network= or keep the {weights.with_suffix('.json').name} "
+            "side-car beside it."
+        )
     if not isinstance(net_cfg, DiffAENetConfig):
         net_cfg = DiffAENetConfig.from_dict(net_cfg)
     sch = schedule if schedule is not None else meta.get("schedule", {})
     if not isinstance(sch, ScheduleConfig):
         sch = ScheduleConfig.from_dict(sch)
     net = DiffAENet(net_cfg)
-    load_state_checked(net, load_weights(p), str(p), "DiffAE network")
+    load_state_checked(net, state, str(weights), "DiffAE network")
     return DiffusionAutoencoder(net.eval(), sch).eval()

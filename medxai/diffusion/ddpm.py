@@ -24,7 +24,7 @@ from torch import nn
 
 from medxai.diffusion.autoencoder import ScheduleConfig
 from medxai.networks.classifiers import init_with_generator
-from medxai.training.checkpoint import load_state_checked, load_weights, read_json, save_weights
+from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 from medxai.config import dataclass_from_mapping
 
 __all__ = ["DDPMNetConfig", "ImageDDPM", "build_unet", "save_ddpm", "load_ddpm", "SCHEDULER_KINDS"]
@@ -238,24 +238,34 @@ class ImageDDPM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.unet.parameters())
 
+    def save_pretrained(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
+        """:func:`save_ddpm`."""
+        return save_ddpm(self, path, meta)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ImageDDPM:
+        """:func:`load_ddpm`."""
+        return load_ddpm(path, device)
+
 
 def save_ddpm(model: ImageDDPM, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
-    """Save the UNet weights (safetensors) and ``<stem>.json`` with the architecture and schedule."""
+    """Save the UNet weights (safetensors) and a JSON side-car with the architecture and schedule.
+
+    ``path``: ``name.safetensors`` (``name.json`` beside it) or a folder (``ddpm.safetensors`` and
+    ``ddpm.json`` inside). Returns the weights file.
+    """
     info = {
         "kind": "medxai.ImageDDPM",
         "network": model.config.to_dict(),
         "schedule": dataclasses.asdict(model.schedule),
         **dict(meta or {}),
     }
-    return save_weights(path, model.unet.state_dict(), info)
+    return save_pretrained(path, model.unet.state_dict(), info, name="ddpm")
 
 
 def load_ddpm(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ImageDDPM:
-    """Load a model written by :func:`save_ddpm` (the JSON sidecar gives the architecture)."""
-    p = Path(path)
-    info = read_json(p.with_suffix(".json"))
-    if info.get("kind") != "medxai.ImageDDPM":
-        raise ValueError(f"{str(p.with_suffix('.json'))!r} does not describe an ImageDDPM (kind={info.get('kind')!r}).")
+    """Load a model written by :func:`save_ddpm` (weights file or folder; the side-car gives the architecture)."""
+    state, info, weights = load_pretrained(path, name="ddpm", kinds=("medxai.ImageDDPM",))
     model = ImageDDPM(DDPMNetConfig.from_dict(info["network"]), ScheduleConfig.from_dict(info["schedule"]))
-    load_state_checked(model.unet, load_weights(p), str(p), "DDPM UNet")
+    load_state_checked(model.unet, state, str(weights), "DDPM UNet")
     return model.to(device).eval()

@@ -59,6 +59,8 @@ class MethodResult:
     heatmaps : torch.Tensor
         ``(B, T, *spatial)`` on the input grid.
     sweep : CounterfactualSweep, optional
+    channel_maps : torch.Tensor, optional
+        ``(B, C, *spatial)`` one map per input channel (see :class:`~medxai.explanation.Explanation`).
     latent : torch.Tensor, optional
         ``(B, D)`` latent code of the query.
     timings : dict of str to float
@@ -68,6 +70,7 @@ class MethodResult:
 
     heatmaps: torch.Tensor
     sweep: CounterfactualSweep | None = None
+    channel_maps: torch.Tensor | None = None
     latent: torch.Tensor | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -267,6 +270,7 @@ class Explainer(abc.ABC):
             target_class=target.class_index if not target.multi else None,
             activation=self.activation,
             sweep=result.sweep,
+            channel_maps=None if result.channel_maps is None else result.channel_maps.detach().float().cpu(),
             latent=None if result.latent is None else result.latent.detach().cpu(),
             parameters=self.get_parameters(),
             seed=self.seed if self.stochastic else None,

@@ -11,7 +11,8 @@ For a stack ``x`` ``(B, n, S, S)`` (n slices, e.g. the CT four-slice stack):
    ``u = g`` (``normalize_direction=False``, the paper's rule) or ``u = sqrt(D) * g / ||g||``
    (default: ``a`` is then in units of per-dimension standard deviations, as DiffAE's manipulation);
 4. the teacher re-scores the reconstruction and every counterfactual; the heatmap is
-   ``|x(z+) - x(z)| + |x(z-) - x(z)|`` at the heatmap step, summed over slices.
+   ``|x(z+) - x(z)| + |x(z-) - x(z)|`` at the heatmap step, summed over slices (each slice's own map
+   is in ``channel_maps``).
 
 The explanation's ``sweep`` holds every counterfactual at the signed steps ``-a_k .. -a_1, +a_1 .. +a_k``
 with the teacher's and the agent's logits, and the reconstruction as its ``origin``; ``latent`` is the
@@ -255,6 +256,7 @@ class DiffExplainer(Explainer):
         k = len(self.step_sizes)
         hi = self.step_sizes.index(self.heatmap_step)
         plus, minus = images[1 + k + hi], images[k - hi]  # +a_hi and -a_hi
-        heat = ((plus - recon).abs() + (minus - recon).abs()).sum(dim=1, keepdim=True)
+        per_slice = (plus - recon).abs() + (minus - recon).abs()  # (B, n, S, S): each slice's own map
         # the query's combined semantic code, for callers that score it (the explain job's latent check)
-        return MethodResult(heatmaps=heat, sweep=sweep, latent=z.detach().cpu(), timings=timings)
+        return MethodResult(heatmaps=per_slice.sum(dim=1, keepdim=True), sweep=sweep, channel_maps=per_slice.cpu(),
+                            latent=z.detach().cpu(), timings=timings)

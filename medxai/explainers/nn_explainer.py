@@ -15,11 +15,9 @@ the area loss sorts each present class's mask values and penalises ``relu(1 - s)
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,7 +31,9 @@ from medxai.registry import ANY_IMAGE, register_method
 from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.config import dataclass_from_mapping
-from atomicfs import atomic_path
+from medxai.progress import ProgressFn
+from medxai.training.checkpoint import load_pretrained, load_state_checked, pretrained_files, save_pretrained
+from medxai.training.trainers import fit
 
 __all__ = [
     "NNExplainerConfig",
@@ -48,8 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WEIGHTS = "explainer.safetensors"
-_CONFIG = "explainer.json"
+_NAME = "explainer"  # explainer.safetensors + explainer.json in the network's folder
 
 
 @dataclasses.dataclass
@@ -84,7 +83,8 @@ class NNExplainerConfig:
     val_fraction : float
         Share of the data held out for early stopping when no validation data is given.
     max_seconds : float or None
-        Wall-clock budget for training (stops after the epoch that exceeds it).
+        Wall-clock budget for training (stops after the optimiser step that exceeds it; that epoch
+        is still validated).
     max_steps_per_epoch : int or None
         Cap on optimisation steps per epoch (None = the whole loader).
     seed : int
@@ -335,8 +335,9 @@ def train_nn_explainer(
     device: str | torch.device = "cpu",
     network: nn.Module | None = None,
     callback: Callable[[int, float, float], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[nn.Module, TrainingHistory]:
-    """Train an explainer network for a frozen ``classifier``.
+    """Train an explainer network for a frozen ``classifier`` (with :func:`medxai.training.trainers.fit`).
 
     Parameters
     ----------
@@ -345,7 +346,9 @@ def train_nn_explainer(
     train_data : DataLoader, Dataset or (images, labels)
         Images ``(N, C, *spatial)`` and labels ``(N,)`` indices or ``(N, K)`` multi-hot.
     config : NNExplainerConfig
-        Network and training settings.
+        Network and training settings (Adam, no gradient clipping; epochs of at most
+        ``max_steps_per_epoch`` steps; early stopping after ``patience`` epochs; the best epoch's
+        weights are kept).
     val_data : same types as ``train_data``, optional
         Early-stopping data; by default ``config.val_fraction`` of ``train_data`` is held out. When
         ``train_data`` is a DataLoader (no split possible) and no ``val_data`` is given, or
@@ -356,6 +359,8 @@ def train_nn_explainer(
         Start from this network instead of a new one (fine-tuning).
     callback : callable, optional
         ``callback(epoch, train_loss, val_loss)`` after every epoch.
+    progress : ProgressFn, optional
+        ``progress("nn_explainer", epoch + 1, config.max_epochs)`` after every epoch.
 
     Returns
     -------
@@ -380,66 +385,30 @@ def train_nn_explainer(
         val_loader = _loader(val_data, config, False, gen_shuffle, "val_data") if val_data is not None else None
     net = network if network is not None else build_explainer_network(config, gen_init)
     net = net.to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
-    history = TrainingHistory(classifier_fingerprint=state_fingerprint(classifier))
-    best_state: dict[str, torch.Tensor] | None = None
-    best = math.inf
-    bad_epochs = 0
-    start = time.perf_counter()
 
-    def run_epoch(loader: DataLoader, train: bool) -> float:
-        total, count = 0.0, 0
-        net.train(train)
-        for step, (xb, yb) in enumerate(loader):
-            if train and config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
-                break
-            xb, yb = xb.to(device).float(), yb.to(device)
-            if xb.shape[1] != config.in_channels or any(s % config.divisor for s in xb.shape[2:]):
-                raise ValueError(
-                    f"batch of shape {tuple(xb.shape)} does not fit the explainer: need {config.in_channels} "
-                    f"channels and spatial sizes divisible by {config.divisor}; resize or pad the images."
-                )
-            with torch.set_grad_enabled(train):
-                loss, _ = nn_explainer_loss(classifier, xb, yb, net(xb), config)
-            if train:
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                history.steps += 1
-            total += float(loss.detach()) * xb.shape[0]
-            count += xb.shape[0]
-        return total / max(count, 1)
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        xb, yb = batch[0].to(device).float(), batch[1].to(device)
+        if xb.shape[1] != config.in_channels or any(s % config.divisor for s in xb.shape[2:]):
+            raise ValueError(
+                f"batch of shape {tuple(xb.shape)} does not fit the explainer: need {config.in_channels} "
+                f"channels and spatial sizes divisible by {config.divisor}; resize or pad the images."
+            )
+        return nn_explainer_loss(classifier, xb, yb, net(xb), config)[0]
 
+    fingerprint = state_fingerprint(classifier)
     with ModelStateGuard(classifier, check_weights=False):  # eval + frozen, restored afterwards
-        for epoch in range(config.max_epochs):
-            train_loss = run_epoch(train_loader, True)
-            val_loss = run_epoch(val_loader, False) if val_loader is not None else train_loss
-            history.train_loss.append(train_loss)
-            history.val_loss.append(val_loss)
-            logger.info("nn-explainer epoch %d: train %.4f val %.4f", epoch, train_loss, val_loss)
-            if callback is not None:
-                callback(epoch, train_loss, val_loss)
-            if val_loss < best - 1e-6:
-                best, bad_epochs = val_loss, 0
-                history.best_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                bad_epochs += 1
-                if bad_epochs >= config.patience:
-                    history.stopped_early = True
-                    break
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-                logger.info("nn-explainer training stopped after %.1f s (max_seconds)", time.perf_counter() - start)
-                break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    history.seconds = time.perf_counter() - start
+        run = fit(
+            net, loss_fn, lambda: train_loader, torch.optim.Adam(net.parameters(), lr=config.lr),
+            generator=gen_shuffle, max_epochs=config.max_epochs, max_steps_per_epoch=config.max_steps_per_epoch,
+            max_seconds=config.max_seconds, validation=(lambda: val_loader) if val_loader is not None else None,
+            patience=config.patience, restore_best=True, after_epoch=callback, progress=progress,
+            stage="nn_explainer",
+        )
+    history = TrainingHistory(
+        train_loss=run.train_loss, val_loss=run.val_loss, best_epoch=run.best_epoch, steps=run.steps,
+        seconds=run.seconds, stopped_early=run.stopped_early, classifier_fingerprint=fingerprint,
+    )
     return net.eval(), history
-
-
-def _atomic_replace(write: Callable[[str], None], final: Path) -> None:
-    with atomic_path(final) as tmp:
-        write(str(tmp))
 
 
 def save_nn_explainer(
@@ -449,16 +418,15 @@ def save_nn_explainer(
     history: TrainingHistory | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``explainer.safetensors`` and ``explainer.json`` (config, history) into ``folder`` atomically."""
-    from safetensors.torch import save_file
+    """Write ``explainer.safetensors`` and ``explainer.json`` (config, history) into ``folder`` atomically.
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    _atomic_replace(lambda p: save_file(state, p), out / _WEIGHTS)
-    meta = {
+    The one model format of medxai (:func:`medxai.training.checkpoint.save_pretrained`) with the
+    default name ``explainer``; returns ``folder``.
+    """
+    meta: dict[str, Any] = {
         "format_version": 1,
         "method": "nn_explainer",
+        "kind": "nn_explainer",
         "config": config.to_dict(),
         "history": history.to_dict() if history is not None else None,
         "extra": dict(extra or {}),
@@ -470,33 +438,31 @@ def save_nn_explainer(
         meta["versions"]["monai"] = monai.__version__
     except ImportError:  # pragma: no cover
         pass
-
-    def write_json(p: str) -> None:
-        Path(p).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-    _atomic_replace(write_json, out / _CONFIG)
+    out = Path(folder)
+    save_pretrained(out, network.state_dict(), meta, name=_NAME)
     return out
 
 
 def load_nn_explainer(folder: str | os.PathLike[str]) -> tuple[nn.Module, NNExplainerConfig, dict[str, Any]]:
     """Load a network written by :func:`save_nn_explainer` (safetensors, no unpickling).
 
+    ``folder``: the folder (or its ``explainer.safetensors``).
+
     Returns
     -------
     (nn.Module, NNExplainerConfig, dict)
         Network in eval mode, its config, and the whole JSON metadata.
     """
-    from safetensors.torch import load_file
-
-    src = Path(folder)
-    if not (src / _CONFIG).is_file() or not (src / _WEIGHTS).is_file():
+    weights, sidecar = pretrained_files(folder, _NAME)
+    if not sidecar.is_file() or not weights.is_file():
         raise ValueError(
-            f"folder {str(src)!r} lacks {_CONFIG} or {_WEIGHTS}; pass a folder written by save_nn_explainer()."
+            f"folder {str(folder)!r} lacks {sidecar.name} or {weights.name}; pass a folder written by save_nn_explainer()."
         )
-    meta = json.loads((src / _CONFIG).read_text(encoding="utf-8"))
+    # files written before the side-car named its kind have only "method": "nn_explainer"
+    state, meta, _ = load_pretrained(folder, name=_NAME, kinds=("nn_explainer", None))
     config = NNExplainerConfig.from_dict(meta["config"])
     net = build_explainer_network(config)
-    net.load_state_dict(load_file(str(src / _WEIGHTS)))
+    load_state_checked(net, state, str(weights), "NN-Explainer network")
     return net.eval(), config, meta
 
 

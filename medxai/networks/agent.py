@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from medxai.training.checkpoint import load_state_checked, load_weights, read_json, save_weights
+from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 
 __all__ = ["Agent", "save_agent", "load_agent"]
 
@@ -117,9 +118,33 @@ class Agent(nn.Module):
             )
         return self.layer2(self.layer1(z_n))
 
+    def save_pretrained(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
+        """:func:`save_agent`."""
+        return save_agent(self, path, meta)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> Agent:
+        """:func:`load_agent`."""
+        return load_agent(path)
+
 
 def save_agent(agent: Agent, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:
-    """Write the agent (weights, latent statistics) to ``path`` (``.safetensors``) plus a JSON sidecar."""
+    """Write the agent (weights, latent statistics) and its JSON side-car.
+
+    Parameters
+    ----------
+    agent : Agent
+    path : str or path-like
+        ``name.safetensors`` (``name.json`` beside it) or a folder (``agent.safetensors`` and
+        ``agent.json`` inside).
+    meta : mapping, optional
+        Further side-car fields (e.g. the training history).
+
+    Returns
+    -------
+    Path
+        The weights file.
+    """
     info = {
         "kind": "agent",
         "latent_dim": agent.latent_dim,
@@ -128,18 +153,17 @@ def save_agent(agent: Agent, path: str | os.PathLike[str], meta: Mapping[str, An
         "frozen_head": agent.frozen_head,
         **dict(meta or {}),
     }
-    return save_weights(path, agent.state_dict(), info)
+    return save_pretrained(path, agent.state_dict(), info, name="agent")
 
 
 def load_agent(path: str | os.PathLike[str]) -> Agent:
-    """Load an agent written by :func:`save_agent` (no unpickling)."""
-    p = Path(path)
-    meta = read_json(p.with_suffix(".json"))
+    """Load an agent written by :func:`save_agent` (a weights file or its folder; no unpickling), eval mode."""
+    state, meta, weights = load_pretrained(path, name="agent", kinds=("agent",))
     try:
         agent = Agent(int(meta["latent_dim"]), int(meta["feature_dim"]), int(meta["num_classes"]))
     except KeyError as err:
-        raise ValueError(f"{str(p.with_suffix('.json'))!r} lacks the field {err}; re-save the agent.") from err
-    load_state_checked(agent, load_weights(p), str(p), "agent")
+        raise ValueError(f"the side-car of {str(weights)!r} lacks the field {err}; re-save the agent.") from err
+    load_state_checked(agent, state, str(weights), "agent")
     agent.frozen_head = bool(meta.get("frozen_head", False))
     agent.layer2.requires_grad_(not agent.frozen_head)
     return agent.eval()

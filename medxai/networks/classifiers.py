@@ -1,7 +1,12 @@
-"""Classifiers: tiny CNNs for tests and a factory for MONAI classifiers.
+"""Classifiers: tiny CNNs for tests, a factory for MONAI classifiers, and their safe save/load.
 
 Every network built here is initialised from a caller-owned ``torch.Generator`` (never the global
-RNG), with the same distributions as PyTorch's default initialisation.
+RNG), with the same distributions as PyTorch's default initialisation. Training lives with the one
+training loop: :func:`medxai.training.trainers.fit_classifier`.
+
+On disk a classifier is ``classifier.safetensors`` plus ``classifier.json`` with ``class_path`` and
+``init_kwargs`` (:func:`save_classifier` / :func:`classifier_from_pretrained`; the format of every
+medxai model, :mod:`medxai.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +26,13 @@ from torch import nn
 
 __all__ = [
     "TinyCNN",
-    "fit_classifier",
     "make_classifier",
     "init_with_generator",
     "recalibrate_batchnorm",
     "load_class",
     "load_classifier",
+    "save_classifier",
+    "classifier_from_pretrained",
     "state_fingerprint",
     "CLASSIFIER_NAMES",
 ]
@@ -96,9 +105,7 @@ class TinyCNN(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         if in_channels < 1 or num_classes < 1 or width < 1:
-            raise ValueError(
-                f"in_channels, num_classes and width must be positive, got {in_channels}, {num_classes}, {width}."
-            )
+            raise ValueError(f"in_channels, num_classes and width must be positive, got {in_channels}, {num_classes}, {width}.")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
         gap = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
@@ -236,6 +243,78 @@ def load_classifier(
     return model.eval()
 
 
+def save_classifier(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    class_path: str,
+    init_kwargs: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights (safetensors) and a side-car with ``class_path`` and ``init_kwargs``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Built as ``class_path(**init_kwargs)``.
+    path : str or path-like
+        ``name.safetensors`` (``name.json`` beside it) or a folder (``classifier.safetensors`` and
+        ``classifier.json`` inside).
+    class_path : str
+        ``"package.module:ClassName"``, what :func:`classifier_from_pretrained` rebuilds.
+    init_kwargs : mapping, optional
+        Constructor arguments (JSON values).
+    meta : mapping, optional
+        Further side-car fields (history, validation, source).
+
+    Returns
+    -------
+    Path
+        The weights file.
+    """
+    from medxai.training.checkpoint import save_pretrained
+
+    info = {"kind": "classifier", "class_path": class_path, "init_kwargs": dict(init_kwargs or {}), **dict(meta or {})}
+    return save_pretrained(path, model.state_dict(), info, name="classifier")
+
+
+def classifier_from_pretrained(
+    path: str | os.PathLike[str],
+    *,
+    init_kwargs: Mapping[str, Any] | None = None,
+    trust_code: bool = False,
+    where: str = "classifier",
+) -> nn.Module:
+    """Load a classifier written by :func:`save_classifier` (or any weights file whose side-car names
+    ``class_path``), in eval mode, without unpickling.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Weights file or folder (``classifier.safetensors`` inside).
+    init_kwargs : mapping, optional
+        Constructor arguments; default: the side-car's ``init_kwargs`` (a teacher's side-car has
+        none: its config supplies them).
+    trust_code, where
+        As in :func:`load_class`.
+    """
+    from medxai.training.checkpoint import load_pretrained, load_state_checked
+
+    state, meta, weights = load_pretrained(path, name="classifier")
+    class_path = meta.get("class_path")
+    if not isinstance(class_path, str) or not class_path:
+        raise ValueError(
+            f"the side-car of {str(weights)!r} names no class_path; build the network yourself and use "
+            "load_classifier(class_path, weights, init_kwargs)."
+        )
+    kwargs = dict(init_kwargs if init_kwargs is not None else meta.get("init_kwargs") or {})
+    cls = load_class(class_path, trust_code=trust_code, where=where)
+    model = cls(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where} {class_path!r} built a {type(model).__name__}, not a torch.nn.Module.")
+    load_state_checked(model, state, str(weights), f"{class_path}(**{kwargs})")
+    return model.eval()
+
+
 def state_fingerprint(model: nn.Module) -> str:
     """SHA-256 (hex, first 16 characters) of the model's parameters and buffers, in state-dict order."""
     digest = hashlib.sha256()
@@ -243,61 +322,6 @@ def state_fingerprint(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def fit_classifier(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    generator: torch.Generator | None = None,
-    balanced: bool = True,
-    hflip: bool = True,
-) -> nn.Module:
-    """Train a classifier with cross-entropy for a fixed number of steps (never a time budget, so the
-    result does not depend on machine load); returns it in eval mode.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Maps (B, C, *spatial) to logits (B, K).
-    x : torch.Tensor
-        (N, C, *spatial) inputs.
-    y : torch.Tensor
-        (N,) integer labels.
-    steps, batch_size, lr
-        AdamW steps, mini-batch size and learning rate.
-    generator : torch.Generator, optional
-        Owns the batch sampling and flip draws.
-    balanced : bool
-        Weight the loss by inverse class frequency.
-    hflip : bool
-        Random left-right flips as augmentation.
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}; pass one label per sample.")
-    g = generator or torch.Generator().manual_seed(0)
-    k = int(y.max()) + 1
-    weight = None
-    if balanced:
-        counts = torch.bincount(y, minlength=k).clamp(min=1).float()
-        weight = (1.0 / counts) / (1.0 / counts).sum() * k
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
-        xb = x[idx]
-        if hflip and torch.rand((), generator=g) < 0.5:
-            xb = xb.flip(-1)
-        loss = loss_fn(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return recalibrate_batchnorm(model, x)
 
 
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> nn.Module:

@@ -1,5 +1,12 @@
 """Weights on disk: safetensors written atomically beside a JSON sidecar; loading never unpickles.
 
+The one format of every medxai model (agent, autoencoder, DDPM, NN-Explainer network, classifiers):
+``<name>.safetensors`` (the state dict) plus ``<name>.json`` (``kind``, the architecture needed to
+rebuild the network, and free metadata such as the training history). :func:`save_pretrained` and
+:func:`load_pretrained` take either the weights file or a folder, which then holds
+``<default name>.safetensors`` and ``<default name>.json`` (e.g. ``medxai/pretrained/ct`` holds
+``agent.*``, ``autoencoder.*`` and ``teacher.*``).
+
 ``.safetensors`` files are read with safetensors, anything else with ``torch.load(weights_only=True)``.
 A state dict that does not fit a network raises one ``ValueError`` naming the file and the first
 mismatching keys/shapes.
@@ -10,15 +17,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from atomicfs import atomic_path
 
-__all__ = ["save_weights", "load_weights", "load_state_checked", "write_json_atomic", "read_json"]
+__all__ = [
+    "save_weights",
+    "load_weights",
+    "load_state_checked",
+    "write_json_atomic",
+    "read_json",
+    "pretrained_files",
+    "save_pretrained",
+    "load_pretrained",
+]
+
+# weights files load_weights reads besides safetensors (torch.load with weights_only=True)
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +61,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> 
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse the JSON file ``path``; a missing or malformed file raises ``ValueError`` naming it."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{str(p)!r} does not exist; train the model first or fix the path.")
@@ -75,11 +96,11 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
         try:
             return dict(load_file(str(p)))
-        except Exception as err:  # noqa: BLE001 - corrupt header etc.
+        except Exception as err:
             raise ValueError(f"weights file {str(p)!r} is not a readable safetensors file ({err}).") from err
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ValueError(
             f"weights file {str(p)!r} cannot be loaded with weights_only=True ({type(err).__name__}: {err}); "
             "save a plain state dict (or safetensors)."
@@ -96,7 +117,11 @@ def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor], sou
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs {what} {tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs {what} {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if shapes:
@@ -111,3 +136,98 @@ def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor], sou
         )
     module.load_state_dict(state)
     return module
+
+
+def pretrained_files(path: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """The weights file and the JSON side-car that ``path`` names.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A weights file (``x.safetensors`` -> ``x.json`` beside it; torch files ``.pt``/``.pth``/``.bin``/
+        ``.ckpt`` are accepted for reading) or a folder (an existing directory or a path without a
+        suffix) -> ``folder/<name>.safetensors`` and ``folder/<name>.json``.
+    name : str
+        File stem inside a folder (``"agent"``, ``"autoencoder"``, ``"ddpm"``, ``"explainer"``, ...).
+
+    Returns
+    -------
+    (Path, Path)
+        Weights file and side-car.
+    """
+    p = Path(path)
+    if p.is_dir() or (p.suffix == "" and not p.is_file()):
+        return p / f"{name}.safetensors", p / f"{name}.json"
+    if p.suffix == ".safetensors" or p.suffix in _TORCH_SUFFIXES:
+        return p, p.with_suffix(".json")
+    raise ValueError(
+        f"path {str(p)!r} is neither a weights file (.safetensors) nor a folder; pass 'model.safetensors' "
+        f"or a folder (which then holds {name}.safetensors and {name}.json)."
+    )
+
+
+def save_pretrained(
+    path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], *, name: str
+) -> Path:
+    """Write ``state`` as safetensors and ``meta`` as the JSON side-car, each atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``x.safetensors`` or a folder (created if missing); see :func:`pretrained_files`.
+    state : mapping of str to torch.Tensor
+        The state dict (copied to the CPU).
+    meta : mapping
+        Side-car content: ``kind``, the architecture, free metadata (JSON-serialisable).
+    name : str
+        File stem inside a folder.
+
+    Returns
+    -------
+    Path
+        The weights file.
+    """
+    weights, sidecar = pretrained_files(path, name)
+    if weights.suffix != ".safetensors":
+        raise ValueError(f"path must end in .safetensors or name a folder, got {str(path)!r}.")
+    save_weights(weights, state, None)
+    write_json_atomic(sidecar, dict(meta))
+    return weights
+
+
+def load_pretrained(
+    path: str | os.PathLike[str],
+    *,
+    name: str,
+    kinds: Collection[str | None] | None = None,
+    sidecar_required: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """Read weights and side-car written by :func:`save_pretrained` (no unpickling).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Weights file or folder; see :func:`pretrained_files`.
+    name : str
+        File stem inside a folder.
+    kinds : collection of str or None, optional
+        Accepted values of the side-car's ``kind`` (``None`` in the collection: a side-car without
+        ``kind``, as older files have). ``None``: no check.
+    sidecar_required : bool
+        False: a missing side-car gives empty metadata (the caller supplies the architecture).
+
+    Returns
+    -------
+    (dict, dict, Path)
+        State dict, side-car metadata and the weights file it came from.
+    """
+    weights, sidecar = pretrained_files(path, name)
+    if not weights.is_file():
+        raise ValueError(f"weights file {str(weights)!r} does not exist; train the model first or fix the path.")
+    meta = read_json(sidecar) if sidecar_required or sidecar.is_file() else {}
+    if kinds is not None and meta.get("kind") not in kinds:
+        wanted = " or ".join(repr(k) for k in kinds if k is not None)
+        raise ValueError(
+            f"{str(sidecar)!r} describes kind={meta.get('kind')!r}, not {wanted}; pass the weights of the right model."
+        )
+    return load_weights(weights), meta, weights

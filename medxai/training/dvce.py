@@ -1,25 +1,27 @@
 """Trainers of the DVCE parts: the unconditional image DDPM, the plain and the robust classifier, and
 the in-domain feature network of the realism metrics.
 
-Every trainer owns its ``torch.Generator`` (batches, noise, flips, attack starts), uses Adam with
-gradient clipping and stops at ``steps`` or ``max_seconds``, whichever comes first. The DDPM keeps
-an EMA of its weights and ends with them loaded.
+Every trainer runs :func:`medxai.training.trainers.train_loop` (the one loop, :func:`~medxai.training.trainers.fit`):
+its own ``torch.Generator`` (batches, noise, flips, attack starts), Adam with gradient clipping, a stop
+at ``steps`` or ``max_seconds``, whichever comes first. The DDPM keeps an EMA of its weights
+(:func:`~medxai.training.trainers.ema_model`) and ends with them loaded.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.training.trainers import EMA, TrainConfig, train_loop
 from medxai.config import dataclass_from_mapping
 from medxai.networks.classifiers import recalibrate_batchnorm
+from medxai.progress import ProgressFn
+from medxai.training.trainers import TrainConfig, train_loop, train_with_ema
 
 __all__ = [
     "RobustConfig",
@@ -30,8 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,12 @@ class RobustConfig:
         if self.method not in ROBUST_METHODS:
             raise ValueError(f"robust.method must be one of {ROBUST_METHODS}, got {self.method!r}.")
         if not self.eps > 0 or self.steps < 1 or self.beta < 0:
-            raise ValueError(f"robust needs eps > 0, steps >= 1, beta >= 0; got eps={self.eps}, steps={self.steps}, beta={self.beta}.")
+            raise ValueError(
+                f"robust needs eps > 0, steps >= 1, beta >= 0; got eps={self.eps}, steps={self.steps}, beta={self.beta}."
+            )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RobustConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> RobustConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "robust")
 
@@ -89,30 +91,12 @@ def train_ddpm(
     """
     ddpm.check_images(images, "images")
     dev = next(ddpm.parameters()).device
-    ema = EMA(ddpm.unet, cfg.ema_decay)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images[idx].to(dev)
         return ddpm.training_loss(_flip(x, gen) if flip else x, gen)
 
-    def _save(step: int) -> None:
-        if save is None:
-            return
-        live = copy.deepcopy(ddpm.unet.state_dict())
-        ema.copy_to(ddpm.unet)
-        try:
-            save(step)
-        finally:
-            ddpm.unet.load_state_dict(live)
-
-    hist = train_loop(
-        ddpm, images.shape[0], cfg, loss_fn, after_step=lambda: ema.update(ddpm.unet), progress=progress, save=_save, what="DDPM"
-    )
-    ema.copy_to(ddpm.unet)
-    ddpm.eval()
-    if save is not None:
-        save(hist["steps"])
-    return hist
+    return train_with_ema(ddpm, ddpm.unet, images.shape[0], cfg, loss_fn, save=save, progress=progress, what="DDPM")
 
 
 def train_classifier(
@@ -146,9 +130,13 @@ def train_classifier(
         y = labels[idx].to(dev)
         if robust is None:
             return F.cross_entropy(model(x), y, weight=weight)
-        return robust_loss(model, x, y, robust.method, robust.eps, robust.steps, robust.beta, weight=weight, clamp=clamp, generator=gen)
+        return robust_loss(
+            model, x, y, robust.method, robust.eps, robust.steps, robust.beta, weight=weight, clamp=clamp, generator=gen
+        )
 
-    hist = train_loop(model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier")
+    hist = train_loop(
+        model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier"
+    )
     recalibrate_batchnorm(model, images)
     hist["train_accuracy"] = evaluate_classifier(model, images, labels)["accuracy"]
     return hist

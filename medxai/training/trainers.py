@@ -1,30 +1,45 @@
-"""Trainers of the DiffExplainer parts: teacher classifier, diffusion autoencoder, agent.
+"""The one training loop of medxai (:func:`fit`) and the trainers of the DiffExplainer parts: teacher
+classifier, diffusion autoencoder, agent.
 
-Each trainer owns its ``torch.Generator`` (batches, noise), uses Adam with gradient clipping, stops at
-``steps`` or ``max_seconds`` (whichever comes first), and may save checkpoints atomically through a
-``save`` callback. The autoencoder keeps an exponential moving average (EMA) of its weights and ends
-with the EMA weights loaded.
+:func:`fit` is the loop every trainer uses (these, :mod:`medxai.training.dvce`,
+:func:`~medxai.explainers.nn_explainer.train_nn_explainer`, :func:`fit_classifier`): the caller
+owns the batches, the loss, the optimiser and one ``torch.Generator``; the loop does the steps,
+gradient clipping, the finite-loss check, per-epoch validation with early stopping and best-epoch
+restore, the wall-clock budget, step hooks (EMA, checkpoints) and progress.
+
+The :class:`TrainConfig` trainers draw random mini-batches from their own generator, use Adam with
+gradient clipping, stop at ``steps`` or ``max_seconds`` (whichever comes first) and may save
+checkpoints atomically through a ``save`` callback. The autoencoder (and the DVCE DDPM) keep an
+exponential moving average (EMA) of their weights (:func:`ema_model`) and end with it loaded.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from medxai.config import dataclass_from_mapping
 from medxai.networks.classifiers import recalibrate_batchnorm
+from medxai.progress import ProgressFn
 
 __all__ = [
     "TrainConfig",
-    "EMA",
+    "FitResult",
+    "fit",
+    "random_batches",
+    "ema_model",
     "train_loop",
+    "train_with_ema",
+    "fit_classifier",
     "train_teacher",
     "train_autoencoder",
     "train_agent",
@@ -34,7 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, float], None]
+LossFn = Callable[[Any, torch.Generator], torch.Tensor]
+_Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]  # what AveragedModel hands its multi_avg_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +69,7 @@ class TrainConfig:
     grad_clip : float
         Gradient-norm clip (1.0 as DiffAE).
     ema_decay : float
-        EMA decay (autoencoder only; warmed up as ``min(decay, (1+n)/(10+n))``).
+        EMA decay (autoencoder and DDPM only; warmed up as ``min(decay, (1+n)/(10+n))``).
     weight_decay : float
     seed : int
         Seed of the trainer's generator.
@@ -80,32 +96,261 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "training")
 
 
-class EMA:
-    """Exponential moving average of a module's parameters and buffers (a detached copy)."""
+# ----------------------------------------------------------------------------- the one loop
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` did.
 
-    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
-        self.decay = decay
-        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
-        self.updates = 0
+    Parameters
+    ----------
+    steps : int
+        Optimiser steps taken.
+    epochs : int
+        Epochs run (the last one possibly cut short by ``max_steps`` or ``max_seconds``).
+    seconds : float
+        Wall-clock time of the loop.
+    losses : list of float
+        Training loss of every step.
+    train_loss, val_loss : list of float
+        Per epoch: mean training loss (weighted by batch size) and validation loss (the training
+        loss when there is no validation data).
+    best_epoch : int
+        Epoch with the lowest validation loss (-1 if none was finite).
+    stopped_early : bool
+        ``patience`` epochs passed without a lower validation loss.
+    out_of_time : bool
+        ``max_seconds`` ended the run.
+    """
 
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow.parameters(), module.parameters()):
-            s.lerp_(p.detach(), 1.0 - d)
-        for s, b in zip(self.shadow.buffers(), module.buffers()):
-            s.copy_(b)
-
-    def copy_to(self, module: nn.Module) -> None:
-        module.load_state_dict(self.shadow.state_dict())
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    val_loss: list[float] = dataclasses.field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    out_of_time: bool = False
 
 
+def _batch_len(batch: Any) -> int:
+    """Number of samples in a batch: an index tensor ``(B,)``, a tensor ``(B, ...)`` or a tuple of them."""
+    if isinstance(batch, (tuple, list)):
+        return _batch_len(batch[0])
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.ndim else 1
+
+
+def random_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless mini-batches of sample indices ``(batch_size,)`` drawn with replacement from ``range(n)``.
+
+    Each index tensor is drawn from ``generator`` when the loop asks for the batch, so draws made by
+    the loss (noise, flips) interleave with the batch draws in step order.
+    """
+    while True:
+        yield torch.randint(0, n, (batch_size,), generator=generator)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any], generator: torch.Generator) -> float:
+    """Mean loss (weighted by batch size) over ``batches`` in eval mode without gradients."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        size = _batch_len(batch)
+        total += float(loss_fn(batch, generator)) * size
+        count += size
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Callable[[], Iterable[Any]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    generator: torch.Generator,
+    max_steps: int | None = None,
+    max_epochs: int = 1,
+    max_steps_per_epoch: int | None = None,
+    max_seconds: float | None = None,
+    grad_clip: float | None = None,
+    validation: Callable[[], Iterable[Any]] | None = None,
+    patience: int | None = None,
+    min_delta: float = 1e-6,
+    restore_best: bool = False,
+    after_step: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int, float, float], None] | None = None,
+    progress: ProgressFn | None = None,
+    stage: str = "model",
+) -> FitResult:
+    """The training loop of every medxai trainer.
+
+    Each epoch iterates ``batches()``; every batch gives ``loss = loss_fn(batch, generator)``, then
+    ``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step()`` and
+    ``after_step(step)``. After the epoch the model is scored on ``validation()`` (or, without it, by
+    its mean training loss); ``patience`` epochs without a loss lower by ``min_delta`` stop the run
+    and ``restore_best`` loads the best epoch's weights at the end. The model is in train mode while
+    it learns and in eval mode on return.
+
+    Parameters
+    ----------
+    model : nn.Module
+        What ``optimizer`` trains (switched to train/eval mode; snapshotted for ``restore_best``).
+    loss_fn : callable
+        ``loss_fn(batch, generator) -> scalar tensor``; draws its randomness (noise, flips) from
+        ``generator``. Also scores the validation batches (under ``torch.no_grad``).
+    batches : callable
+        ``batches()`` returns one epoch's batches (a DataLoader, or an endless
+        :func:`random_batches` bounded by ``max_steps``).
+    optimizer : torch.optim.Optimizer
+        Its parameter groups are the clipped parameters.
+    generator : torch.Generator
+        The trainer's own generator (never the global RNG).
+    max_steps : int, optional
+        Stop after this many optimiser steps in all.
+    max_epochs : int
+        Stop after this many epochs.
+    max_steps_per_epoch : int, optional
+        Cap on the steps of one epoch (the rest of its batches are skipped).
+    max_seconds : float, optional
+        Wall-clock budget: the run stops after the step that crosses it (that epoch is still
+        validated).
+    grad_clip : float, optional
+        Gradient-norm clip; ``None``: no clipping.
+    validation : callable, optional
+        ``validation()`` returns the validation batches, scored after every epoch.
+    patience : int, optional
+        Early stopping; ``None``: never.
+    min_delta : float
+        Improvement that resets the patience counter.
+    restore_best : bool
+        End with the weights of the epoch with the lowest validation loss.
+    after_step : callable, optional
+        ``after_step(step)`` after every optimiser step (1-based): EMA updates, checkpoints.
+    after_epoch : callable, optional
+        ``after_epoch(epoch, train_loss, val_loss)`` after every epoch (0-based).
+    progress : ProgressFn, optional
+        ``progress(stage, step, max_steps)`` after every step when ``max_steps`` is given, else
+        ``progress(stage, epoch + 1, max_epochs)`` after every epoch.
+    stage : str
+        Names the model in progress calls, logs and errors.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    RuntimeError
+        A non-finite training loss (the step and the loss are named).
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}.")
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    result = FitResult()
+    best = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs = 0
+    start = time.perf_counter()
+    for epoch in range(max_epochs):
+        model.train()
+        total, count = 0.0, 0
+        for i, batch in enumerate(batches()):
+            if max_steps_per_epoch is not None and i >= max_steps_per_epoch:
+                break
+            loss = loss_fn(batch, generator)
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"{stage} training diverged at step {result.steps + 1} (loss {float(loss.detach())}); lower lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            result.steps += 1
+            if after_step is not None:
+                after_step(result.steps)
+            value = float(loss.detach())
+            result.losses.append(value)
+            size = _batch_len(batch)
+            total, count = total + value * size, count + size
+            if progress is not None and max_steps is not None:
+                progress(stage, result.steps, max_steps)
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                result.out_of_time = True
+                logger.info("%s training stopped by max_seconds after %d steps", stage, result.steps)
+            if result.out_of_time or (max_steps is not None and result.steps >= max_steps):
+                break
+        result.epochs = epoch + 1
+        train_loss = total / max(count, 1)
+        val_loss = _evaluate(model, loss_fn, validation(), generator) if validation is not None else train_loss
+        result.train_loss.append(train_loss)
+        result.val_loss.append(val_loss)
+        if max_epochs > 1:
+            logger.info("%s epoch %d: train %.4f val %.4f", stage, epoch, train_loss, val_loss)
+        if after_epoch is not None:
+            after_epoch(epoch, train_loss, val_loss)
+        if progress is not None and max_steps is None:
+            progress(stage, epoch + 1, max_epochs)
+        if val_loss < best - min_delta:
+            best, bad_epochs, result.best_epoch = val_loss, 0, epoch
+            if restore_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if patience is not None and bad_epochs >= patience:
+                result.stopped_early = True
+                break
+        if result.out_of_time or (max_steps is not None and result.steps >= max_steps):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------ EMA
+def ema_model(module: nn.Module, decay: float = 0.999) -> AveragedModel:
+    """An exponential moving average of ``module``'s parameters (buffers copied), warmed up.
+
+    torch's :class:`~torch.optim.swa_utils.AveragedModel` with the update of
+    :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`; its decay is warmed up per update as
+    ``min(decay, (1 + n) / (10 + n))`` (``n``: updates so far), which a fixed-decay
+    ``get_ema_multi_avg_fn`` alone cannot do, so the decay is chosen per call. The average starts
+    as a copy of ``module``, so the first training update uses ``n = 1`` (decay 2/11), as the
+    hand-written EMA this replaces did.
+
+    Returns
+    -------
+    AveragedModel
+        Call ``.update_parameters(module)`` after every optimiser step; the averaged network is
+        ``.module``.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}; e.g. 0.999.")
+
+    def warmed_up(ema_params: _Tensors, params: _Tensors, num_averaged: torch.Tensor | int) -> None:
+        n = int(num_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, params, num_averaged)
+
+    averaged = AveragedModel(module, multi_avg_fn=warmed_up, use_buffers=False)
+    averaged.module.eval().requires_grad_(False)
+    # AveragedModel copies the weights at its first update; doing that now makes the average start
+    # at the untrained weights and the first training update count as n = 1
+    averaged.update_parameters(module)
+    return averaged
+
+
+# ------------------------------------------------------------------- TrainConfig trainers
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -122,50 +367,147 @@ def train_loop(
     progress: ProgressFn | None = None,
     what: str = "model",
 ) -> dict[str, Any]:
-    """The optimisation loop every trainer shares: Adam, grad clip, finite-loss check, progress,
-    periodic saves, optional wall-clock budget.
+    """:func:`fit` with a :class:`TrainConfig`: Adam on random mini-batches of ``n`` samples.
 
     ``loss_fn(idx, generator)`` computes the loss of the mini-batch ``idx`` (indices into ``n``
     samples); ``params`` defaults to the model's trainable parameters; ``after_step`` runs after
-    each optimiser step (e.g. an EMA update). Returns the history (steps, seconds, mean loss of the
+    each optimiser step (e.g. an EMA update); ``save(step)`` every ``cfg.save_every`` steps;
+    ``progress(what, step, cfg.steps)``. Returns the history (steps, seconds, mean loss of the
     first and last tenth, all losses).
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    losses: list[float] = []
-    start = time.perf_counter()
-    step = 0
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
-        loss = loss_fn(idx, gen)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{what} training diverged at step {step} (loss {float(loss)}); lower lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+
+    def each_step(step: int) -> None:
         if after_step is not None:
             after_step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, cfg.steps, losses[-1])
         if save is not None and cfg.save_every and step % cfg.save_every == 0:
             save(step)
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            logger.info("%s training stopped by max_seconds after %d steps", what, step)
-            break
-    model.eval()
+
+    run = fit(
+        model,
+        loss_fn,
+        lambda: random_batches(n, min(cfg.batch_size, n), gen),
+        opt,
+        generator=gen,
+        max_steps=cfg.steps,
+        max_seconds=cfg.max_seconds,
+        grad_clip=cfg.grad_clip,
+        after_step=each_step,
+        progress=progress,
+        stage=what,
+    )
+    losses = run.losses
     k = max(1, len(losses) // 10)
     return {
-        "steps": step,
-        "seconds": time.perf_counter() - start,
+        "steps": run.steps,
+        "seconds": run.seconds,
         "loss_first": sum(losses[:k]) / k if losses else math.nan,
         "loss_last": sum(losses[-k:]) / k if losses else math.nan,
         "losses": losses,
     }
+
+
+def train_with_ema(
+    model: nn.Module,
+    averaged: nn.Module,
+    n: int,
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    *,
+    save: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
+    what: str = "model",
+) -> dict[str, Any]:
+    """:func:`train_loop` that keeps an EMA (:func:`ema_model`, ``cfg.ema_decay``) of the sub-module
+    ``averaged`` (which holds every trained parameter) and ends with the EMA weights in it.
+
+    ``save(step)`` is called every ``cfg.save_every`` steps and once at the end, each time with the
+    EMA weights loaded (the live weights are put back afterwards during training).
+    """
+    ema = ema_model(averaged, cfg.ema_decay)
+
+    def save_ema(step: int) -> None:
+        if save is None:
+            return
+        live = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
+        averaged.load_state_dict(ema.module.state_dict())
+        try:
+            save(step)
+        finally:
+            averaged.load_state_dict(live)
+
+    hist = train_loop(
+        model,
+        n,
+        cfg,
+        loss_fn,
+        params=[p for p in averaged.parameters() if p.requires_grad],
+        after_step=lambda: ema.update_parameters(averaged),
+        save=save_ema,
+        progress=progress,
+        what=what,
+    )
+    averaged.load_state_dict(ema.module.state_dict())
+    model.eval()
+    if save is not None:
+        save(hist["steps"])
+    return hist
+
+
+def fit_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+    balanced: bool = True,
+    hflip: bool = True,
+) -> nn.Module:
+    """Train a classifier with cross-entropy for a fixed number of steps (never a time budget, so the
+    result does not depend on machine load); returns it in eval mode with recalibrated BatchNorm.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps (B, C, *spatial) to logits (B, K).
+    x : torch.Tensor
+        (N, C, *spatial) inputs.
+    y : torch.Tensor
+        (N,) integer labels.
+    steps, batch_size, lr
+        AdamW steps (weight decay 1e-4, no gradient clipping), mini-batch size and learning rate.
+    generator : torch.Generator, optional
+        Owns the batch sampling and flip draws (a fresh one seeded with 0 when omitted).
+    balanced : bool
+        Weight the loss by inverse class frequency.
+    hflip : bool
+        Random left-right flips as augmentation.
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}; pass one label per sample.")
+    g = generator or torch.Generator().manual_seed(0)
+    k = int(y.max()) + 1
+    weight = None
+    if balanced:
+        counts = torch.bincount(y, minlength=k).clamp(min=1).float()
+        weight = (1.0 / counts) / (1.0 / counts).sum() * k
+    criterion = nn.CrossEntropyLoss(weight=weight)
+
+    def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb = x[idx]
+        if hflip and torch.rand((), generator=gen) < 0.5:
+            xb = xb.flip(-1)
+        return criterion(model(xb), y[idx])
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    fit(model, loss_fn, lambda: random_batches(x.shape[0], batch_size, g), opt, generator=g, max_steps=steps, stage="classifier")
+    return recalibrate_batchnorm(model, x)
 
 
 def train_teacher(
@@ -215,28 +557,11 @@ def train_autoencoder(
         raise ValueError(f"images must be (N, n_slices, S, S), got {tuple(images.shape)}.")
     flat = images.reshape(-1, 1, *images.shape[2:])
     dev = _device(ae)
-    ema = EMA(ae.net, cfg.ema_decay)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return ae.training_loss(flat[idx].to(dev), gen)
 
-    def _save(step: int) -> None:
-        if save is None:
-            return
-        live = copy.deepcopy(ae.net.state_dict())
-        ema.copy_to(ae.net)
-        try:
-            save(step)
-        finally:
-            ae.net.load_state_dict(live)
-
-    hist = train_loop(ae, flat.shape[0], cfg, loss_fn, params=list(ae.net.parameters()), after_step=lambda: ema.update(ae),
-                      save=_save, progress=progress, what="autoencoder")
-    ema.copy_to(ae.net)
-    ae.eval()
-    if save is not None:
-        save(hist["steps"])
-    return hist
+    return train_with_ema(ae, ae.net, flat.shape[0], cfg, loss_fn, save=save, progress=progress, what="autoencoder")
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         from pipelines.commands._progress import progress_bars
         from pipelines.demo import run_demo
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, soft_wrap=True)  # paths printed whole, never broken
         with progress_bars() as progress:
             result = run_demo(out, progress=progress)
         console.print(f"[bold]Real CT read[/]: {escape(result['source'])}")
@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         console.print("[bold]Checks against the planted truth[/]:")
         console.print(f"  CT teacher P(death within a year): query {m['teacher_p_query']:.3f}, "
                       f"less likely {m['teacher_p_less_likely']:.3f}, more likely {m['teacher_p_more_likely']:.3f}")
-        console.print(f"  CT heatmap vs planted fibrosis: pixel AUROC {ct['diffexplainer']['loc_auroc']:.3f} (0.5 = chance)")
+        console.print(f"  CT counterfactual change vs planted fibrosis: pixel AUROC {ct['diffexplainer']['loc_auroc']:.3f} "
+                      "(0.5 = chance)")
         f = fu["models"]
         console.print(f"  fundus classifier P(healthy): query {f['classifier_p_healthy_query']:.3f}, "
                       f"counterfactual {f['classifier_p_healthy_counterfactual']:.3f}; "

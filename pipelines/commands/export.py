@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,16 +19,20 @@ def register(app: typer.Typer) -> None:
         ),
         method: str = typer.Option("unknown", "--method", help="Explanation method, shown in the legend."),
         target: str = typer.Option("unknown", "--target", help="What was explained, shown in the legend."),
-        score_before: Optional[float] = typer.Option(None, "--score-before", help="Model probability of the target for the query, in [0, 1] (softmax/sigmoid output)."),
-        score_after: Optional[float] = typer.Option(None, "--score-after", help="Model probability of the target for the counterfactual, in [0, 1]."),
-        counterfactual: Optional[Path] = typer.Option(
+        score_before: float | None = typer.Option(
+            None, "--score-before", help="Model probability of the target for the query, in [0, 1] (softmax/sigmoid output)."
+        ),
+        score_after: float | None = typer.Option(
+            None, "--score-after", help="Model probability of the target for the counterfactual, in [0, 1]."
+        ),
+        counterfactual: Path | None = typer.Option(
             None, "--counterfactual", help="Counterfactual CT volume (.nii.gz/.nrrd, HU) on the CT grid."
         ),
-        series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
+        series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
         multiframe: bool = typer.Option(False, "--multiframe", help="One multi-frame SC object instead of one per slice."),
         slices: str = typer.Option("nonzero", "--slices", help="'all' or 'nonzero' (slices where the heatmap is non-zero)."),
         window: str = typer.Option("lung", "--window", help="CT window: lung, soft-tissue, mediastinum, bone."),
-        colormap: Optional[str] = typer.Option(
+        colormap: str | None = typer.Option(
             None, "--colormap", help="matplotlib colour map of the heatmap (default: the overlay renderer's, see docs/export.md)."
         ),
         alpha: float = typer.Option(0.5, "--alpha", help="Maximum opacity of the heatmap in the SC overlays, 0..1."),
@@ -43,7 +46,9 @@ def register(app: typer.Typer) -> None:
         ),
         skip_unreadable: bool = skip_unreadable_option("export.json reader_warnings"),
     ) -> None:
-        """Export an explanation where users look: SC overlays and a Parametric Map in the source study, and a 3D Slicer bundle."""
+        """Export a heatmap made elsewhere: SC overlays and a Parametric Map in the source study, and a 3D Slicer bundle.
+
+        (``medxai explain`` writes the same objects for its own explanations in the same run.)"""
         from rich.console import Console
         from rich.markup import escape
 

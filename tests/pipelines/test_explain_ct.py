@@ -1,4 +1,5 @@
-"""`medxai explain` end to end on a tiny DICOM series with tiny untrained models, and its bad-input errors."""
+"""`medxai explain` (DiffExplainer) end to end on a tiny DICOM series with tiny untrained models, and its
+bad-config errors. Every other method and the shipped models: test_explain_methods.py."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import torch
 import yaml
 
 from dicom_io import StudyInfo, Volume, read_series, write_ct_series
-from medxai.networks.agent import Agent, save_agent
 from medxai.diffusion import DiffusionAutoencoder, save_autoencoder
+from medxai.networks.agent import Agent, save_agent
 from medxai.networks.classifiers import TinyCNN
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.phantoms import ct_config, make_ct_case
 from medxai.training.checkpoint import save_weights
 from pipelines.cli import EXIT_BAD_INPUT, main
 
-NET = {"image_size": 32, "in_channels": 1, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "z_dim": 8, "dropout": 0.0}
+NET = {"image_size": 32, "in_channels": 1, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "z_dim": 8,
+       "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "training": {"steps": 10, "batch_size": 4, "lr": 1e-3},
     }))
     config = {
+        "input": "ct_stack",
+        "method": "diffexplainer",
+        "target_class": 1,
         "seed": 0,
         "run_dir": str(root / "run"),
         "stack": {"size": 32},
@@ -52,7 +57,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     "num_classes": 2, "classifier_layer": "head"},
         "autoencoder": {"config": "diffae.yaml", "path": str(root / "ae.safetensors")},
         "agent": {"path": str(root / "agent.safetensors")},
-        "explainer": {"target_class": 1, "step_sizes": [1.0, 2.0], "encode_steps": 4, "decode_steps": 4, "batch_size": 64},
+        "diffexplainer": {"step_sizes": [1.0, 2.0], "encode_steps": 4, "decode_steps": 4, "batch_size": 64},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return {"root": root, "dicom": root / "dicom", "config": root / "config.yaml", "raw": config}  # type: ignore[dict-item]
@@ -62,26 +67,34 @@ def test_explain_writes_files_on_the_ct_grid(setup: dict, capsys: pytest.Capture
     out = setup["root"] / "out"
     assert main(["explain", "--config", str(setup["config"]), "--input", str(setup["dicom"]), "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "wrote" in text and "heatmap.nii.gz" in text
-    (case_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
-    for name in ("heatmap.nii.gz", "diff_plus.nii.gz", "diff_minus.nii.gz", "slices.npz", "strip.png", "explanation.json"):
+    assert "wrote" in text and "heatmap.nii.gz" in text and "P(class 1)" in text
+    (case_dir,) = [p for p in out.glob("*/*/*") if not p.name.startswith(".")]
+    for name in ("heatmap.nii.gz", "difference_plus.nii.gz", "difference_minus.nii.gz", "counterfactuals.npz",
+                 "counterfactual_plus.nii.gz", "counterfactual_minus.nii.gz", "strip.png", "explanation.json"):
         assert (case_dir / name).is_file(), name
     ct = read_series(setup["dicom"])
     img = nib.load(str(case_dir / "heatmap.nii.gz"))
     assert img.shape == ct.array.shape[::-1]  # NIfTI (x, y, z) on the CT grid
     np.testing.assert_allclose(img.affine, ct.affine_ras, atol=1e-4)
     meta = json.loads((case_dir / "explanation.json").read_text())
-    idx = meta["slice_indices"]
+    idx = meta["provenance"]["slice_indices"]
     heat = np.asarray(img.dataobj).transpose(2, 1, 0)
     others = np.setdiff1d(np.arange(heat.shape[0]), idx)
     assert np.all(heat[others] == 0) and np.all(np.isfinite(heat))
-    assert len(meta["teacher_scores"]["query"]) == 2
-    assert np.asarray(meta["teacher_scores"]["sweep_plus"]).shape == (2, 2)
-    assert np.asarray(meta["agent_scores"]["sweep_minus"]).shape == (2, 2)
-    assert meta["seed"] == 0 and meta["parameters"]["decode_steps"] == 4
-    with np.load(case_dir / "slices.npz") as f:
-        assert f["reconstruction"].shape == (4, 32, 32) and "plus_2" in f.files
-    assert not [p for p in case_dir.iterdir() if ".partial" in p.name]
+    assert len(meta["probabilities"]) == 2 and abs(sum(meta["probabilities"]) - 1) < 1e-6
+    sweep = meta["sweep"]
+    assert sweep["steps"] == [-2.0, -1.0, 1.0, 2.0]
+    assert np.asarray(sweep["probabilities"]).shape == (4, 2) and np.asarray(sweep["agent_probabilities"]).shape == (4, 2)
+    assert len(sweep["origin_probabilities"]) == 2
+    assert meta["parameters"]["decode_steps"] == 4 and meta["provenance"]["seed"] == 0
+    with np.load(case_dir / "counterfactuals.npz") as f:
+        assert f["origin"].shape == (4, 32, 32) and f["images"].shape == (4, 4, 32, 32) and f["query"].shape == (4, 32, 32)
+    # the counterfactual in HU on the CT grid: the source outside the explained slices
+    cf = np.asarray(nib.load(str(case_dir / "counterfactual_plus.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(cf[others], ct.array[others])
+    assert sorted(p.name for p in (case_dir / "dicom").iterdir()) == [
+        "CT_counterfactual_minus", "CT_counterfactual_plus", "PM.dcm", "SC_counterfactual", "SC_overlay", "SEG.dcm"]
+    assert not [p for p in case_dir.parent.iterdir() if ".partial" in p.name]
 
 
 def _write(setup: dict, name: str, changes: dict) -> Path:
@@ -103,7 +116,11 @@ def _write(setup: dict, name: str, changes: dict) -> Path:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"agent.path": None}, r"bad1\.yaml: missing field 'agent\.path'"),
+        ({"agent.path": None}, r"bad1\.yaml: missing section 'agent'"),
+        ({"agent": None}, r"method 'diffexplainer' needs the agent model, but the config has no section 'agent'"),
+        ({"target_class": None}, r"bad1\.yaml: missing field 'target_class'"),
+        ({"method": "gradcma"}, r"unknown method 'gradcma'; registered methods: .*gradcam"),
+        ({"diffexplainer.step_size": [1.0]}, r"diffexplainer.*step_size"),
         ({"teacher.num_classes": 3}, r"num_classes=3"),
         ({"stack.size": 48}, r"network\.image_size"),
         ({"teacher.init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 8}}, r"teacher\.safetensors.*do not fit"),

@@ -1,7 +1,7 @@
 """Is the input what the models were trained for? ``medxai explain`` refuses a head CT, an MR series and
-a non-fundus photo (exit 2, naming the failed checks), explains them with ``--force`` keeping the reasons,
-and lets the phantom chest CT through every check. The CT job runs the SHIPPED models at 5/5 DDIM
-steps (a reference is recorded for them in medxai/pretrained/ct/autoencoder.json)."""
+a non-fundus photo (exit 2, naming the failed checks), explains them with ``--force`` keeping the reasons
+(``explanation.json`` ``provenance.input_check``), and lets the phantom chest CT through every check. The
+CT job runs the SHIPPED models at 5/5 DDIM steps (a reference is recorded for them in medxai/pretrained/ct/autoencoder.json)."""
 
 from __future__ import annotations
 
@@ -68,18 +68,19 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for key, path in pretrained_overrides("ct").items():
         section, field = key.split(".")
         cfg[section][field] = path
-    cfg["explainer"].update(step_sizes=[0.8], heatmap_step=0.8, encode_steps=STEPS, decode_steps=STEPS)
+    cfg["diffexplainer"].update(step_sizes=[0.8], heatmap_step=0.8, encode_steps=STEPS, decode_steps=STEPS)
     cfg["input_check"] = {"already_target_p": 0.5}  # every query the teacher calls class 1 gets the note
     (root / "ct.yaml").write_text(yaml.safe_dump(cfg))
     return {"root": root, "config": root / "ct.yaml"}
 
 
 def _explain(ct: dict[str, Path], series: str, out: str, *extra: str) -> int:
-    return main(["explain", "--config", str(ct["config"]), "--input", str(ct["root"] / series), "-o", str(ct["root"] / out), *extra])
+    args = ["--config", str(ct["config"]), "--input", str(ct["root"] / series), "-o", str(ct["root"] / out)]
+    return main(["explain", *args, *extra])
 
 
 def _meta(out: Path) -> dict:
-    (case_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    (case_dir,) = [p for p in out.glob("*/*/*") if not p.name.startswith(".")]
     return json.loads((case_dir / "explanation.json").read_text())
 
 
@@ -98,7 +99,7 @@ def test_head_ct_goes_through_with_force_keeping_the_reasons(ct: dict[str, Path]
     assert _explain(ct, "head", "head_forced", "--force") == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "input check FAILED, explained because of --force" in text and "lung volume" in text
-    check = _meta(ct["root"] / "head_forced")["input_check"]
+    check = _meta(ct["root"] / "head_forced")["provenance"]["input_check"]
     assert check["passed"] is False and check["forced"] is True
     # the head's semantic code is far from the chest reference codes too (3.5 vs a limit of 3.4)
     assert set(check["failed"]) == {"lung_volume", "field_of_view", "latent_distance"}
@@ -118,7 +119,7 @@ def test_chest_phantom_passes_every_check(ct: dict[str, Path], capsys: pytest.Ca
     text = capsys.readouterr().out
     assert "input check FAILED" not in text
     meta = _meta(ct["root"] / "chest_out")
-    check = meta["input_check"]
+    check = meta["provenance"]["input_check"]
     assert check["passed"] is True and check["forced"] is False and check["failed"] == []
     by_name = {c["name"]: c for c in check["checks"]}
     assert set(by_name) == {"modality", "slices", "field_of_view", "scan_length", "lung_volume", "reconstruction_error",
@@ -128,10 +129,9 @@ def test_chest_phantom_passes_every_check(ct: dict[str, Path], capsys: pytest.Ca
     assert 0 < by_name["latent_distance"]["value"] < 1.5  # about 1 in distribution (this phantom: 0.3-0.8)
     assert "+ 3 sd over 40 phantom 'test' cases, seed 5" in by_name["latent_distance"]["expected"]
     # the "already in the target class" note follows the teacher's own probability (threshold 0.5 here)
-    logits = np.asarray(meta["teacher_scores"]["query"], dtype=np.float64)
-    p1 = float(np.exp(logits[1]) / np.exp(logits).sum())
+    p1 = meta["probabilities"][1]
     assert p1 >= 0.5  # the shipped teacher gives this phantom P(class 1) = 0.76
-    assert meta["notes"] == [f"the teacher already gives P(class 1) = {p1:.2f} for this query; the 'more likely' "
+    assert meta["provenance"]["notes"] == [f"the teacher already gives P(class 1) = {p1:.2f} for this query; the 'more likely' "
                              "counterfactual (z+) has little room"]
     assert "note: the teacher already gives P(class 1)" in " ".join(text.split())
 
@@ -148,7 +148,7 @@ def test_reconstruction_error_outside_the_reference_is_refused(ct: dict[str, Pat
     from medxai.diffusion import load_autoencoder
     from medxai.metrics.reconstruction import reconstruction_reference
     from medxai.transforms import CTStackConfig, CTStackTransform
-    from pipelines.explain_ct import explain_ct
+    from pipelines.explain import run_explain
 
     weights = ct["root"] / "head_ae" / "autoencoder.safetensors"
     weights.parent.mkdir()
@@ -157,7 +157,8 @@ def test_reconstruction_error_outside_the_reference_is_refused(ct: dict[str, Pat
     meta.pop("reconstruction_error")
     weights.with_suffix(".json").write_text(json.dumps(meta))
     tf = CTStackTransform(CTStackConfig(size=64))
-    heads = np.stack([np.asarray(tf(v.array, v.spacing, v.origin, np.eye(3))["image"]) for v in (head_ct(seed=k) for k in range(4, 8))])
+    heads = np.stack([np.asarray(tf(v.array, v.spacing, v.origin, np.eye(3))["image"])
+                      for v in (head_ct(seed=k) for k in range(4, 8))])
     ref = reconstruction_reference(load_autoencoder(weights), heads, STEPS, STEPS, cases="head-like stacks")
     record_reference(weights.with_suffix(".json"), ref)
     config = yaml.safe_load(ct["config"].read_text())
@@ -166,22 +167,22 @@ def test_reconstruction_error_outside_the_reference_is_refused(ct: dict[str, Pat
 
     with pytest.raises(InputCheckError, match=r"refused after reconstructing it.*reconstruction error [0-9.]+ MSE "
                        r"\(expected <= [0-9.]+ \(mean [0-9.]+ \+ 4 sd over 4 head-like stacks\)\)") as info:
-        explain_ct(ct["root"] / "head_ae.yaml", ct["root"] / "chest", ct["root"] / "recon_out")
+        run_explain(ct["root"] / "head_ae.yaml", ct["root"] / "chest", ct["root"] / "recon_out")
     (result,) = info.value.results
     assert [c.name for c in result.failed] == ["reconstruction_error"]
     assert result.failed[0].value > ref.upper_limit(4)
     assert not (ct["root"] / "recon_out").exists() or not any((ct["root"] / "recon_out").iterdir())
     # forced, the case is explained and the reason kept
-    res = explain_ct(ct["root"] / "head_ae.yaml", ct["root"] / "chest", ct["root"] / "recon_forced", force=True)
-    assert res["cases"][0]["input_check"]["failed"] == ["reconstruction_error"]
-    assert _meta(ct["root"] / "recon_forced")["input_check"]["forced"] is True
+    res = run_explain(ct["root"] / "head_ae.yaml", ct["root"] / "chest", ct["root"] / "recon_forced", force=True)
+    assert res.cases[0].input_check["failed"] == ["reconstruction_error"]
+    assert _meta(ct["root"] / "recon_forced")["provenance"]["input_check"]["forced"] is True
 
 
 def test_head_ct_is_refused_by_the_latent_check_alone(ct: dict[str, Path]) -> None:
     """With every other limit loosened (lung volume, field of view, reconstruction error) in the config's
     input_check section, the head-like CT is still refused: its semantic code is far from the chest
     reference codes in the shipped side-car. Forced, the reason is kept in explanation.json."""
-    from pipelines.explain_ct import explain_ct
+    from pipelines.explain import run_explain
 
     config = yaml.safe_load(ct["config"].read_text())
     config["input_check"] = {"min_lung_volume_ml": 0, "fov_mm": [100, 600], "recon_sd_k": 1e6}
@@ -194,7 +195,7 @@ def test_head_ct_is_refused_by_the_latent_check_alone(ct: dict[str, Path]) -> No
     with pytest.raises(InputCheckError, match=rf"refused after reconstructing it.*latent distance [0-9.]+ \(expected <= "
                        rf"{limit:.3g} \(mean {ref.mean:.3g} \+ 3 sd over 40 phantom 'test' cases, seed 5\)\): the "
                        r"autoencoder's semantic code of the query is far") as info:
-        explain_ct(path, ct["root"] / "head", ct["root"] / "latent_out")
+        run_explain(path, ct["root"] / "head", ct["root"] / "latent_out")
     (result,) = info.value.results
     assert [c.name for c in result.failed] == ["latent_distance"]
     by_name = {c.name: c for c in result.checks}
@@ -202,9 +203,9 @@ def test_head_ct_is_refused_by_the_latent_check_alone(ct: dict[str, Path]) -> No
     assert by_name["latent_distance"].value > limit > 3.0  # head-like CT: 3.5
     assert not (ct["root"] / "latent_out").exists() or not any((ct["root"] / "latent_out").iterdir())
 
-    res = explain_ct(path, ct["root"] / "head", ct["root"] / "latent_forced", force=True)
-    assert res["cases"][0]["input_check"]["failed"] == ["latent_distance"]
-    check = _meta(ct["root"] / "latent_forced")["input_check"]
+    res = run_explain(path, ct["root"] / "head", ct["root"] / "latent_forced", force=True)
+    assert res.cases[0].input_check["failed"] == ["latent_distance"]
+    check = _meta(ct["root"] / "latent_forced")["provenance"]["input_check"]
     assert check["forced"] is True and check["failed"] == ["latent_distance"]
     latent = {c["name"]: c for c in check["checks"]}["latent_distance"]
     assert latent["pass"] is False and latent["value"] == pytest.approx(by_name["latent_distance"].value)
@@ -215,7 +216,7 @@ def test_latent_check_without_a_reference_is_not_run(ct: dict[str, Path], tmp_pa
     check reports pass null with the reason and refuses nothing."""
     import shutil
 
-    from pipelines.explain_ct import explain_ct
+    from pipelines.explain import run_explain
 
     weights = tmp_path / "autoencoder.safetensors"
     shutil.copy(pretrained_dir() / "ct" / "autoencoder.safetensors", weights)
@@ -225,8 +226,8 @@ def test_latent_check_without_a_reference_is_not_run(ct: dict[str, Path], tmp_pa
     config = yaml.safe_load(ct["config"].read_text())
     config["autoencoder"]["path"] = str(weights)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    res = explain_ct(tmp_path / "c.yaml", ct["root"] / "chest", tmp_path / "out")
-    latent = {c["name"]: c for c in res["cases"][0]["input_check"]["checks"]}["latent_distance"]
+    res = run_explain(tmp_path / "c.yaml", ct["root"] / "chest", tmp_path / "out")
+    latent = {c["name"]: c for c in res.cases[0].input_check["checks"]}["latent_distance"]
     assert latent["pass"] is None and latent["value"] is None
     assert "no latent reference in" in latent["note"] and "--latent-reference-only" in latent["note"]
 
@@ -316,13 +317,14 @@ def test_train_autoencoder_records_its_reference(tmp_path: Path) -> None:
         "training": {"steps": 2, "batch_size": 4, "lr": 1e-3},
     }))
     cfg = {
+        "input": "ct_stack", "method": "diffexplainer", "target_class": 1,
         "seed": 0, "run_dir": str(tmp_path / "run"), "stack": {"size": 32},
         "teacher": {"kind": "class_path", "path": str(tmp_path / "t.safetensors"),
                     "class_path": "medxai.networks.classifiers:TinyCNN",
                     "init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 4}, "num_classes": 2},
         "autoencoder": {"config": "diffae.yaml", "path": str(tmp_path / "ae.safetensors")},
         "agent": {"path": str(tmp_path / "agent.safetensors")},
-        "explainer": {"target_class": 1, "step_sizes": [1.0], "encode_steps": 3, "decode_steps": 2},
+        "diffexplainer": {"step_sizes": [1.0], "encode_steps": 3, "decode_steps": 2},
         "data": {"source": "phantom", "n_train": 3, "n_test": 3, "seed_train": 11, "seed_test": 12, "phantom": "test"},
     }
     (tmp_path / "ct.yaml").write_text(yaml.safe_dump(cfg))
@@ -354,10 +356,10 @@ def dr(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     spec = {"kind": "class_path", "class_path": "medxai.networks.classifiers:TinyCNN",
             "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4}, "num_classes": 2}
     config = {
-        "type": "dvce_fundus", "seed": 0, "image_size": 32,
+        "input": "fundus", "method": "dvce", "target_class": 0, "seed": 0, "image_size": 32,
         "classifier": {**spec, "path": str(root / "clf.safetensors")},
         "diffusion": {"path": str(root / "ddpm.safetensors")},
-        "dvce": {"target_class": 0, "num_steps": 4, "skip_steps": 2, "batch_size": 2,
+        "dvce": {"num_steps": 4, "skip_steps": 2, "batch_size": 2,
                  "guidance": {"mode": "plain", "n_augmentations": 1, "grad_through_unet": False}},
     }
     (root / "dr.yaml").write_text(yaml.safe_dump(config))
@@ -372,18 +374,19 @@ def test_non_fundus_photo_is_refused_then_forced(dr: dict[str, Path], capsys: py
     err = " ".join(capsys.readouterr().err.split())
     assert code == EXIT_BAD_INPUT, err
     assert "colour fundus photograph" in err and "fov surround dark" in err and "(expected >= 0.8)" in err
-    assert not (dr["root"] / "coffee_out" / "dvce.json").exists()
+    assert not (dr["root"] / "coffee_out").exists()
     assert main([*args, "-o", str(dr["root"] / "coffee_forced"), "--force"]) == 0
     assert "input check FAILED, explained because of --force" in capsys.readouterr().out
-    check = json.loads((dr["root"] / "coffee_forced" / "dvce.json").read_text())["input_check"]
+    check = _meta(dr["root"] / "coffee_forced")["provenance"]["input_check"]
     assert check["forced"] is True and check["failed"] == ["fov_surround_dark"]
 
 
 def test_fundus_phantom_passes(dr: dict[str, Path]) -> None:
-    from pipelines.explain_dr import run_dr_explain
+    from pipelines.explain import run_explain
 
-    res = run_dr_explain(dr["config"], dr["root"] / "fundus.png", dr["root"] / "fundus_out")
-    assert res.input_check["passed"] is True and res.input_check["forced"] is False
-    assert {c["name"] for c in res.input_check["checks"]} == {"photo_size", "fov_fraction", "fov_surround_dark"}
-    summary = json.loads((dr["root"] / "fundus_out" / "dvce.json").read_text())
-    assert summary["input_check"]["passed"] is True and isinstance(summary["notes"], list)
+    res = run_explain(dr["config"], dr["root"] / "fundus.png", dr["root"] / "fundus_out")
+    (case,) = res.cases
+    assert case.input_check["passed"] is True and case.input_check["forced"] is False
+    assert {c["name"] for c in case.input_check["checks"]} == {"photo_size", "fov_fraction", "fov_surround_dark"}
+    prov = _meta(dr["root"] / "fundus_out")["provenance"]
+    assert prov["input_check"]["passed"] is True and isinstance(prov["notes"], list)

@@ -18,6 +18,7 @@ from medxai.targets import AllClasses, ClassTarget, NeuronTarget, ScoreDirection
 def _sweep_explanation() -> Explanation:
     rng = np.random.default_rng(0)
     heat = rng.random((2, 3, 8, 8)).astype(np.float32)
+    channel_maps = rng.random((2, 1, 8, 8)).astype(np.float32)
     images = rng.random((2, 4, 1, 8, 8)).astype(np.float32)  # (B, S, C, H, W)
     sweep = CounterfactualSweep(
         steps=(-1.0, -0.5, 0.5, 1.0), images=images, logits=rng.normal(size=(2, 4, 2)),
@@ -26,7 +27,7 @@ def _sweep_explanation() -> Explanation:
     )
     return Explanation(
         method="x", target="ClassTarget(index=1)", heatmaps=heat, logits=torch.tensor([[0.0, 2.0]] * 2),
-        target_class=1, sweep=sweep, latent=rng.normal(size=(2, 5)), parameters={"a": (1, 2)}, seed=3,
+        target_class=1, sweep=sweep, channel_maps=channel_maps, latent=rng.normal(size=(2, 5)), parameters={"a": (1, 2)}, seed=3,
         timings={"seconds": 1.0}, diagnostics={"per_case": np.arange(2), "note": "ok"},
     )
 
@@ -46,6 +47,7 @@ def test_explanation_typed_fields_select_concat() -> None:
     np.testing.assert_array_equal(both.heatmaps, exp.heatmaps)
     np.testing.assert_array_equal(both.sweep.images, exp.sweep.images)
     np.testing.assert_array_equal(both.latent, exp.latent)
+    np.testing.assert_array_equal(both.channel_maps, exp.channel_maps)
     assert both.diagnostics["note"] == "ok" and both.timings["seconds"] == 2.0
     assert exp.target_probability()["sweep"][0] == pytest.approx(exp.sweep.probabilities[0, :, 1].tolist())
     with pytest.raises(ValueError, match="ascending"):
@@ -60,13 +62,14 @@ def test_explanation_save_load(tmp_path: Any) -> None:
         exp.save(tmp_path / "all")
     query = np.random.default_rng(1).random((1, 1, 8, 8)).astype(np.float32)
     files = exp.select(0).save(tmp_path / "n", query=query, provenance={"PatientID": "p1"})
-    assert set(files) == {"heatmap_t0", "heatmap_t1", "heatmap_t2", "difference_minus", "difference_plus",
+    assert set(files) == {"heatmap_t0", "heatmap_t1", "heatmap_t2", "channel_maps", "difference_minus", "difference_plus",
                           "counterfactuals", "strip", "explanation"}
     back = Explanation.load(tmp_path / "n")
     np.testing.assert_array_equal(back.heatmaps, exp.heatmaps[:1])
     assert back.seed == 3 and back.parameters == {"a": [1, 2]} and back.target_class == 1
     np.testing.assert_allclose(back.sweep.images, exp.sweep.images[:1])
     np.testing.assert_allclose(back.sweep.origin, exp.sweep.origin[:1])
+    np.testing.assert_array_equal(back.channel_maps, exp.channel_maps[:1])
     meta = json.loads((tmp_path / "n" / "explanation.json").read_text())
     assert meta["provenance"] == {"PatientID": "p1"}
     np.testing.assert_allclose(meta["probabilities"], exp.probabilities[0], rtol=1e-6)
@@ -75,7 +78,7 @@ def test_explanation_save_load(tmp_path: Any) -> None:
     import nibabel as nib
 
     minus = np.asarray(nib.load(str(tmp_path / "n" / files["difference_minus"])).dataobj)
-    np.testing.assert_allclose(minus, (exp.sweep.images[0, 0] - exp.sweep.origin[0]).sum(0), rtol=1e-6)
+    np.testing.assert_allclose(minus, exp.sweep.images[0, 0] - exp.sweep.origin[0], rtol=1e-6)  # (C, H, W)
     from PIL import Image
 
     strip = np.asarray(Image.open(tmp_path / "n" / "strip.png"))
