@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import nn
 
+from medxai.progress import ProgressFn
+
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 from medxai.config import dataclass_from_mapping
@@ -43,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
 
 
 def to_image_range(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,7 @@ class DiffusionAutoencoder(nn.Module):
             eps = self.net(sample, torch.full((sample.shape[0],), t_model, device=sample.device), z_sem)
             sample = sched.step(eps, int(t), sample).prev_sample
             if progress is not None:
-                progress(i + 1, steps)
+                progress("encode", i + 1, steps)
         return sample
 
     def _check_steps(self, steps: int) -> int:
@@ -218,7 +219,7 @@ class DiffusionAutoencoder(nn.Module):
             eps = self.net(sample, torch.full((sample.shape[0],), int(t), device=sample.device), z_sem)
             sample = sched.step(eps, int(t), sample, eta=eta, generator=generator).prev_sample
             if progress is not None:
-                progress(i + 1, steps)
+                progress("decode", i + 1, steps)
         return to_image_range(sample).clamp(0.0, 1.0)
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
+from medxai.progress import ProgressFn
+
 from medxai.diffusion.autoencoder import ScheduleConfig
 from medxai.networks.classifiers import init_with_generator
 from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
@@ -32,7 +34,6 @@ __all__ = ["DDPMNetConfig", "ImageDDPM", "build_unet", "save_ddpm", "load_ddpm",
 logger = logging.getLogger(__name__)
 
 SCHEDULER_KINDS = ("ddpm", "ddim")
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +233,7 @@ class ImageDDPM(nn.Module):
             eps = self.eps(x, int(t))
             x = sched.step(eps, t, x, generator=generator).prev_sample
             if progress is not None:
-                progress(i + 1, steps)
+                progress("sample", i + 1, steps)
         return self.from_model_range(x).clamp(*self.config.data_range)
 
     def num_parameters(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from medxai.config import dataclass_from_mapping
+from medxai.progress import ProgressFn
 
 __all__ = [
     "AugmentConfig",
@@ -393,7 +394,7 @@ def guided_counterfactual(
     eta: float = 0.0,
     fov: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Noise ``x_query`` to ``timesteps[skip_steps]`` and denoise it with DVCE guidance.
 
@@ -476,7 +477,7 @@ def guided_counterfactual(
             outside = sched.add_noise(q_model, noise, t_next)
             x = x * fov_t + outside * (1.0 - fov_t)
         if progress is not None:
-            progress(i + 1, len(timesteps))
+            progress("guided denoising", i + 1, len(timesteps))
     cf = ddpm.from_model_range(x.detach()).clamp(*ddpm.config.data_range)
     if fov_t is not None:
         cf = cf * fov_t + query * (1.0 - fov_t)

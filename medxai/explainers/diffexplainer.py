@@ -37,6 +37,7 @@ from medxai.networks.agent import Agent
 from medxai.diffusion.autoencoder import DiffusionAutoencoder
 from medxai.explainers.base import Explainer, MethodResult
 from medxai.explanation import CounterfactualSweep
+from medxai.progress import ProgressFn
 from medxai.registry import CT_STACK, register_method
 from medxai.targets import NeuronTarget, Target
 
@@ -44,7 +45,6 @@ __all__ = ["DiffExplainer"]
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +175,6 @@ class DiffExplainer(Explainer):
             )
         return x
 
-    def _report(self, stage: str) -> Callable[[int, int], None] | None:
-        if self.progress is None:
-            return None
-        cb = self.progress
-        return lambda done, total: cb(stage, done, total)
-
     def direction(self, z_n: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         """Agent logits ``(B, K)`` and manipulation direction ``(B, D)`` at normalised latents ``z_n``."""
         with torch.enable_grad():
@@ -216,7 +210,7 @@ class DiffExplainer(Explainer):
             t0 = time.perf_counter()
             with torch.no_grad():
                 z = ae.encode_stack(xd, self.batch_size)
-            x_T = ae.stochastic_encode_stack(xd, z, self.encode_steps, self.batch_size, self._report("encode"))
+            x_T = ae.stochastic_encode_stack(xd, z, self.encode_steps, self.batch_size, self.progress)
             timings["encode_s"] = time.perf_counter() - t0
 
             z_n = agent.normalise(z.to(next(agent.buffers()).device))
@@ -230,7 +224,7 @@ class DiffExplainer(Explainer):
             with torch.no_grad():
                 agent_all = agent(torch.cat(blocks)).reshape(m, b, -1).cpu()
             t0 = time.perf_counter()
-            images = ae.decode_stack(x_T.repeat(m, 1, 1, 1), z_all, self.decode_steps, self.batch_size, self._report("decode"))
+            images = ae.decode_stack(x_T.repeat(m, 1, 1, 1), z_all, self.decode_steps, self.batch_size, self.progress)
             timings["decode_s"] = time.perf_counter() - t0
             images = images.reshape(m, b, n, *x.shape[2:]).to(x.device)
 

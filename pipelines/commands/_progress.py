@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
+
+from medxai.progress import ProgressFn
 
 __all__ = ["progress_bars"]
 
 
 @contextlib.contextmanager
-def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+def progress_bars() -> Iterator[ProgressFn]:
     """Yield ``progress(stage, done, total)``: one bar per stage, on stderr, removed at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
