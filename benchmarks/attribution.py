@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from medxai.explainers import RISE, NNExplainer, NNExplainerConfig, build_explainer_network
+from medxai.explainers import NNExplainerConfig, build_explainer_network
 from medxai.networks.classifiers import make_classifier
+from medxai.registry import TENSOR, get_method
 from medxai.targets import AllClasses
 
 logger = logging.getLogger("benchmarks.attribution")
@@ -58,12 +59,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     classifier = make_classifier(args.classifier, in_channels=4, num_classes=args.classes, generator=gen).eval()
     x = torch.rand((1, 4, args.size, args.size), generator=gen)
+    # both built through the registry, as every job builds them
+    nn_spec, rise_spec = get_method("nn_explainer", TENSOR), get_method("rise", TENSOR)
     if args.explainer:
-        nn_explainer = NNExplainer(classifier, args.explainer, score_masked=False)
+        network: Any = args.explainer  # a folder written by save_nn_explainer
     else:
         config = NNExplainerConfig(num_classes=args.classes, in_channels=4, channels=(16, 32, 64), strides=(2, 2))
-        nn_explainer = NNExplainer(classifier, build_explainer_network(config), config, score_masked=False)
-    rise = RISE(classifier, n_masks=n_masks, grid_size=8, batch_size=args.batch, seed=0)
+        network = (build_explainer_network(config), config)
+    nn_explainer = nn_spec.build(classifier, nn_spec.settings_from({"score_masked": False}), {"nn_explainer": network})
+    rise = rise_spec.build(classifier, rise_spec.settings_from({"n_masks": n_masks, "grid_size": 8, "batch_size": args.batch}),
+                           seed=0)
     target = AllClasses(activation="softmax")
 
     nn_med, nn_times = _median_seconds(lambda: nn_explainer.explain(x, AllClasses()), args.nn_repeats, warmup=2)

@@ -32,11 +32,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medxai.networks.agent import Agent  # noqa: E402
 from medxai.diffusion import DiffusionAutoencoder, ScheduleConfig, load_autoencoder  # noqa: E402
-from medxai.explainers.diffexplainer import DiffExplainer  # noqa: E402
+from medxai.networks.agent import Agent  # noqa: E402
 from medxai.networks.classifiers import TinyCNN  # noqa: E402
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig  # noqa: E402
+from medxai.registry import CT_STACK, get_method  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -100,7 +100,9 @@ def main() -> None:
     s = net_cfg.image_size
     teacher = TinyCNN(4, 2, width=16).eval()
     agent = Agent(4 * net_cfg.z_dim, teacher.head.in_features, 2, teacher.head)
-    explainer = DiffExplainer(teacher, ae, agent, step_sizes=(1.0,), encode_steps=args.steps, decode_steps=args.steps, check_weights=False)
+    spec = get_method("diffexplainer", CT_STACK)  # built as every job builds it: the registry
+    settings = spec.settings_from({"step_sizes": [1.0], "encode_steps": args.steps, "decode_steps": args.steps})
+    explainer = spec.build(teacher, settings, {"autoencoder": ae, "agent": agent}, check_weights=False)
     x = torch.rand(args.cases, 4, s, s, generator=torch.Generator().manual_seed(1))
     explainer.explain(x, 1)  # warm-up
     mm_before = matmul_gflops()

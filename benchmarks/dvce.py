@@ -38,10 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxai.config import load_config  # noqa: E402
+from medxai.config import DR_FUNDUS_SCHEMA, load_config  # noqa: E402
 from medxai.data import StackSet, fundus_set  # noqa: E402
-from medxai.explainers.dvce import DVCE, dvce_variant  # noqa: E402
-from medxai.metrics.counterfactual_dr import evaluate_dr_counterfactuals, fov_from_images  # noqa: E402
+from medxai.explainers.dvce import dvce_variant  # noqa: E402
+from medxai.metrics.counterfactual_dr import fov_from_images, summarise_dr_counterfactuals  # noqa: E402
 from medxai.metrics.realism import (  # noqa: E402
     FeatureNet,
     extract_features,
@@ -50,9 +50,10 @@ from medxai.metrics.realism import (  # noqa: E402
     load_feature_net,
     save_feature_net,
 )
+from medxai.registry import FUNDUS, get_method  # noqa: E402
 from medxai.training.dvce import evaluate_classifier, train_feature_net  # noqa: E402
 from medxai.training.trainers import TrainConfig  # noqa: E402
-from pipelines.explain_dr import DR_SCHEMA, _dvce_config, load_dr_models  # noqa: E402
+from pipelines.models import load_black_box, load_method_models, method_settings, target_class  # noqa: E402
 
 log = logging.getLogger("benchmarks.dvce")
 
@@ -90,20 +91,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import yaml
 
-    config = load_config(args.config, DR_SCHEMA)
+    config = load_config(args.config, DR_FUNDUS_SCHEMA)
     if args.override:
         config = config.with_overrides({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.override)})
     size = int(config.get("image_size"))
-    models = load_dr_models(config)
-    target = int(config.get("dvce.target_class"))
+    spec = get_method("dvce", FUNDUS)
+    classifier = load_black_box(config)
+    models = load_method_models(config, spec)  # diffusion, and robust_model when the config has one
+    robust = models.get("robust_model")
+    target = target_class(config)
     test = StackSet.load(args.test_data) if args.test_data else fundus_set(160, 1000, size=size)
     x_all, y_all = torch.from_numpy(test.x), torch.from_numpy(test.y)
     result: dict[str, Any] = {
         "config": args.config, "overrides": args.override, "n": args.n, "target_class": target,
         "torch_threads": torch.get_num_threads(),
-        "classifier_heldout": evaluate_classifier(models.classifier, x_all, y_all),
-        "robust_heldout": evaluate_classifier(models.robust, x_all, y_all) if models.robust is not None else None,
-        "ddpm_parameters": models.diffusion.num_parameters(),
+        "classifier_heldout": evaluate_classifier(classifier, x_all, y_all),
+        "robust_heldout": evaluate_classifier(robust, x_all, y_all) if robust is not None else None,
+        "ddpm_parameters": models["diffusion"].num_parameters(),
     }
     sick = np.nonzero(test.y == 1)[0][: args.n]
     healthy = np.nonzero(test.y == 0)[0]
@@ -121,38 +125,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fid_queries_vs_real_healthy": frechet_distance(real_sick, real_healthy),
         "feature_net": args.feature_net,
     }
-    base = _dvce_config(config)
+    base = method_settings(config, spec)
     result["variants"] = {}
     saved: dict[str, np.ndarray] = {"query": x.numpy(), "lesions": lesions}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         cfg = dvce_variant(base, name)
-        robust = models.robust if cfg.guidance.mode in ("cone", "robust") else None
-        dvce = DVCE(models.classifier, models.diffusion, robust, config=cfg, seed=int(config.get("seed")))
+        dvce = spec.build(classifier, cfg, models, seed=int(config.get("seed")))
         t0 = time.perf_counter()
-        exp = dvce.explain(x, target, fov_mask=fov_t)
+        exp = dvce.explain(x, target, mask=fov_t)
         wall = time.perf_counter() - t0
-        cf = exp.counterfactuals["dvce"]  # type: ignore[index]
-        saved[name] = cf.numpy()
-        metrics = evaluate_dr_counterfactuals(
-            x.numpy(), cf.numpy(), exp.scores["counterfactual"], target, lesions, exp.heatmaps_numpy()[:, 0], fov
-        )
+        cf = exp.sweep.at(1.0)  # (N, 3, S, S): DVCE's sweep has the one step +1, the counterfactual
+        saved[name] = cf
+        metrics = summarise_dr_counterfactuals(x.numpy(), exp, lesions, fov, target=target)
         per_image = metrics.pop("per_image")
-        feats = extract_features(feat_net, cf)
+        feats = extract_features(feat_net, torch.as_tensor(cf))
         kid, kid_std = kernel_inception_distance(feats, real_healthy, subsets=20, subset_size=min(len(feats), len(healthy)))
-        timers = dict(exp.extra["timers"])
+        timers = {k: v for k, v in exp.timings.items() if k != "seconds"}  # the denoising loop's stages
         total = timers.pop("total", wall)
+        robust_cf = exp.diagnostics.get("robust_counterfactual_logits")
         metrics.update({
-            "robust_target_rate": float((exp.scores["robust_counterfactual"].argmax(1) == target).float().mean())
-            if "robust_counterfactual" in exp.scores else None,
-            "query_target_rate": float((exp.scores["query"].argmax(1) == target).float().mean()),
-            "mean_target_prob_cf": float(exp.scores["counterfactual"].softmax(1)[:, target].mean()),
-            "l1_total": float((cf - x).abs().mean()),
+            "robust_target_rate": float((torch.as_tensor(robust_cf).argmax(1) == target).float().mean())
+            if robust_cf is not None else None,
+            "query_target_rate": float((torch.as_tensor(exp.logits).argmax(1) == target).float().mean()),
+            "mean_target_prob_cf": float(exp.sweep.probabilities[:, 0, target].mean()),
+            "l1_total": float(np.abs(cf - x.numpy()).mean()),
             "kid_vs_real_healthy": kid, "kid_std": kid_std,
             "fid_vs_real_healthy": frechet_distance(feats, real_healthy),
             "seconds_per_counterfactual": wall / len(x),
             "time_share": {k: v / total for k, v in timers.items()},
             "guidance": cfg.guidance.to_dict(), "num_steps": cfg.num_steps, "skip_steps": cfg.skip_steps,
-            "start_timestep": exp.extra.get("start_timestep"),
+            "start_timestep": exp.diagnostics.get("start_timestep"),
             "per_image": per_image,
         })
         result["variants"][name] = metrics

@@ -34,7 +34,9 @@ def main() -> None:
 
     from medxai.data import ct_stack_set
     from medxai.metrics.counterfactual import heatmap_auroc
-    from medxai.training.ct import load_teacher_from_config, stack_config
+    from medxai.registry import CT_STACK, get_method
+    from medxai.training.ct import load_data, stack_config
+    from pipelines.models import load_black_box, method_settings, target_class
     from pipelines.pretrained import seed_models_dir
 
     settings = b.load_bench_settings()
@@ -43,23 +45,25 @@ def main() -> None:
         root = Path(tmp) / "models"
         root.mkdir()
         seed_models_dir(root)
-        clock = b._Clock(None)
-        models = b._Models(root, settings, None, clock)
+        clock = b.StageClock(None)
+        models = b.ModelCache(root, settings, None, clock)
         cfg = models.ct("ct")
-        target = int(cfg.get("explainer.target_class"))
+        target = target_class(cfg)
+        spec = get_method("nn_explainer", CT_STACK)
         test = ct_stack_set(settings.ct_test_n, settings.ct_test_seed, phantom=str(cfg.get("data.phantom", "test")),
                             stack=stack_config(cfg))
         gt2d = test.masks["biomarker"].max(axis=1)
         pos = np.flatnonzero((test.y == 1) & (gt2d.reshape(len(gt2d), -1).sum(1) > 0))[: settings.explain_n]
-        teacher = load_teacher_from_config(cfg).eval()
-        train = b._load_train(cfg)
+        teacher = load_black_box(cfg)
+        train = load_data(cfg, "train")
         for steps in args.steps:
-            m = b._Models(root, dataclasses.replace(settings, nn_explainer_steps=steps), None, clock)
+            m = b.ModelCache(root, dataclasses.replace(settings, nn_explainer_steps=steps), None, clock)
             t0 = time.perf_counter()
             nn = m.nn_explainer(f"ct_{steps}", teacher, train["stacks"], train["labels"])
             seconds = time.perf_counter() - t0
-            ex = b._attribution_explainers(teacher, nn, settings.rise_masks)["nn_explainer"]
-            maps, _ = b._explain_maps(ex, test.x[pos], target)
+            # the registry builds it as the bench does: the bench's network as models["nn_explainer"]
+            ex = spec.build(teacher, method_settings(cfg, spec), {"nn_explainer": nn}, seed=int(cfg.get("seed")))
+            maps, _ = b.explain_maps(ex, test.x[pos], target)
             auroc = heatmap_auroc(maps, gt2d[pos])
             row = {"steps": steps, "train_seconds": round(seconds, 1), "loc_auroc": round(float(np.nanmean(auroc)), 4),
                    "loc_auroc_sd": round(float(np.nanstd(auroc)), 4), "n_cases": int(len(pos))}

@@ -26,7 +26,8 @@ from medxai.metrics.localisation import pixel_auroc  # noqa: E402
 
 
 def train_classifier(train: StackSet, steps: int, seed: int) -> torch.nn.Module:
-    from medxai.networks.classifiers import fit_classifier, make_classifier
+    from medxai.networks.classifiers import make_classifier
+    from medxai.training.trainers import fit_classifier
 
     g = torch.Generator().manual_seed(seed)
     net = make_classifier("resnet18", train.x.shape[1], 2, 2, generator=g)

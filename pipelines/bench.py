@@ -1,4 +1,12 @@
-"""``medxai bench``: every explainer against the phantoms' ground truth, in one run.
+"""``medxai bench``: every registered explainer against the phantoms' ground truth, in one run.
+
+The methods come from the registry (:mod:`medxai.registry`): each half runs every method registered
+for its config's ``input`` kind, each built by ``spec.build`` with the settings of the config section
+named after it (the bench config's ``methods:`` and ``ct_overrides`` / ``dr_overrides`` override
+them) and the models :mod:`pipelines.models` loads for it. A method added as one file in
+``medxai/explainers`` is benchmarked without touching this module. Counterfactual methods get the
+counterfactual metrics, the others (attribution methods) the localisation metrics; a method whose
+models neither the config nor the bench provides is skipped and listed in ``results["methods"]``.
 
 The run (``run_bench``):
 
@@ -6,19 +14,21 @@ The run (``run_bench``):
    trained there from the named configs when it is missing (or loaded when it is there: the cache):
    CT teacher, diffusion autoencoder and agent; a second teacher trained on the biased split (the
    shortcut scenario) with its own agent; a re-initialised teacher with its own agent (the
-   randomisation check); the fundus DDPM, plain and robust classifiers; NN-Explainer networks.
+   randomisation check); the fundus DDPM, plain and robust classifiers; NN-Explainer networks (the
+   ``nn_explainer`` model of every method that needs one).
 2. **Held-out cohorts** with seeds no training cohort uses (``configs/bench.yaml``).
-3. **CT**: DiffExplainer on every held-out case (flip rate, reconstruction PSNR, heatmap AUROC,
-   agent-teacher agreement); Grad-CAM, Grad-CAM++, occlusion, Integrated Gradients, RISE and
-   NN-Explainer on the positives (pixel AUROC of the 2D map against the biomarker's projection over
-   the four slices, the same ground truth for every method).
+3. **CT** (``input: ct_stack``): each counterfactual method (DiffExplainer) on every held-out case
+   (flip rate, reconstruction PSNR, heatmap AUROC, agent-teacher agreement); each attribution method
+   (Grad-CAM, Grad-CAM++, occlusion, Integrated Gradients, RISE, NN-Explainer, ...) on the positives
+   (pixel AUROC of the 2D map against the biomarker's projection over the four slices, the same
+   ground truth for every method).
 4. **Shortcut**: on biased held-out positives whose pacemaker lies in the stack, the share of each
    method's heatmap mass on the marker, for the shortcut teacher and for the clean teacher.
 5. **Sanity**: model-parameter randomisation: median Spearman correlation between each method's maps
    for the trained and the re-initialised model (near 0 = the explanation depends on the model).
-6. **Fundus**: DVCE (with cone projection, without it, without the distance term) towards "healthy"
-   on referable held-out crops (target rate, L1 outside the lesions, lesion AUROC of the difference
-   map), the attribution baselines on the plain classifier.
+6. **Fundus** (``input: fundus``): each counterfactual method (DVCE with cone projection, without it,
+   without the distance term) towards "healthy" on referable held-out crops (target rate, L1 outside
+   the lesions, lesion AUROC of the difference map), the attribution methods on the plain classifier.
 7. ``results.json`` (schema in docs/benchmarks.md), figures and ``report.html``.
 """
 
@@ -39,7 +49,19 @@ import numpy as np
 from medxai.config import Config, ConfigError, load_config
 from pipelines.provenance import json_safe, package_versions
 
-__all__ = ["BenchSettings", "load_bench_settings", "run_bench", "TARGETS"]
+__all__ = [
+    "BenchMethods",
+    "BenchSettings",
+    "ModelCache",
+    "StageClock",
+    "TARGETS",
+    "bench_methods",
+    "explain_all",
+    "explain_maps",
+    "load_bench_settings",
+    "method_models",
+    "run_bench",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +80,23 @@ TARGETS: dict[str, tuple[str, float]] = {
     "fundus.dvce.loc_auroc": (">=", 0.90),
 }
 
-ATTRIBUTION_METHODS = ("gradcam", "gradcam++", "occlusion", "integrated_gradients", "rise", "nn_explainer")
+#: the class the fundus attribution maps explain: referable DR, the class the planted lesions drive
+#: (the counterfactual methods move towards the config's ``target_class``, "healthy")
+FUNDUS_EVIDENCE_CLASS = 1
+#: extra models that are classifiers of the black box's task: re-initialised with it in the randomisation check
+_CLASSIFIER_ROLES = ("robust_model",)
+#: extra models the bench makes itself instead of loading them from a config
+_BENCH_ROLES = ("nn_explainer",)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchSettings:
-    """One section of ``configs/bench.yaml`` (paths relative to that file)."""
+    """One section of ``configs/bench.yaml`` (paths relative to that file).
+
+    ``methods`` maps a registered method name to settings that override the CT and DR configs'
+    section of that name (e.g. ``{"rise": {"n_masks": 500}}``); ``ct_overrides`` / ``dr_overrides``
+    are dotted fields of one config (e.g. ``{"diffexplainer.encode_steps": 4}``) and win over both.
+    """
 
     ct_config: str
     dr_config: str
@@ -77,10 +110,10 @@ class BenchSettings:
     fundus_test_n: int = 80
     explain_n: int = 16
     randomization_n: int = 8
-    rise_masks: int = 1000
     nn_explainer_steps: int = 400
     dvce_variants: tuple[str, ...] = ("cone", "no_cone", "no_distance")
     figure_cases: int = 2
+    methods: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     ct_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dr_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -93,6 +126,23 @@ class BenchSettings:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
+#: old bench-config fields -> what replaces them (refused with this hint, never silently ignored)
+_RENAMED_FIELDS = {"rise_masks": "methods: {rise: {n_masks: N}}"}
+#: old config sections an override may still name -> the section that replaced them
+_RENAMED_SECTIONS = {"explainer": "diffexplainer"}
+
+
+def _check_overrides(where: str, name: str, overrides: Mapping[str, Any]) -> None:
+    for key in overrides:
+        head, _, rest = str(key).partition(".")
+        if rest == "target_class" and head in ("explainer", "diffexplainer", "dvce"):
+            raise ConfigError(f"{where}: {name} field '{key}' moved to the top level of the config; "
+                              "write 'target_class' instead.")
+        if head in _RENAMED_SECTIONS:
+            raise ConfigError(f"{where}: {name} field '{key}': section '{head}' was renamed '{_RENAMED_SECTIONS[head]}'; "
+                              f"write '{_RENAMED_SECTIONS[head]}.{rest}'.")
+
+
 def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool = False) -> BenchSettings:
     """The ``full`` (or ``quick``) section of a bench config as :class:`BenchSettings`."""
     from medxai.config import dataclass_from_mapping
@@ -101,21 +151,41 @@ def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool 
     section = "quick" if quick else "full"
     cfg = load_config(path, {section: dict})
     data = cfg.section(section)
+    where = f"{path}: section '{section}'"
+    for old, new in _RENAMED_FIELDS.items():
+        if old in data:
+            raise ConfigError(f"{where}: field '{old}' is no longer read; write {new} instead.")
     if "dvce_variants" in data:
         data["dvce_variants"] = tuple(data["dvce_variants"])
     data["base_dir"] = str(path.parent)
     try:
-        settings = dataclass_from_mapping(BenchSettings, data, f"{path}: section '{section}'")
+        settings = dataclass_from_mapping(BenchSettings, data, where)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
     for name in ("ct_config", "dr_config", "ddpm_config"):
         if not settings.path(name).is_file():
-            raise ConfigError(f"{path}: section '{section}': {name} {str(settings.path(name))!r} does not exist.")
+            raise ConfigError(f"{where}: {name} {str(settings.path(name))!r} does not exist.")
+    if not isinstance(settings.methods, Mapping) or not all(isinstance(v, Mapping) for v in settings.methods.values()):
+        raise ConfigError(f"{where}: 'methods' must map method names to settings mappings, e.g. "
+                          "{rise: {n_masks: 500}}, got " + repr(settings.methods) + ".")
+    _check_overrides(where, "ct_overrides", settings.ct_overrides)
+    _check_overrides(where, "dr_overrides", settings.dr_overrides)
+    _check_overrides(where, "methods", {f"{k}.x": v for k, v in settings.methods.items()})
     return settings
 
 
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    """``("rise", {"n_masks": 5})`` -> ``{"rise.n_masks": 5}`` (nested mappings flattened too)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}", v))
+        return out
+    return {prefix: value}
+
+
 # ------------------------------------------------------------------------------------------ helpers
-class _Clock:
+class StageClock:
     """Wall-clock seconds of each stage (for results.json) and the progress bars of the explaining stages."""
 
     def __init__(self, progress: Progress | None = None) -> None:
@@ -123,9 +193,9 @@ class _Clock:
         self.progress = progress
 
     def maps(self, name: str, explainer: Any, x: np.ndarray, target: int) -> tuple[np.ndarray, float]:
-        """:func:`_explain_maps` as the timed stage ``name``, with a progress bar."""
+        """:func:`explain_maps` as the timed stage ``name``, with a progress bar."""
         report = (lambda done, total: self.progress(name, done, total)) if self.progress else None
-        return self.time(name, lambda: _explain_maps(explainer, x, target, report=report))
+        return self.time(name, lambda: explain_maps(explainer, x, target, report=report))
 
     def time(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -161,22 +231,36 @@ def _maps_spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def _randomised(model: Any, seed: int) -> Any:
     """A copy of ``model`` with every parameter re-initialised (the model-randomisation check)."""
-    from medxai.networks.classifiers import init_with_generator
-
     import torch
+
+    from medxai.networks.classifiers import init_with_generator
 
     clone = copy.deepcopy(model)
     return init_with_generator(clone, torch.Generator().manual_seed(seed)).eval()
 
 
+def _probabilities(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The model's softmax probabilities ``(N, K)`` on ``x`` ``(N, C, S, S)``."""
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([
+            torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)
+        ])
+
+
 # ------------------------------------------------------------------------------------------ models
-class _Models:
-    """Resolves every model file under ``root``: loads it if present, trains it otherwise."""
+class ModelCache:
+    """Resolves every model file under ``root``: loads it if present, trains it otherwise.
+
+    The configs it hands out point every model section at ``root`` (and drop the sections'
+    ``pretrained`` fallbacks: the bench uses only what is in its cache, see ``--pretrained``).
+    """
 
     def __init__(
-        self, root: Path, settings: BenchSettings, progress: Progress | None, clock: _Clock, trust_code: bool = False
+        self, root: Path, settings: BenchSettings, progress: Progress | None, clock: StageClock, trust_code: bool = False
     ) -> None:
-        self.root, self.s, self.progress, self.clock = root, settings, progress, clock
+        self.root, self.s, self.progress, self.clock = Path(root).absolute(), settings, progress, clock
         self.trust_code = trust_code  # written into every config it hands out (trust_code: true), so loaders see it
         self.trained: list[str] = []
         self.loaded: list[str] = []
@@ -193,6 +277,22 @@ class _Models:
         self.clock.time(f"train_{name}", train)
         self.trained.append(name)
 
+    def _overrides(self, cfg: Config, specific: Mapping[str, Any], paths: Mapping[str, Path]) -> dict[str, Any]:
+        """The bench's ``methods`` settings, then ``specific`` (ct/dr_overrides), then the model paths
+        (every ``pretrained`` fallback off) and ``trust_code``."""
+        over: dict[str, Any] = {}
+        for name, values in self.s.methods.items():
+            over.update(_flat(name, values))
+        over.update(specific)
+        for field, path in paths.items():
+            over[field] = str(path)
+            section = field.rsplit(".", 1)[0]
+            if cfg.has(section):
+                over[f"{section}.pretrained"] = None
+        if self.trust_code:
+            over["trust_code"] = True
+        return over
+
     # --- CT -------------------------------------------------------------------------------
     def ct_config(self, which: str = "ct") -> Config:
         """The CT config with the bench's overrides and every weight path under ``<root>/<which>``."""
@@ -201,15 +301,13 @@ class _Models:
         cfg = load_ct_config(self.s.path("ct_config"))
         d = self.root / which
         main = self.root / "ct"
-        over: dict[str, Any] = dict(self.s.ct_overrides)
-        over.update({
-            "run_dir": str(d),
-            "teacher.path": str(d / "teacher.safetensors"),
-            "autoencoder.path": str(main / "autoencoder.safetensors"),  # one autoencoder for every teacher
-            "agent.path": str(d / "agent.safetensors"),
+        over = self._overrides(cfg, self.s.ct_overrides, {
+            "teacher.path": d / "teacher.safetensors",
+            "autoencoder.path": main / "autoencoder.safetensors",  # one autoencoder for every teacher
+            "agent.path": d / "agent.safetensors",
+            "nn_explainer_network.path": self.root / f"nn_explainer_{which}",  # what nn_explainer() trains
         })
-        if self.trust_code:
-            over["trust_code"] = True
+        over["run_dir"] = str(d)
         if which == "ct_shortcut":
             over["data.shortcut"] = float(self.s.shortcut)
         if which == "ct_random":
@@ -237,13 +335,14 @@ class _Models:
 
     def _random_teacher(self, main: Config, cfg: Config) -> None:
         from medxai.training.checkpoint import save_weights
-        from medxai.training.ct import load_teacher_from_config
+        from pipelines.models import load_black_box
 
-        rand = _randomised(load_teacher_from_config(self.ct("ct")), seed=int(main.get("seed")) + 1000)
+        rand = _randomised(load_black_box(self.ct("ct")), seed=int(main.get("seed")) + 1000)
         save_weights(cfg.path("teacher.path"), rand.state_dict(), {"kind": "teacher", "randomised": True})
 
     def nn_explainer(self, name: str, model: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
-        """Network and config of an NN-Explainer for ``model`` (trained on ``x, y`` if missing)."""
+        """Network and config of an NN-Explainer for ``model`` (trained on ``x, y`` if missing), the
+        ``nn_explainer`` model of the methods that need one."""
         import torch
 
         from medxai.explainers import NNExplainerConfig, load_nn_explainer, save_nn_explainer, train_nn_explainer
@@ -268,8 +367,8 @@ class _Models:
     # --- fundus ---------------------------------------------------------------------------
     def fundus(self) -> Config:
         """Make sure the DDPM and both DR classifiers exist; return the DR config pointing at them."""
-        from pipelines.commands.train_dr import train_diffusion, train_dr_classifier
-        from pipelines.explain_dr import DR_SCHEMA
+        from medxai.config import DR_FUNDUS_SCHEMA
+        from pipelines.train_dr import train_diffusion, train_dr_classifier
 
         d = self.root / "fundus"
         s = self.s
@@ -281,176 +380,254 @@ class _Models:
             self._note(f"fundus_{key}", paths[key], lambda key=key, robust=robust: train_dr_classifier(
                 s.path("dr_config"), paths[key], robust=robust, n=n, seconds=s.train_seconds.get(key), steps=s.train_steps.get(key),
                 trust_code=self.trust_code))
-        cfg = load_config(s.path("dr_config"), DR_SCHEMA)
-        over = dict(s.dr_overrides)
-        over.update({"classifier.path": str(paths["classifier"]), "robust_classifier.path": str(paths["robust_classifier"]),
-                     "diffusion.path": str(paths["ddpm"])})
-        if self.trust_code:
-            over["trust_code"] = True
+        cfg = load_config(s.path("dr_config"), DR_FUNDUS_SCHEMA)
+        over = self._overrides(cfg, s.dr_overrides, {
+            "classifier.path": paths["classifier"], "robust_classifier.path": paths["robust_classifier"],
+            "diffusion.path": paths["ddpm"], "nn_explainer_network.path": self.root / "nn_explainer_fundus",
+        })
         self.configs["fundus"] = cfg.with_overrides(over)
         return self.configs["fundus"]
 
 
-# -------------------------------------------------------------------------------------- explaining
-def _attribution_explainers(model: Any, nn: tuple[Any, Any] | None, rise_masks: int) -> dict[str, Any]:
-    from medxai.explainers import RISE, GradCAM, GradCAMpp, IntegratedGradients, NNExplainer, Occlusion
+# -------------------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class BenchMethods:
+    """The registered methods one half of the bench runs (registration order)."""
 
+    counterfactual: tuple[Any, ...]
+    attribution: tuple[Any, ...]
+    #: method name -> why it was not run
+    skipped: dict[str, str]
+
+
+def bench_methods(cfg: Config) -> BenchMethods:
+    """Every method registered for ``cfg``'s ``input`` kind whose extra models the config names (or the
+    bench makes: the NN-Explainer network), split into counterfactual and attribution methods."""
+    from medxai.registry import MODEL_SECTIONS, methods
+    from pipelines.models import input_kind
+
+    kind = input_kind(cfg)
+    run, skipped = [], {}
+    for spec in methods(kind):
+        missing = [MODEL_SECTIONS[r] for r in spec.needs if r not in _BENCH_ROLES and not cfg.has(MODEL_SECTIONS[r])]
+        if missing:
+            skipped[spec.name] = f"{cfg.source} has no section {', '.join(missing)} for the model(s) it needs"
+            logger.warning("bench: %s skipped on %s inputs: %s", spec.name, kind, skipped[spec.name])
+        else:
+            run.append(spec)
+    return BenchMethods(tuple(s for s in run if s.counterfactual), tuple(s for s in run if not s.counterfactual), skipped)
+
+
+def method_models(spec: Any, cfg: Config, provided: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The extra models of ``spec``: those in ``provided`` (``role -> model``, e.g. the bench's own
+    NN-Explainer or randomised classifiers), the rest loaded from ``cfg`` by :mod:`pipelines.models`."""
+    from pipelines.models import load_method_models
+
+    roles = (*spec.needs, *spec.optional)
+    given = {k: v for k, v in (provided or {}).items() if k in roles}
+    rest = dataclasses.replace(spec, needs=tuple(r for r in spec.needs if r not in given),
+                               optional=tuple(r for r in spec.optional if r not in given))
+    return {**load_method_models(cfg, rest), **given}
+
+
+def _build(spec: Any, cfg: Config, black_box: Any, models: Mapping[str, Any], settings: Any = None) -> Any:
+    """``spec.build`` with the settings of ``cfg``'s section of the method and the config's seed."""
+    from pipelines.models import method_settings
+
+    settings = method_settings(cfg, spec) if settings is None else settings
+    return spec.build(black_box, settings, models, seed=int(cfg.get("seed", 0)))
+
+
+def _attribution_explainers(
+    specs: Sequence[Any], cfg: Config, black_box: Any, nn: Callable[[], tuple[Any, Any]]
+) -> dict[str, Any]:
+    """The attribution methods for ``black_box``; ``nn()`` makes the NN-Explainer network, called
+    only when a method needs one."""
+    provided: dict[str, Any] = {}
+    if any("nn_explainer" in (*s.needs, *s.optional) for s in specs):
+        provided["nn_explainer"] = nn()
+    return {s.name: _build(s, cfg, black_box, method_models(s, cfg, provided)) for s in specs}
+
+
+# -------------------------------------------------------------------------------------- explaining
+def explain_all(
+    explainer: Any, x: np.ndarray, target: int, batch: int = 4, mask: Any = None,
+    report: Callable[[int, int], None] | None = None,
+) -> tuple[Any, float]:
+    """The :class:`~medxai.explanation.Explanation` of ``x`` ``(N, C, S, S)`` for class ``target``,
+    explained ``batch`` cases at a time and joined (:meth:`~medxai.explanation.Explanation.concat`),
+    and seconds per case. ``mask`` ``(N, 1, S, S)``: per-case regions for methods that take one."""
+    import torch
+
+    from medxai.explanation import Explanation
+
+    t0 = time.perf_counter()
+    parts = []
+    for i in range(0, len(x), batch):
+        m = None if mask is None else mask[i : i + batch]
+        parts.append(explainer.explain(torch.from_numpy(x[i : i + batch]), target, mask=m))
+        if report is not None:
+            report(min(i + batch, len(x)), len(x))
+    return Explanation.concat(parts), (time.perf_counter() - t0) / max(1, len(x))
+
+
+def explain_maps(
+    explainer: Any, x: np.ndarray, target: int, batch: int = 4, report: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, float]:
+    """2D maps ``(N, S, S)`` of class ``target`` (summed over the explanation's targets) and seconds per case."""
+    exp, secs = explain_all(explainer, x, target, batch, report=report)
+    return exp.heatmaps_numpy().reshape(len(x), -1, *x.shape[2:]).sum(1), secs
+
+
+def _maps(exp: Any) -> np.ndarray:
+    """One 2D map per case ``(N, S, S)``: the heatmaps summed over targets."""
+    return exp.heatmaps_numpy().sum(1)
+
+
+def _sweep_curves(exp: Any, target: int) -> dict[str, Any]:
+    """Black-box (and agent) PROBABILITY of ``target`` along the signed steps ``-a_k..0..a_k`` per case;
+    step 0 is the sweep's origin (the reconstruction; the query when it has none)."""
+    sw = exp.sweep
+    neg = [sw.index(a) for a in sw.negative_steps]
+    pos = [sw.index(a) for a in sw.positive_steps]
+
+    def curve(steps: np.ndarray, origin: np.ndarray) -> list[list[float]]:
+        return np.concatenate([steps[:, neg, target], origin[:, None, target], steps[:, pos, target]], axis=1).tolist()
+
+    origin = sw.origin_probabilities if sw.origin_probabilities is not None else exp.probabilities
     out: dict[str, Any] = {
-        "gradcam": GradCAM(model),
-        "gradcam++": GradCAMpp(model),
-        "occlusion": Occlusion(model),
-        "integrated_gradients": IntegratedGradients(model, channel_reduction="abs"),
-        "rise": RISE(model, n_masks=rise_masks, seed=0),
+        "signed_steps": [*sw.negative_steps, 0.0, *sw.positive_steps],
+        "teacher_target_prob": curve(sw.probabilities, origin),
     }
-    if nn is not None:
-        out["nn_explainer"] = NNExplainer(model, nn[0], nn[1])
+    if sw.agent_probabilities is not None and sw.agent_origin_probabilities is not None:
+        out["agent_target_prob"] = curve(sw.agent_probabilities, sw.agent_origin_probabilities)
+    out["query_target_prob"] = exp.probabilities[:, target].tolist()
     return out
 
 
-def _explain_maps(
-    explainer: Any, x: np.ndarray, target: int, batch: int = 4, report: Callable[[int, int], None] | None = None
-) -> tuple[np.ndarray, float]:
-    """2D maps ``(N, S, S)`` of class ``target`` and seconds per case."""
-    import torch
+def _catalogue(entries: dict[str, dict[str, Any]], part: str, found: BenchMethods) -> None:
+    """Record what ran (and what was skipped) per registered method, for results.json and the report."""
+    from medxai.registry import get_method
 
-    from medxai.targets import ClassTarget
+    def entry(name: str) -> dict[str, Any]:
+        spec = get_method(name)
+        return entries.setdefault(name, {"summary": spec.summary, "counterfactual": spec.counterfactual,
+                                         "inputs": sorted(spec.inputs), "ran": [], "skipped": {}})
 
-    t0 = time.perf_counter()
-    maps = []
-    for i in range(0, len(x), batch):
-        h = explainer.explain(torch.from_numpy(x[i : i + batch]), ClassTarget(target)).heatmaps_numpy()
-        maps.append(h.reshape(len(h), -1, *x.shape[2:]).sum(1))  # one map per input (sum over targets/channels)
-        if report is not None:
-            report(min(i + batch, len(x)), len(x))
-    return np.concatenate(maps), (time.perf_counter() - t0) / max(1, len(x))
-
-
-def _teacher_probs(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return np.concatenate([
-            torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)
-        ])
-
-
-def _diffexplain(cfg: Config, x: np.ndarray, target: int, batch: int = 8, progress: Progress | None = None) -> tuple[dict[str, Any], float]:
-    """Run DiffExplainer on ``x`` in batches; returns the concatenated scores/counterfactuals and s/case."""
-    import torch
-
-    from medxai.training.ct import build_explainer
-
-    explainer = build_explainer(cfg)
-    parts: list[Any] = []
-    t0 = time.perf_counter()
-    for i in range(0, len(x), batch):
-        parts.append(explainer.explain(torch.from_numpy(x[i : i + batch]), target))
-        if progress:
-            progress("DiffExplainer", min(i + batch, len(x)), len(x))
-    seconds = (time.perf_counter() - t0) / max(1, len(x))
-    cat = lambda key, sub: torch.cat([getattr(p, key)[sub] for p in parts])  # noqa: E731
-    merged = {
-        "heatmaps": torch.cat([p.heatmaps for p in parts]),
-        "scores": {k: cat("scores", k) for k in parts[0].scores},
-        "counterfactuals": {k: cat("counterfactuals", k) for k in parts[0].counterfactuals},
-        "step_sizes": list(explainer.step_sizes),
-        "heatmap_step": explainer.heatmap_step,
-    }
-    return merged, seconds
-
-
-class _Merged:
-    """The attributes :func:`medxai.metrics.counterfactual.summarise_diffexplainer` reads."""
-
-    def __init__(self, d: Mapping[str, Any]) -> None:
-        self.scores = d["scores"]
-        self.counterfactuals = d["counterfactuals"]
+    for spec in (*found.counterfactual, *found.attribution):
+        entry(spec.name)["ran"].append(part)
+    for name, why in found.skipped.items():
+        entry(name)["skipped"][part] = why
 
 
 # --------------------------------------------------------------------------------------------- CT
-def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: _Clock) -> dict[str, Any]:
+def _ct_section(
+    models: ModelCache, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: StageClock,
+    catalogue: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     import torch
 
     from medxai.data import ct_stack_set
     from medxai.metrics import mass_on_mask
     from medxai.metrics.counterfactual import heatmap_auroc, summarise_diffexplainer
-    from medxai.training.ct import load_teacher_from_config, stack_config
+    from medxai.training.ct import load_data, stack_config
+    from pipelines.models import load_black_box, target_class
 
     cfg = models.ct("ct")
-    target = int(cfg.get("explainer.target_class"))
+    found = bench_methods(cfg)
+    _catalogue(catalogue, "ct", found)
+    target = target_class(cfg)
     phantom = str(cfg.get("data.phantom", "test"))
     stack = stack_config(cfg)
     test = clock.time("ct_test_cohort", lambda: ct_stack_set(s.ct_test_n, s.ct_test_seed, phantom=phantom, stack=stack))
-    teacher = load_teacher_from_config(cfg).eval()
-    probs = _teacher_probs(teacher, test.x)
+    teacher = load_black_box(cfg)
+    probs = _probabilities(teacher, test.x)
     out: dict[str, Any] = {"models": {
         "teacher_heldout_auroc": _auroc(probs[:, 1], test.y),
         "teacher_heldout_accuracy": float((probs.argmax(1) == test.y).mean()),
         "n_test": int(len(test.y)), "n_test_positive": int(test.y.sum()),
     }}
-
-    # DiffExplainer on every held-out case
-    d, secs = clock.time("ct_diffexplainer", lambda: _diffexplain(cfg, test.x, target, progress=progress))
-    summ = summarise_diffexplainer(torch.from_numpy(test.x), _Merged(d), target,
-                                   torch.from_numpy(test.masks["biomarker"]), torch.from_numpy(test.masks["lungs"]))
     gt2d = test.masks["biomarker"].max(axis=1)  # (N, S, S): projection over the four slices
-    heat2d = d["heatmaps"][:, 0].numpy()
-    sweep = _sweep(d, target)
-    out["diffexplainer"] = {
-        "flip_rate": summ["flip_rate"],
-        "recon_psnr_db": _nanmean(summ["psnr"]),
-        "recon_ssim": _nanmean(summ["ssim"]),
-        "loc_auroc": _nanmean(heatmap_auroc(heat2d, gt2d)),
-        "loc_auroc_per_slice": _nanmean(summ["heatmap_auroc"]),
-        "seconds_per_case": secs,
-        "monotonicity": summ["monotonicity"],
-        "change_outside_lungs": summ["change_outside_lungs"],
-        "score_change_reconstruction": _nanmean(summ["score_change_reconstruction"]),
-        "n_cases": int(len(test.x)),
-        "sweep": sweep,
-    }
-    out["agent_agreement"] = summ["agent_teacher_agreement"]
-
-    # attribution baselines on the held-out positives
     pos = np.flatnonzero((test.y == 1) & (gt2d.reshape(len(gt2d), -1).sum(1) > 0))[: s.explain_n]
     if not len(pos):
         raise ValueError(f"the held-out CT cohort (seed {s.ct_test_seed}, {s.ct_test_n} cases) has no positive case with a "
                          "biomarker in the stack; raise ct_test_n in the bench config.")
-    train = _load_train(cfg)
-    nn = models.nn_explainer("ct", teacher, train["stacks"], train["labels"])
-    methods = _attribution_explainers(teacher, nn, s.rise_masks)
-    maps: dict[str, np.ndarray] = {"diffexplainer": heat2d[pos]}
-    for name, ex in methods.items():
+
+    def counterfactual(spec: Any, c: Config, black_box: Any, x: np.ndarray, stage: str, show: bool = False) -> tuple[Any, float]:
+        """Explain ``x`` with counterfactual method ``spec`` built from config ``c``, 8 cases at a time."""
+        report = (lambda done, total: progress(spec.name, done, total)) if progress and show else None
+
+        def run() -> tuple[Any, float]:
+            return explain_all(_build(spec, c, black_box, method_models(spec, c)), x, target, batch=8, report=report)
+
+        return clock.time(stage, run)
+
+    # counterfactual methods (DiffExplainer) on every held-out case
+    maps: dict[str, np.ndarray] = {}
+    heat: dict[str, np.ndarray] = {}
+    cf_exps: dict[str, Any] = {}
+    for spec in found.counterfactual:
+        exp, secs = counterfactual(spec, cfg, teacher, test.x, f"ct_{spec.name}", show=True)
+        summ = summarise_diffexplainer(torch.from_numpy(test.x), exp, target,
+                                       torch.from_numpy(test.masks["biomarker"]), torch.from_numpy(test.masks["lungs"]))
+        heat[spec.name] = _maps(exp)
+        maps[spec.name] = heat[spec.name][pos]
+        cf_exps[spec.name] = exp
+        out[spec.name] = {
+            "method": spec.name,
+            "flip_rate": summ["flip_rate"],
+            "recon_psnr_db": _nanmean(summ["psnr"]),
+            "recon_ssim": _nanmean(summ["ssim"]),
+            "loc_auroc": _nanmean(heatmap_auroc(heat[spec.name], gt2d)),
+            "loc_auroc_per_slice": _nanmean(summ["heatmap_auroc"]),
+            "seconds_per_case": secs,
+            "monotonicity": summ["monotonicity"],
+            "change_outside_lungs": summ["change_outside_lungs"],
+            "score_change_reconstruction": _nanmean(summ["score_change_reconstruction"]),
+            "n_cases": int(len(test.x)),
+            "sweep": _sweep_curves(exp, target),
+        }
+        if "agent_teacher_agreement" in summ and "agent_agreement" not in out:
+            out["agent_agreement"] = summ["agent_teacher_agreement"]
+
+    # attribution methods on the held-out positives
+    train = load_data(cfg, "train")
+    attribution = _attribution_explainers(found.attribution, cfg, teacher,
+                                          lambda: models.nn_explainer("ct", teacher, train["stacks"], train["labels"]))
+    for name, ex in attribution.items():
         m, t = clock.maps(f"ct_{name}", ex, test.x[pos], target)
         maps[name] = m
-        out[name] = {"loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])), "seconds_per_case": t, "n_cases": int(len(pos)),
-                     "flip_rate": None, "recon_psnr_db": None}
+        out[name] = {"method": name, "loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])), "seconds_per_case": t,
+                     "n_cases": int(len(pos)), "flip_rate": None, "recon_psnr_db": None}
 
     # model-parameter randomisation
     r = pos[: s.randomization_n]
     rand_cfg = models.ct("ct_random")
-    rand_teacher = load_teacher_from_config(rand_cfg).eval()
-    rd, _ = clock.time("ct_random_diffexplainer", lambda: _diffexplain(rand_cfg, test.x[r], target))
-    out["diffexplainer"]["randomization_spearman"] = _maps_spearman(heat2d[r], rd["heatmaps"][:, 0].numpy())
-    rand_nn = models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"])
-    for name, ex in _attribution_explainers(rand_teacher, rand_nn, s.rise_masks).items():
+    rand_teacher = load_black_box(rand_cfg)
+    for spec in found.counterfactual:
+        rexp, _ = counterfactual(spec, rand_cfg, rand_teacher, test.x[r], f"ct_random_{spec.name}")
+        out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
+    rand_ex = _attribution_explainers(found.attribution, rand_cfg, rand_teacher,
+                                      lambda: models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"]))
+    for name, ex in rand_ex.items():
         m, _ = clock.maps(f"ct_random_{name}", ex, test.x[r], target)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][: len(r)], m)
 
-    figs.ct_strips(test, d, pos[: s.figure_cases], target)
+    for name, exp in cf_exps.items():
+        figs.ct_strips(exp, test.x, pos[: s.figure_cases], name)
     figs.overlays("ct", "CT heatmaps on held-out positives (slice 2 of the stack; green = planted biomarker)",
                   test.x[pos[: s.figure_cases]][:, 1], {k: v[: s.figure_cases] for k, v in maps.items()}, gt2d[pos[: s.figure_cases]])
 
     # shortcut scenario
     sc_cfg = models.ct("ct_shortcut")
-    sc_teacher = load_teacher_from_config(sc_cfg).eval()
+    sc_teacher = load_black_box(sc_cfg)
     sc_test = clock.time("ct_shortcut_cohort", lambda: ct_stack_set(
         s.shortcut_test_n, s.shortcut_test_seed, phantom=phantom, stack=stack, shortcut=float(s.shortcut)))
     marker2d = sc_test.masks["marker"].max(axis=1)
     has = marker2d.reshape(len(marker2d), -1).sum(1) > 0
     sc_idx = np.flatnonzero(has & (sc_test.y == 1))[: s.explain_n]
-    sc_probs = _teacher_probs(sc_teacher, sc_test.x)
-    clean_probs = _teacher_probs(teacher, sc_test.x)
+    sc_probs = _probabilities(sc_teacher, sc_test.x)
+    clean_probs = _probabilities(teacher, sc_test.x)
     flipped = has != (sc_test.y == 1)  # cases where the marker contradicts the label
     shortcut: dict[str, Any] = {
         "_n_cases": int(len(sc_idx)),
@@ -463,15 +640,18 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
     if len(sc_idx):
         xs = sc_test.x[sc_idx]
         sc_maps: dict[str, np.ndarray] = {}
-        dd, _ = clock.time("ct_shortcut_diffexplainer", lambda: _diffexplain(sc_cfg, xs, target))
-        dc, _ = clock.time("ct_shortcut_diffexplainer_clean", lambda: _diffexplain(cfg, xs, target))
-        sc_maps["diffexplainer"] = dd["heatmaps"][:, 0].numpy()
-        clean_maps = {"diffexplainer": dc["heatmaps"][:, 0].numpy()}
-        sc_train = _load_train(sc_cfg)
-        sc_nn = models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"])
-        for name, ex in _attribution_explainers(sc_teacher, sc_nn, s.rise_masks).items():
+        clean_maps: dict[str, np.ndarray] = {}
+        for spec in found.counterfactual:
+            dd, _ = counterfactual(spec, sc_cfg, sc_teacher, xs, f"ct_shortcut_{spec.name}")
+            dc, _ = counterfactual(spec, cfg, teacher, xs, f"ct_shortcut_{spec.name}_clean")
+            sc_maps[spec.name], clean_maps[spec.name] = _maps(dd), _maps(dc)
+        sc_train = load_data(sc_cfg, "train")
+        sc_ex = _attribution_explainers(
+            found.attribution, sc_cfg, sc_teacher,
+            lambda: models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"]))
+        for name, ex in sc_ex.items():
             sc_maps[name], _ = clock.maps(f"ct_shortcut_{name}", ex, xs, target)
-        for name, ex in methods.items():
+        for name, ex in attribution.items():
             clean_maps[name], _ = clock.maps(f"ct_shortcut_clean_{name}", ex, xs, target)
         for name in sc_maps:
             shortcut[name] = {
@@ -484,48 +664,40 @@ def _ct_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: P
     return out
 
 
-def _load_train(cfg: Config) -> dict[str, np.ndarray]:
-    from medxai.training.ct import load_data
-
-    return load_data(cfg, "train")
-
-
-def _sweep(d: Mapping[str, Any], target: int) -> dict[str, Any]:
-    """Teacher (and agent) probability of ``target`` along the signed step ``-a_k..0..a_k`` per case."""
-    import torch
-
-    steps = list(d["step_sizes"])
-    sc = d["scores"]
-
-    def prob(logits: Any) -> np.ndarray:
-        return torch.softmax(torch.as_tensor(logits), -1)[..., target].numpy()
-
-    teacher = np.concatenate([prob(sc["sweep_minus"])[:, ::-1], prob(sc["reconstruction"])[:, None], prob(sc["sweep_plus"])], axis=1)
-    agent = np.concatenate([prob(sc["agent_sweep_minus"])[:, ::-1], prob(sc["agent_query"])[:, None], prob(sc["agent_sweep_plus"])], axis=1)
-    return {
-        "signed_steps": [-a for a in steps[::-1]] + [0.0] + steps,
-        "teacher_target_prob": teacher.tolist(),
-        "agent_target_prob": agent.tolist(),
-        "query_target_prob": prob(sc["query"]).tolist(),
-    }
-
-
 # ----------------------------------------------------------------------------------------- fundus
-def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: _Clock) -> dict[str, Any]:
+def _variants(spec: Any, base: Any, s: BenchSettings) -> list[tuple[str, str | None, Any]]:
+    """``(results key, variant, settings)`` per run of a counterfactual method: DVCE's ablations
+    (:func:`medxai.explainers.dvce.dvce_variant`; ``cone`` = the config's settings, key ``dvce``), one
+    run with the config's settings for any other method."""
+    if spec.name != "dvce":
+        return [(spec.name, None, base)]
+    from medxai.explainers.dvce import dvce_variant
+
+    return [(spec.name if v == "cone" else f"{spec.name}_{v}", v, dvce_variant(base, v)) for v in s.dvce_variants]
+
+
+def _fundus_section(
+    models: ModelCache, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: StageClock,
+    catalogue: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     import torch
 
     from medxai.data import fundus_set
-    from medxai.explainers.dvce import DVCE, dvce_variant
-    from medxai.metrics.counterfactual_dr import evaluate_dr_counterfactuals, fov_from_images, lesion_auroc
-    from pipelines.explain_dr import _dvce_config, load_dr_models
+    from medxai.metrics.counterfactual_dr import fov_from_images, lesion_auroc, summarise_dr_counterfactuals
+    from pipelines.models import load_black_box, method_settings, target_class
 
     cfg = models.fundus()
-    dr = load_dr_models(cfg)
+    found = bench_methods(cfg)
+    _catalogue(catalogue, "fundus", found)
     size = int(cfg.get("image_size"))
-    target = int(cfg.get("dvce.target_class"))
+    target = target_class(cfg)
+    seed = int(cfg.get("seed"))
     test = clock.time("fundus_test_cohort", lambda: fundus_set(s.fundus_test_n, s.fundus_test_seed, size=size))
-    probs = _teacher_probs(dr.classifier, test.x)
-    rprobs = _teacher_probs(dr.robust, test.x) if dr.robust is not None else None
+    classifier = load_black_box(cfg)
+    extra = {spec.name: method_models(spec, cfg) for spec in found.counterfactual}
+    robust = next((m["robust_model"] for m in extra.values() if m.get("robust_model") is not None), None)
+    probs = _probabilities(classifier, test.x)
+    rprobs = _probabilities(robust, test.x) if robust is not None else None
     out: dict[str, Any] = {"models": {
         "classifier_heldout_auroc": _auroc(probs[:, 1], test.y),
         "robust_classifier_heldout_auroc": _auroc(rprobs[:, 1], test.y) if rprobs is not None else None,
@@ -538,55 +710,63 @@ def _fundus_section(models: _Models, s: BenchSettings, figs: "_Figures", progres
                          "image with lesions; raise fundus_test_n in the bench config.")
     x = test.x[idx]
     fov = fov_from_images(x)
-    fov_t = torch.from_numpy(fov[:, None].astype(np.float32))
-    base = _dvce_config(cfg)
-    seed = int(cfg.get("seed"))
+    fov_t = torch.from_numpy(fov[:, None].astype(np.float32))  # (N, 1, S, S): the change stays inside the field of view
     cfs: dict[str, np.ndarray] = {}
     heat: dict[str, np.ndarray] = {}
-    for i, name in enumerate(s.dvce_variants):
-        vcfg = dvce_variant(base, name)
-        robust = dr.robust if vcfg.guidance.mode in ("cone", "robust") else None
-        dvce = DVCE(dr.classifier, dr.diffusion, robust, config=vcfg, seed=seed)
-        t0 = time.perf_counter()
-        exp = clock.time(f"fundus_dvce_{name}", lambda dvce=dvce: dvce.explain(torch.from_numpy(x), target, fov_mask=fov_t))
-        secs = (time.perf_counter() - t0) / max(1, len(x))
-        cf = exp.counterfactuals["dvce"].numpy()
-        h = exp.heatmaps_numpy()[:, 0]
-        m = evaluate_dr_counterfactuals(x, cf, exp.scores["counterfactual"], target, lesions[idx], h, fov)
-        key = "dvce" if name == "cone" else f"dvce_{name}"
-        out[key] = {"target_rate": m["target_rate"], "l1_outside_lesions": m["l1_outside_lesions"], "loc_auroc": m["lesion_auroc"],
-                    "seconds_per_case": secs, "variant": name, "guidance": vcfg.guidance.to_dict(), "n_cases": int(len(x))}
-        cfs[key], heat[key] = cf, h
-        if progress:
-            progress("DVCE variants", i + 1, len(s.dvce_variants))
+    settings: dict[str, Any] = {}
 
-    # attribution baselines on the plain classifier
-    model = dr.classifier.eval()
+    # counterfactual methods (DVCE and its ablations) towards the target class, all cases in one call
+    for spec in found.counterfactual:
+        settings[spec.name] = method_settings(cfg, spec)
+        runs = _variants(spec, settings[spec.name], s)
+        for i, (key, variant, vs) in enumerate(runs):
+            ex = _build(spec, cfg, classifier, extra[spec.name], vs)
+            mask = fov_t if spec.uses_mask else None
+            exp, secs = clock.time(f"fundus_{spec.name}" + (f"_{variant}" if variant else ""),
+                                   lambda ex=ex, mask=mask: explain_all(ex, x, target, batch=len(x), mask=mask))
+            m = summarise_dr_counterfactuals(x, exp, lesions[idx], fov, target=target)
+            out[key] = {"method": spec.name, "target_rate": m["target_rate"], "l1_outside_lesions": m["l1_outside_lesions"],
+                        "loc_auroc": m["lesion_auroc"], "seconds_per_case": secs, "variant": variant, "n_cases": int(len(x))}
+            guidance = getattr(vs, "guidance", None)
+            if guidance is not None:
+                out[key]["guidance"] = guidance.to_dict()
+            cfs[key], heat[key] = exp.sweep.at(m["step"]), _maps(exp)
+            if progress:
+                progress(f"{spec.name} variants" if variant else spec.name, i + 1, len(runs))
+
+    # attribution methods on the plain classifier, explaining the class the lesions drive
+    model = classifier.eval()
     # NN-Explainer's own training images (a cohort neither the classifiers nor the test use)
     train = fundus_set(int(s.train_n.get("nn_explainer_fundus", 200)), s.fundus_test_seed + 100, size=size)
-    nn = models.nn_explainer("fundus", model, train.x, train.y)
     maps: dict[str, np.ndarray] = {k: v for k, v in heat.items()}
-    for name, ex in _attribution_explainers(model, nn, s.rise_masks).items():
-        m_, t = clock.maps(f"fundus_{name}", ex, x, 1)
+    attribution = _attribution_explainers(found.attribution, cfg, model,
+                                          lambda: models.nn_explainer("fundus", model, train.x, train.y))
+    for name, ex in attribution.items():
+        m_, t = clock.maps(f"fundus_{name}", ex, x, FUNDUS_EVIDENCE_CLASS)
         maps[name] = m_
-        out[name] = {"loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)), "seconds_per_case": t,
+        out[name] = {"method": name, "loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)), "seconds_per_case": t,
                      "n_cases": int(len(x)), "target_rate": None, "l1_outside_lesions": None}
 
-    # randomisation: both DVCE classifiers and the attribution baselines' classifier re-initialised
+    # randomisation: the black box and every extra classifier re-initialised, the attribution methods' classifier too
     r = np.arange(min(s.randomization_n, len(x)))
     rand = _randomised(model, seed + 1000)
-    if "dvce" in out:
-        rrob = _randomised(dr.robust, seed + 1001) if dr.robust is not None else None
-        vcfg = dvce_variant(base, "cone")
-        rexp = clock.time("fundus_random_dvce", lambda: DVCE(rand, dr.diffusion, rrob if vcfg.guidance.mode in ("cone", "robust") else None,
-                                                                 config=vcfg, seed=seed).explain(torch.from_numpy(x[r]), target, fov_mask=fov_t[r]))
-        out["dvce"]["randomization_spearman"] = _maps_spearman(heat["dvce"][r], rexp.heatmaps_numpy()[:, 0])
-    rnn = models.nn_explainer("fundus_random", rand, train.x, train.y)
-    for name, ex in _attribution_explainers(rand, rnn, s.rise_masks).items():
-        m_, _ = clock.maps(f"fundus_random_{name}", ex, x[r], 1)
+    for spec in found.counterfactual:
+        if spec.name not in out:
+            continue
+        rmodels = {role: (_randomised(m, seed + 1001) if role in _CLASSIFIER_ROLES and m is not None else m)
+                   for role, m in extra[spec.name].items()}
+        ex = _build(spec, cfg, rand, rmodels, settings[spec.name])
+        rexp, _ = clock.time(f"fundus_random_{spec.name}", lambda ex=ex, spec=spec: explain_all(
+            ex, x[r], target, batch=len(r), mask=fov_t[r] if spec.uses_mask else None))
+        out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
+    rand_ex = _attribution_explainers(found.attribution, cfg, rand,
+                                      lambda: models.nn_explainer("fundus_random", rand, train.x, train.y))
+    for name, ex in rand_ex.items():
+        m_, _ = clock.maps(f"fundus_random_{name}", ex, x[r], FUNDUS_EVIDENCE_CLASS)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][r], m_)
 
-    figs.fundus_strips(x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in cfs.items()}, lesions[idx][: s.figure_cases])
+    if cfs:
+        figs.fundus_strips(x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in cfs.items()}, lesions[idx][: s.figure_cases])
     figs.overlays("fundus", "Fundus heatmaps on held-out referable crops (green = planted lesions)",
                   x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in maps.items()}, lesions[idx][: s.figure_cases])
     return out
@@ -613,17 +793,18 @@ class _Figures:
         with atomic_path(path) as tmp:
             Image.fromarray(rgb).save(tmp, format="PNG")
 
-    def ct_strips(self, test: Any, d: Mapping[str, Any], idx: np.ndarray, target: int) -> None:
-        from pipelines.explain_ct import strip_image
+    def ct_strips(self, exp: Any, x: np.ndarray, idx: np.ndarray, method: str) -> None:
+        """The labelled strip every explain job writes (:func:`medxai.explanation.strip_image`) of cases ``idx``."""
+        from medxai.explanation import strip_image
 
-        tag = f"{d['heatmap_step']:g}"
-        cf = d["counterfactuals"]
         for k, i in enumerate(idx):
-            rgb = strip_image(test.x[i], cf["reconstruction"][i].numpy(), cf[f"minus_{tag}"][i].numpy(), cf[f"plus_{tag}"][i].numpy())
+            rgb = strip_image(exp.select(int(i)), x[i])
             rgb = np.kron(rgb, np.ones((2, 2, 1), dtype=np.uint8))  # 2x so the 64-pixel slices are visible
-            self._save_rgb(rgb, self._add("ct", f"ct_strip_{k}.png", f"DiffExplainer counterfactuals, held-out case {k + 1}",
-                                          f"Rows: the four slices. Columns: query | reconstruction | z- (less likely) | z+ (more likely, a={tag}) | "
-                                          "z+ - recon | z- - recon (red brighter, blue darker)."))
+            self._save_rgb(rgb, self._add("ct", f"ct_strip_{method}_{k}.png", f"{method} counterfactuals, held-out case {k + 1}",
+                                          "Rows: the four slices. Columns: query | reconstruction | the counterfactual at every "
+                                          "signed step a (- = less likely, + = more likely); each labelled with the teacher's "
+                                          "probability p of the target class | change at the outermost steps (red brighter, "
+                                          "blue darker) | heatmap."))
 
     def fundus_strips(self, x: np.ndarray, cfs: Mapping[str, np.ndarray], lesions: np.ndarray) -> None:
         for k in range(len(x)):
@@ -639,7 +820,7 @@ class _Figures:
             rgb = (np.clip(np.concatenate(cols, axis=1), 0, 1) * 255).round().astype(np.uint8)
             rgb = np.kron(rgb, np.ones((2, 2, 1), dtype=np.uint8))
             names = " | ".join(cfs)
-            self._save_rgb(rgb, self._add("fundus", f"fundus_strip_{k}.png", f"DVCE counterfactuals, held-out referable crop {k + 1}",
+            self._save_rgb(rgb, self._add("fundus", f"fundus_strip_{k}.png", f"Counterfactuals, held-out referable crop {k + 1}",
                                           f"query | counterfactuals ({names}) | |difference| of each | planted lesions (green)"))
 
     def overlays(self, section: str, title: str, base: np.ndarray, maps: Mapping[str, np.ndarray], gt: np.ndarray) -> None:
@@ -708,6 +889,7 @@ def run_bench(
         Allow model classes / MONAI bundle code outside the allow-list of :mod:`medxai.trust` in the
         CT and DR configs (``--trust-code``; ``trust_code: true`` at the top of the bench config counts too).
     """
+    from medxai.registry import method_names
     from medxai.training.checkpoint import write_json_atomic
     from medxai.trust import trusts_code
     from pipelines.report import write_report
@@ -715,10 +897,14 @@ def run_bench(
     if only not in (None, "ct", "fundus"):
         raise ValueError(f"--only must be 'ct' or 'fundus', got {only!r}.")
     settings = load_bench_settings(config, quick)
+    unknown = sorted(set(settings.methods) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"{config or DEFAULT_CONFIG}: methods: {unknown} are not registered methods; "
+                          f"registered: {', '.join(method_names())}.")
     trust_code = trusts_code(load_config(Path(config) if config is not None else DEFAULT_CONFIG), trust_code)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(models_dir) if models_dir is not None else out_dir / "models"
+    root = (Path(models_dir) if models_dir is not None else out_dir / "models").absolute()
     root.mkdir(parents=True, exist_ok=True)
     seeded: list[str] = []
     if pretrained:
@@ -729,21 +915,23 @@ def run_bench(
         (out_dir / stale).unlink(missing_ok=True)
     if (out_dir / "figures").is_dir():
         shutil.rmtree(out_dir / "figures")
-    clock = _Clock(progress)
+    clock = StageClock(progress)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
-    models = _Models(root, settings, progress, clock, trust_code)
+    models = ModelCache(root, settings, progress, clock, trust_code)
     figs = _Figures(out_dir)
+    catalogue: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {"quick": quick, "started": started}
     if only in (None, "ct"):
-        results["ct"] = _ct_section(models, settings, figs, progress, clock)
+        results["ct"] = _ct_section(models, settings, figs, progress, clock, catalogue)
     if only in (None, "fundus"):
-        results["fundus"] = _fundus_section(models, settings, figs, progress, clock)
+        results["fundus"] = _fundus_section(models, settings, figs, progress, clock, catalogue)
     results.update({
         "seconds": round(time.perf_counter() - t0, 1),
         "stage_seconds": clock.stages,
         "models": {"dir": str(root), "trained": models.trained, "loaded": models.loaded, "pretrained": pretrained,
                    "copied_from_package": seeded},
+        "methods": catalogue,
         "targets": {k: list(v) for k, v in TARGETS.items()},
         "config": {"bench": dataclasses.asdict(settings), **{k: c.to_dict() for k, c in models.configs.items()}},
         "versions": package_versions(),
@@ -752,4 +940,3 @@ def run_bench(
     write_json_atomic(out_dir / "results.json", results)
     write_report(results, out_dir, figs.entries, title="medxai benchmark" + (" (quick)" if quick else ""))
     return results
-

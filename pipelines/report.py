@@ -5,17 +5,24 @@ path in the page is relative and nothing is loaded from the network (inline CSS,
 so the folder can be moved, zipped or opened offline. Every section is optional: a results dict that
 holds only ``"ct"``, only ``"fundus"`` or neither still gives a valid page.
 
+Sections and method tables come from the results, not from a list kept here: every top-level entry
+whose value holds method rows (mappings with at least one of :data:`METRICS`) is a section, with one
+row per method the run measured and one column per metric some row has. A method registered in
+``medxai/explainers`` therefore shows up in its section's table as soon as the bench ran it; its
+one-line summary (``results["methods"][name]["summary"]``, written by the bench from the registry)
+labels the row.
+
 Keys read from ``results`` (all optional)::
 
-    ct:      {<method>: {flip_rate, recon_psnr_db, loc_auroc, seconds_per_case, randomization_spearman,
-                         sweep?: {signed_steps: [S], teacher_target_prob: [[S] per case],
-                                  agent_target_prob?: [[S] per case]}},
-              agent_agreement: number | {name: number},
-              models: {name: number | {name: number}},
-              shortcut: {<method>: {mass_on_marker}, _marker_area_fraction: number}}
-    fundus:  {<method>: {target_rate, l1_outside_lesions, loc_auroc, seconds_per_case,
-                         randomization_spearman},
-              models?, agent_agreement?, shortcut?: as for ct}
+    <section>: {<method>: {flip_rate, recon_psnr_db, target_rate, l1_outside_lesions, loc_auroc,
+                           seconds_per_case, randomization_spearman, method?: registered name,
+                           sweep?: {signed_steps: [S], teacher_target_prob: [[S] per case],
+                                    agent_target_prob?: [[S] per case]}},   # probabilities, not logits
+                agent_agreement?: number | {name: number},
+                models?: {name: number | {name: number}},
+                shortcut?: {<method>: {mass_on_marker}, _marker_area_fraction: number}}
+               (the bench writes the sections "ct" and "fundus")
+    methods: {<registered name>: {summary: str, ...}}                 # row labels
     targets: {"ct.diffexplainer.flip_rate": [">=", 0.95], ...}   # dotted path into results
     versions: {package: version}, config: {...}, started: str, seconds: number, quick: bool
 """
@@ -37,14 +44,19 @@ import numpy as np
 
 from atomicfs import atomic_path
 
-__all__ = ["write_report", "CT_METRICS", "FUNDUS_METRICS"]
+__all__ = ["write_report", "METRICS"]
 
 logger = logging.getLogger(__name__)
 
-CT_METRICS: tuple[str, ...] = ("flip_rate", "recon_psnr_db", "loc_auroc", "seconds_per_case", "randomization_spearman")
-FUNDUS_METRICS: tuple[str, ...] = (
-    "target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case", "randomization_spearman",
+#: the metrics a method row may hold, in column order (a section shows those its rows have)
+METRICS: tuple[str, ...] = (
+    "flip_rate", "recon_psnr_db", "target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case",
+    "randomization_spearman",
 )
+#: what besides method rows makes a top-level results entry a section
+_SECTION_PARTS = frozenset({"models", "agent_agreement", "shortcut"})
+#: top-level results entries that are never sections
+_NOT_SECTIONS = frozenset({"targets", "versions", "config", "models", "methods", "stage_seconds", "started", "seconds", "quick"})
 _LABELS = {
     "flip_rate": "flip rate",
     "recon_psnr_db": "recon. PSNR (dB)",
@@ -122,60 +134,56 @@ def write_report(
     targets = _Targets(results)
 
     # Plots first, so that a plotting error leaves no report that points at missing files.
+    sections = _sections(results)
     made: list[dict[str, str]] = []
     notes: dict[str, list[str]] = {}
-    for section in ("ct", "fundus"):
-        block = results.get(section)
-        if isinstance(block, Mapping):
-            made += _section_plots(section, block, out, notes)
+    for section in sections:
+        made += _section_plots(section, results[section], out, notes)
     for fig in given:  # checked after plotting: a caller may name a plot the report draws
         if not (out / fig["path"]).is_file():
             warnings.warn(f"figure {fig['path']!r} does not exist under {out}; the report will show it broken",
                           stacklevel=2)
 
     body: list[str] = []
-    sections: list[tuple[str, str]] = []  # (id, title) for the navigation line
+    nav: list[tuple[str, str]] = []  # (id, title) for the navigation line
     all_figs = made + given
+    summaries = _summaries(results.get("methods"))
 
     def figs_for(section: str) -> list[dict[str, str]]:
         return [f for f in all_figs if f["section"] == section]
 
-    for section, metrics in (("ct", CT_METRICS), ("fundus", FUNDUS_METRICS)):
-        block = results.get(section)
-        block = block if isinstance(block, Mapping) else {}
+    for section in sections:
+        block = results[section]
         figs = figs_for(section)
-        if not block and not figs:
-            continue
-        parts = [_methods_table(section, block, metrics, targets)]
+        parts = [_methods_table(section, block, targets, summaries)]
         for key, caption in (("models", "Models"), ("agent_agreement", "Agent agreement")):
             if key in block:
                 parts.append(f"<h3>{caption}</h3>" + _kv_table(_flatten(block[key]), (section, key), targets))
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes.get(section, [])]
         parts.append(_figures_html([f for f in figs if f.get("_kind") != "shortcut"]))
-        _add_section(body, sections, section, parts)
+        _add_section(body, nav, section, parts)
 
     shortcut_parts = []
-    for section in ("ct", "fundus"):
-        block = results.get(section)
-        sc = block.get("shortcut") if isinstance(block, Mapping) else None
+    for section in sections:
+        sc = results[section].get("shortcut")
         if isinstance(sc, Mapping):
-            shortcut_parts.append(f"<h3>{_SECTION_TITLES[section]}</h3>" + _shortcut_table(section, sc, targets))
+            shortcut_parts.append(f"<h3>{html.escape(_title(section))}</h3>" + _shortcut_table(section, sc, targets))
     shortcut_figs = [f for f in all_figs if f.get("_kind") == "shortcut"] + figs_for("shortcut")
     if shortcut_parts or shortcut_figs:
         if shortcut_parts:
             shortcut_parts.insert(0, '<p class="note">Share of each heatmap\'s mass that falls on the planted '
                                      "marker; an explainer that sees the shortcut puts much more there than "
                                      "the marker's share of the image.</p>")
-        _add_section(body, sections, "shortcut", [*shortcut_parts, _figures_html(shortcut_figs)])
+        _add_section(body, nav, "shortcut", [*shortcut_parts, _figures_html(shortcut_figs)])
 
-    # caller sections the report does not know, in the order first given
+    # figure sections without results (e.g. the demo's), in the order first given
     for section in dict.fromkeys(f["section"] for f in given):
-        if section not in ("ct", "fundus", "shortcut"):
-            _add_section(body, sections, section, [_figures_html(figs_for(section))])
+        if section not in sections and section != "shortcut":
+            _add_section(body, nav, section, [_figures_html(figs_for(section))])
 
     if targets.rules:
-        _add_section(body, sections, "targets", [targets.table()], "Targets", sid="targets")
-    _add_section(body, sections, "environment", [_environment(results)], "Environment", sid="environment")
+        _add_section(body, nav, "targets", [targets.table()], "Targets", sid="targets")
+    _add_section(body, nav, "environment", [_environment(results)], "Environment", sid="environment")
 
     head = [f"<h1>{html.escape(title)}</h1>",
             '<p class="banner">Research use, not for diagnosis.</p>']
@@ -184,7 +192,7 @@ def write_report(
     if targets.rules:
         n_met = sum(1 for r in targets.rules if r[3] == "met")
         head.append(f'<p>Targets met: <a href="#targets">{n_met} of {len(targets.rules)}</a></p>')
-    head.append("<nav>" + "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in sections) + "</nav>")
+    head.append("<nav>" + "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in nav) + "</nav>")
 
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -248,7 +256,7 @@ def _add_section(body: list[str], sections: list[tuple[str, str]], name: str, pa
     sid = sid or "sec-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "x")
     while any(sid == s for s, _ in sections):  # two names that slug the same, e.g. "a b" and "a-b"
         sid += "-2"
-    heading = heading or _SECTION_TITLES.get(name, name)
+    heading = heading or _title(name)
     sections.append((sid, heading))
     body.append(f'<section id="{sid}">\n<h2>{html.escape(heading)}</h2>\n' + "\n".join(p for p in parts if p)
                 + "\n</section>")
@@ -292,19 +300,46 @@ def _cell(v: Any, path: tuple[str, ...] = (), targets: _Targets | None = None) -
     return f"<td{cls_attr}{title}>{html.escape(_fmt(v))}</td>"
 
 
-def _methods(block: Mapping[str, Any], metrics: Sequence[str]) -> list[str]:
-    return [k for k, v in block.items() if isinstance(v, Mapping) and any(m in v for m in metrics)]
+def _title(section: str) -> str:
+    return _SECTION_TITLES.get(section, section)
 
 
-def _methods_table(section: str, block: Mapping[str, Any], metrics: Sequence[str], targets: _Targets) -> str:
-    methods = _methods(block, metrics)
+def _methods(block: Mapping[str, Any]) -> list[str]:
+    """The method rows of a section: entries holding at least one of :data:`METRICS`."""
+    return [k for k, v in block.items() if isinstance(v, Mapping) and any(m in v for m in METRICS)]
+
+
+def _columns(block: Mapping[str, Any]) -> list[str]:
+    """The metrics some method row of ``block`` has, in :data:`METRICS` order."""
+    rows = [block[k] for k in _methods(block)]
+    return [m for m in METRICS if any(m in r for r in rows)]
+
+
+def _sections(results: Mapping[str, Any]) -> list[str]:
+    """Top-level entries with method rows (or a section's other tables), in the order of ``results``."""
+    return [str(k) for k, v in results.items()
+            if k not in _NOT_SECTIONS and isinstance(v, Mapping) and (_methods(v) or _SECTION_PARTS & set(v))]
+
+
+def _summaries(methods: Any) -> dict[str, str]:
+    """Registered method name -> its one-line summary (``results["methods"]``, written by the bench)."""
+    if not isinstance(methods, Mapping):
+        return {}
+    return {str(k): str(v["summary"]) for k, v in methods.items() if isinstance(v, Mapping) and v.get("summary")}
+
+
+def _methods_table(section: str, block: Mapping[str, Any], targets: _Targets, summaries: Mapping[str, str]) -> str:
+    methods = _methods(block)
     if not methods:
         return ""
+    metrics = _columns(block)
     head = "<tr><th>method</th>" + "".join(f'<th title="{m}">{html.escape(_LABELS.get(m, m))}</th>' for m in metrics)
     rows = []
     for name in methods:
         vals = block[name]
-        rows.append(f"<tr><th>{html.escape(str(name))}</th>"
+        about = summaries.get(str(vals.get("method", name)))
+        title = f' title="{html.escape(about, quote=True)}"' if about else ""
+        rows.append(f"<tr><th{title}>{html.escape(str(name))}</th>"
                     + "".join(_cell(vals.get(m), (section, str(name), m), targets) for m in metrics) + "</tr>")
     return (f'<table class="metrics" id="{section}-metrics">\n{head}</tr>\n' + "\n".join(rows) + "\n</table>"
             + ('\n<p class="note">Green: meets its target; red: misses it (hover for the rule).</p>'
@@ -442,14 +477,13 @@ def _section_plots(section: str, block: Mapping[str, Any], out: Path,
         try:
             n_cases = _plot_sweep(sweep, out / _FIG_DIR / name, str(method))
         except ValueError as e:
-            notes.setdefault(section, []).append(f"Score-vs-step plot for {method} skipped: {e}")
-            warnings.warn(f"report: score-vs-step plot for {section}.{method} skipped: {e}", stacklevel=3)
+            notes.setdefault(section, []).append(f"Probability-vs-step plot for {method} skipped: {e}")
+            warnings.warn(f"report: probability-vs-step plot for {section}.{method} skipped: {e}", stacklevel=3)
             continue
-        figs.append({"section": section, "title": "Teacher score vs step size", "path": f"{_FIG_DIR}/{name}",
+        figs.append({"section": section, "title": "Teacher probability vs step size", "path": f"{_FIG_DIR}/{name}",
                      "caption": f"{method}: teacher probability of the target class against the signed step "
                                 f"size a, for {n_cases} cases (thin grey) and their mean (thick)."})
-    metrics = CT_METRICS if section == "ct" else FUNDUS_METRICS
-    loc = {str(k): block[k]["loc_auroc"] for k in _methods(block, metrics) if "loc_auroc" in block[k]}
+    loc = {str(k): block[k]["loc_auroc"] for k in _methods(block) if "loc_auroc" in block[k]}
     loc = {k: float(v) for k, v in loc.items() if _is_num(v) and math.isfinite(float(v))}
     if loc:
         name = f"{section}_loc_auroc.png"
@@ -468,11 +502,11 @@ def _section_plots(section: str, block: Mapping[str, Any], out: Path,
             name = f"{section}_shortcut.png"
             refs = [(float(ref), "mass expected by chance", "grey")] if _is_num(ref) else []
             top = max([*mass.values(), *(r[0] for r in refs)])
-            _plot_bars(mass, out / _FIG_DIR / name, f"Shortcut check ({_SECTION_TITLES[section]})",
+            _plot_bars(mass, out / _FIG_DIR / name, f"Shortcut check ({_mpl_text(_title(section))})",
                        "heatmap mass on the marker", refs=refs, xlim=(0.0, min(1.0, max(top * 1.25, 0.05))))
             chance = "; dashed: the marker's share of the image (mass expected by chance)." if refs else "."
             figs.append({"section": section, "_kind": "shortcut", "path": f"{_FIG_DIR}/{name}",
-                         "title": f"Mass on marker ({_SECTION_TITLES[section]})",
+                         "title": f"Mass on marker ({_title(section)})",
                          "caption": "Share of heatmap mass on the planted marker" + chance})
     return figs
 
@@ -524,7 +558,7 @@ def _plot_sweep(sweep: Mapping[str, Any], path: Path, method: str) -> int:
         ax.plot(steps, np.nanmean(agent_arr, axis=0), color="tab:orange", lw=2, ls="--", label="agent (mean)")
     ax.axvline(0.0, color="k", lw=0.6)
     ax.set(xlabel="signed step size a", ylabel="teacher probability of target class", ylim=(-0.02, 1.02),
-           title="Teacher score vs step size")
+           title="Teacher probability vs step size")
     ax.legend(loc="best", fontsize="small", title=_mpl_text(method), title_fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)

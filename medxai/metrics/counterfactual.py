@@ -3,13 +3,15 @@
 (1) reconstruction: PSNR/SSIM of the unmanipulated decode vs the query, change of the teacher's
 score; (2) observable yet local: change outside the lungs, pixel AUROC of the heatmap vs the
 biomarker mask; (3) manipulation: flip rate and monotonicity of the TEACHER's score over the step
-sweep; plus agent-teacher agreement. Inputs are tensors or arrays; images in [0, 1].
+sweep; plus agent-teacher agreement. The functions take tensors or arrays (images in [0, 1]);
+:func:`summarise_diffexplainer` reads them all from a typed :class:`~medxai.explanation.Explanation`
+(its :class:`~medxai.explanation.CounterfactualSweep`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,39 +153,84 @@ def agent_teacher_agreement(agent_logits: Any, teacher_logits: Any) -> float:
     return float((a.argmax(1) == t.argmax(1)).float().mean())
 
 
+def _sweep_sides(explanation: Any) -> tuple[Any, list[int], list[int]]:
+    """The sweep of ``explanation`` and the positions of its steps ``a_1..a_k`` on each side
+    (``plus[i]`` is ``+a_(i+1)``, ``minus[i]`` is ``-a_(i+1)``)."""
+    sweep = getattr(explanation, "sweep", None)
+    if sweep is None or sweep.origin is None or sweep.origin_logits is None:
+        raise ValueError(
+            "explanation has no counterfactual sweep measured from a reconstruction (sweep.origin / "
+            "sweep.origin_logits); pass the Explanation of DiffExplainer.explain (or of a method whose sweep has an origin)."
+        )
+    if not sweep.negative_steps or not sweep.positive_steps:
+        raise ValueError(f"the sweep needs steps on both sides of 0, got {list(sweep.steps)}; use a two-sided sweep (-a_k..+a_k).")
+    plus = [sweep.index(a) for a in sweep.positive_steps]
+    minus = [sweep.index(a) for a in reversed(sweep.negative_steps)]
+    if [sweep.steps[i] for i in plus] != [-sweep.steps[i] for i in minus]:
+        raise ValueError(f"the sweep's steps are not symmetric about 0: {list(sweep.steps)}.")
+    return sweep, plus, minus
+
+
 def summarise_diffexplainer(
     query: Any,
     explanation: Any,
     class_index: int,
     biomarker: Any | None = None,
     lungs: Any | None = None,
+    *,
+    heatmap_step: float | None = None,
 ) -> dict[str, Any]:
     """All counterfactual metrics of one DiffExplainer :class:`~medxai.explanation.Explanation`.
+
+    Everything is read from the typed fields: the query's logits (``explanation.logits``), the sweep's
+    black-box logits at the signed steps ``-a_k..+a_k`` (``sweep.logits``), the reconstruction
+    (``sweep.origin``, ``sweep.origin_logits``) and the agent's logits at the origin
+    (``sweep.agent_origin_logits``). Flip rate, monotonicity and score changes are computed on the
+    black box's LOGITS (the target score of ``ClassTarget(class_index)``), as they always were.
 
     Parameters
     ----------
     query : (B, n, S, S)
         The explained stacks.
     explanation : Explanation
-        Output of ``DiffExplainer.explain``.
+        Output of ``DiffExplainer.explain`` (or :meth:`~medxai.explanation.Explanation.concat` of several).
     class_index : int
-        Class the target refers to (for the flip rate).
+        Class the target refers to (for the flip rate and the monotonicity of its logit).
     biomarker, lungs : (B, n, S, S), optional
-        Ground-truth masks for AUROC and the change outside the lungs.
+        Ground-truth masks for the per-slice AUROC and the change outside the lungs.
+    heatmap_step : float, optional
+        ``a`` of the per-slice change map ``|x(+a) - x(0)| + |x(-a) - x(0)|`` (default: the
+        explainer's ``heatmap_step`` parameter, else the largest step).
+
+    Returns
+    -------
+    dict
+        ``psnr``, ``ssim``, ``score_change_reconstruction`` (per case), ``flip_rate``, ``monotonicity``,
+        ``agent_teacher_agreement`` (when the sweep has agent logits), and with the masks
+        ``heatmap_auroc`` (per case) and ``change_outside_lungs``.
     """
-    s: Mapping[str, Any] = explanation.scores
-    cf = explanation.counterfactuals or {}
-    recon = _t(cf["reconstruction"])
+    sweep, plus, minus = _sweep_sides(explanation)
+    if explanation.logits is None:
+        raise ValueError("explanation.logits is missing; pass the Explanation returned by explain().")
+    logits = _t(sweep.logits)  # (B, S, K)
+    q_logits, recon_logits = _t(explanation.logits), _t(sweep.origin_logits)
+    recon = _t(sweep.origin)
     q = _t(query)
     out: dict[str, Any] = {
         "psnr": psnr(q, recon).tolist(),
         "ssim": ssim(q, recon).tolist(),
-        "score_change_reconstruction": score_change(s["query"], s["reconstruction"]).max(1).values.tolist(),
-        "flip_rate": flip_rate(s["query"], s["sweep_plus"], s["sweep_minus"], class_index),
-        "monotonicity": monotonicity(s["sweep_minus_target"], s["reconstruction_target"], s["sweep_plus_target"]),
-        "agent_teacher_agreement": agent_teacher_agreement(s["agent_query"], s["query"]),
+        "score_change_reconstruction": score_change(q_logits, recon_logits).max(1).values.tolist(),
+        # (B, k, K) at a_1..a_k on each side; the largest step decides the flip
+        "flip_rate": flip_rate(q_logits, logits[:, plus], logits[:, minus], class_index),
+        "monotonicity": monotonicity(
+            logits[:, minus, class_index], recon_logits[:, class_index], logits[:, plus, class_index]
+        ),
     }
-    slice_heat = (_t(cf["diff_plus"]).abs() + _t(cf["diff_minus"]).abs())
+    if sweep.agent_origin_logits is not None:
+        out["agent_teacher_agreement"] = agent_teacher_agreement(sweep.agent_origin_logits, q_logits)
+    step = heatmap_step if heatmap_step is not None else explanation.parameters.get("heatmap_step")
+    step = float(step) if step is not None else sweep.positive_steps[-1]
+    slice_heat = _t(sweep.difference(step)).abs() + _t(sweep.difference(-step)).abs()
     if biomarker is not None:
         out["heatmap_auroc"] = heatmap_auroc(slice_heat, biomarker)
     if lungs is not None:

@@ -6,6 +6,9 @@
 * lesion AUROC -- pixel AUROC of the difference heatmap against the lesion mask, over the
   field-of-view pixels (:func:`medxai.metrics.localisation.pixel_auroc`); undefined (NaN, left out
   of the mean) for images without lesions.
+
+:func:`summarise_dr_counterfactuals` reads all three from a typed
+:class:`~medxai.explanation.Explanation` (the counterfactual is its sweep's largest step).
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import numpy as np
 
 from medxai.metrics.localisation import pixel_auroc
 
-__all__ = ["target_rate", "l1_outside_lesions", "lesion_auroc", "fov_from_images", "evaluate_dr_counterfactuals"]
+__all__ = [
+    "target_rate",
+    "l1_outside_lesions",
+    "lesion_auroc",
+    "fov_from_images",
+    "evaluate_dr_counterfactuals",
+    "summarise_dr_counterfactuals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +127,48 @@ def evaluate_dr_counterfactuals(
         "n_with_lesions": int(np.isfinite(auc).sum()),
         "per_image": {"l1_outside_lesions": l1.tolist(), "lesion_auroc": auc.tolist()},
     }
+
+
+def summarise_dr_counterfactuals(
+    query: Any,
+    explanation: Any,
+    lesions: Any,
+    fov: Any | None = None,
+    *,
+    target: int | None = None,
+    step: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_dr_counterfactuals` of a counterfactual method's :class:`~medxai.explanation.Explanation`.
+
+    Parameters
+    ----------
+    query : array ``(N, C, H, W)``
+        The explained images.
+    explanation : Explanation
+        With a sweep (``DVCE.explain``: one step, ``+1``); its heatmaps ``(N, 1, H, W)`` are scored.
+    lesions, fov :
+        As in :func:`evaluate_dr_counterfactuals`.
+    target : int, optional
+        The class the counterfactuals should reach (default: ``explanation.target_class``).
+    step : float, optional
+        Which step of the sweep is the counterfactual (default: its largest).
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate_dr_counterfactuals`, plus ``step``.
+    """
+    sweep = getattr(explanation, "sweep", None)
+    if sweep is None:
+        raise ValueError(
+            f"explanation of {explanation.method!r} has no counterfactual sweep; pass a counterfactual method's Explanation."
+        )
+    k = explanation.target_class if target is None else target
+    if k is None:
+        raise ValueError("the explanation has no target_class; pass target= (the class the counterfactuals should reach).")
+    s = sweep.steps[-1] if step is None else float(step)
+    i = sweep.index(s)
+    heat = explanation.heatmaps_numpy()
+    out = evaluate_dr_counterfactuals(query, sweep.at(s), _np(sweep.logits)[:, i], int(k), lesions, heat.sum(axis=1), fov)
+    out["step"] = s
+    return out

@@ -33,14 +33,19 @@ def register(app: typer.Typer) -> None:
         from pipelines.commands._progress import progress_bars
 
         with progress_bars() as progress:
-            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained, progress=progress,
-                                trust_code=trust_code)
+            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained,
+                                progress=progress, trust_code=trust_code)
         console = Console(highlight=False)
-        for part in ("ct", "fundus"):
-            for method, row in (results.get(part) or {}).items():
+        for part, block in results.items():  # every half the bench ran, every method it measured
+            if part in ("config", "methods", "models") or not isinstance(block, dict):
+                continue
+            for method, row in block.items():
                 if isinstance(row, dict) and "loc_auroc" in row:
                     auc = row["loc_auroc"]
-                    console.print(f"{part:6s} {escape(method):22s} loc AUROC {'-' if auc is None else f'{auc:.3f}'}")
+                    console.print(f"{escape(part):6s} {escape(method):22s} loc AUROC {'-' if auc is None else f'{auc:.3f}'}")
+        skipped = {name: row["skipped"] for name, row in results.get("methods", {}).items() if row.get("skipped")}
+        for name, why in skipped.items():
+            console.print(f"skipped {escape(name)}: {escape('; '.join(f'{k}: {v}' for k, v in why.items()))}")
         console.print(f"{results['seconds']:.0f} s; models trained: {escape(', '.join(results['models']['trained']) or 'none')}")
         console.print(f"wrote {escape(str(out / 'results.json'))}")
         console.print(f"wrote {escape(str(out / 'report.html'))}")

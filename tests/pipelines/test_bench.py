@@ -3,18 +3,25 @@ results.json -> report.html), the documented results schema, and the report as a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from browser_check import INSTALL_HINT, chromium, images_in_chromium
 
+from medxai import registry
+from medxai.explainers.base import Explainer
+from medxai.registry import ANY_IMAGE, CT_STACK, FUNDUS, methods, register_method
 from pipelines.cli import main
 
 CT_KEYS = ("flip_rate", "recon_psnr_db", "loc_auroc", "seconds_per_case", "randomization_spearman")
 FUNDUS_KEYS = ("target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case")
-ATTRIBUTION = ("gradcam", "gradcam++", "occlusion", "integrated_gradients", "rise", "nn_explainer")
+# the bench runs every registered method: the attribution ones are whatever the registry holds
+ATTRIBUTION = tuple(s.name for s in methods(CT_STACK) if not s.counterfactual)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,11 @@ def test_results_follow_the_documented_schema(bench: Path) -> None:
     assert fu["dvce_no_distance"]["guidance"]["distance_scale"] == 0.0
     for method in ATTRIBUTION:
         assert _in(fu[method]["loc_auroc"], 0, 1) and fu[method]["target_rate"] is None
+    # every registered method of each input kind ran there, and results.json says so
+    for part, kind in (("ct", CT_STACK), ("fundus", FUNDUS)):
+        for spec in methods(kind):
+            assert part in r["methods"][spec.name]["ran"], (spec.name, r["methods"][spec.name])
+    assert r["methods"]["dvce"]["counterfactual"] is True and r["methods"]["gradcam++"]["summary"]
     assert {"torch", "monai", "medxai"} <= set(r["versions"])
     assert r["config"]["bench"]["ct_test_n"] > 0 and r["config"]["ct"]["run_dir"].endswith("ct")
     # every model was trained in this run, into OUT/models
@@ -77,13 +89,40 @@ def test_report_shows_every_image_in_chromium(bench: Path) -> None:
     assert seen["broken"] == []
 
 
-def test_cached_models_are_loaded_not_retrained(bench: Path, tmp_path: Path) -> None:
+@dataclasses.dataclass(frozen=True)
+class _BrightnessSettings:
+    pass
+
+
+class _Brightness(Explainer):
+    """A method added as one class: the map is the image's brightness (no model involved)."""
+
+    def _explain(self, x: torch.Tensor, target: object, generator: object) -> torch.Tensor:
+        return x.sum(dim=1, keepdim=True)
+
+
+@pytest.fixture
+def one_file_method() -> Iterator[str]:
+    """Register a method for the duration of one test (as a file in medxai/explainers would)."""
+    register_method("brightness_test", settings=_BrightnessSettings, inputs=ANY_IMAGE)(_Brightness)
+    try:
+        yield "brightness_test"
+    finally:
+        registry._REGISTRY.pop("brightness_test", None)
+
+
+def test_cached_models_are_loaded_not_retrained(bench: Path, tmp_path: Path, one_file_method: str) -> None:
     out = tmp_path / "again"
     assert main(["bench", "--quick", "--only", "fundus", "--models", str(bench / "models"), "-o", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
     assert r["models"]["trained"] == []
     assert {"fundus_ddpm", "fundus_classifier", "fundus_robust_classifier", "nn_explainer_fundus"} <= set(r["models"]["loaded"])
     assert "ct" not in r and (out / "report.html").is_file()
+    # the method registered beside the others was benchmarked and reported like them, nothing else changed
+    row = r["fundus"][one_file_method]
+    assert _in(row["loc_auroc"], 0, 1) and row["target_rate"] is None and _in(row["randomization_spearman"], -1, 1)
+    assert r["methods"][one_file_method]["ran"] == ["fundus"]
+    assert f">{one_file_method}</th>" in (out / "report.html").read_text()
 
 
 def test_bad_bench_config_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,4 +131,23 @@ def test_bad_bench_config_is_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert main(["bench", "-c", str(cfg), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "n_cases" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  rise_masks: 64\n", "methods: {rise: {n_masks: N}}"),
+    ("  ct_overrides: {explainer.encode_steps: 4}\n", "renamed 'diffexplainer'"),
+    ("  dr_overrides: {dvce.target_class: 0}\n", "moved to the top level"),
+    ("  methods: {no_such_method: {n: 1}}\n", "not registered"),
+])
+def test_old_or_unknown_bench_fields_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str,
+                                                 message: str) -> None:
+    # never silently ignored: an old field name would otherwise run the bench with other settings than asked
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(f"full:\n  ct_config: {configs / 'ct_prognosis.yaml'}\n  dr_config: {configs / 'dr_fundus.yaml'}\n"
+                   f"  ddpm_config: {configs / 'ddpm_fundus_cpu64.yaml'}\n{extra}")
+    assert main(["bench", "-c", str(cfg), "-o", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "results.json").exists()

@@ -81,7 +81,7 @@ def test_report_has_every_section_and_table(report: Path) -> None:
                   'id="environment"', 'id="ct-metrics"', 'id="fundus-metrics"', 'id="ct-shortcut"',
                   "Research use, not for diagnosis.",
                   "Quick run: tiny models and few cases; the figures are not meaningful.",
-                  "Teacher score vs step size", "heldout_auroc", "spearman", "L1 outside lesions",
+                  "Teacher probability vs step size", "heldout_auroc", "spearman", "L1 outside lesions",
                   "<details><summary>Configuration</summary>", "2.13.0", "2025-01-01T00:00:00", "dvce_no_cone"]:
         assert piece in text, piece
     # floats to 3 significant digits, missing values as a dash, NaN shown as such
@@ -122,6 +122,27 @@ def test_only_ct_and_empty_results(tmp_path: Path) -> None:
     assert all((path.parent / s).is_file() for s in img_srcs(text)) and img_srcs(text) == ["figures/ct_loc_auroc.png"]
     empty = write_report({}, tmp_path / "empty").read_text(encoding="utf-8")
     assert "Research use" in empty and "<img" not in empty and not (tmp_path / "empty" / "figures").exists()
+
+
+def test_sections_and_columns_come_from_the_results(tmp_path: Path) -> None:
+    # a method the report has never heard of, in a section it has never heard of, labelled from results["methods"]
+    results = {
+        "ct": {"dig_in": {"method": "dig_in", "flip_rate": 0.5, "loc_auroc": 0.75},
+               "gradcam": {"loc_auroc": 0.61}},
+        "oct": {"new_method": {"target_rate": 0.8, "loc_auroc": 0.7}},
+        "methods": {"dig_in": {"summary": "DiG-IN: <guided> diffusion"}},
+        "models": {"dir": "/x", "trained": []},  # the bench's model list is not a section
+    }
+    text = write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert 'id="sec-ct"' in text and 'id="sec-oct"' in text and 'id="sec-models"' not in text
+    assert 'id="oct-metrics"' in text and ">new_method<" in text
+    assert '<th title="DiG-IN: &lt;guided&gt; diffusion">dig_in</th>' in text
+    ct_table = re.search(r'<table class="metrics" id="ct-metrics">(.*?)</table>', text, re.S).group(1)
+    oct_table = re.search(r'<table class="metrics" id="oct-metrics">(.*?)</table>', text, re.S).group(1)
+    # columns: the metrics some row has, nothing else
+    assert re.findall(r'<th title="([a-z_]+)">', ct_table) == ["flip_rate", "loc_auroc"]
+    assert re.findall(r'<th title="([a-z_]+)">', oct_table) == ["target_rate", "loc_auroc"]
+    assert {"figures/ct_loc_auroc.png", "figures/oct_loc_auroc.png"} <= set(img_srcs(text))
 
 
 def test_figure_paths_must_stay_in_the_folder(tmp_path: Path) -> None:

@@ -389,11 +389,11 @@ def test_cli_train_teacher_refuses_untrusted_class(tmp_path: Path, evil_module: 
 
 def test_bench_hands_its_trust_to_every_config(tmp_path: Path) -> None:
     """``medxai bench --trust-code`` reaches the CT and DR configs the bench trains and loads from."""
-    from pipelines.bench import _Clock, _Models, load_bench_settings
+    from pipelines.bench import ModelCache, StageClock, load_bench_settings
 
     settings = load_bench_settings(quick=True)
-    trusted = _Models(tmp_path, settings, None, _Clock(None), trust_code=True)
-    untrusted = _Models(tmp_path, settings, None, _Clock(None))
+    trusted = ModelCache(tmp_path, settings, None, StageClock(None), trust_code=True)
+    untrusted = ModelCache(tmp_path, settings, None, StageClock(None))
     for which in ("ct", "ct_random", "ct_shortcut"):
         assert trusts_code(trusted.ct_config(which)) is True
         assert trusts_code(untrusted.ct_config(which)) is False
