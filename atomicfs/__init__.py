@@ -35,9 +35,9 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 __all__ = [
     "PARTIAL_MARK",

@@ -17,7 +17,8 @@ import json
 import logging
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -67,8 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = NNExplainerConfig(num_classes=args.classes, in_channels=4, channels=(16, 32, 64), strides=(2, 2))
         network = (build_explainer_network(config), config)
     nn_explainer = nn_spec.build(classifier, nn_spec.settings_from({"score_masked": False}), {"nn_explainer": network})
-    rise = rise_spec.build(classifier, rise_spec.settings_from({"n_masks": n_masks, "grid_size": 8, "batch_size": args.batch}),
-                           seed=0)
+    rise = rise_spec.build(
+        classifier, rise_spec.settings_from({"n_masks": n_masks, "grid_size": 8, "batch_size": args.batch}), seed=0
+    )
     target = AllClasses(activation="softmax")
 
     nn_med, nn_times = _median_seconds(lambda: nn_explainer.explain(x, AllClasses()), args.nn_repeats, warmup=2)
@@ -94,14 +96,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rise_4000_extrapolated": n_masks != 4000,
         "ratio_vs_rise_4000": rise_4000 / nn_best,
     }
-    print(f"classifier {args.classifier}, input (1, 4, {args.size}, {args.size}), {args.classes} classes, "
-          f"{torch.get_num_threads()} threads")
-    print(f"NN-Explainer, all-class masks, one forward: median {nn_best * 1000:.1f} ms "
-          f"(before/after RISE: {nn_med * 1000:.1f} / {nn_med2 * 1000:.1f} ms, {args.nn_repeats} runs each)")
+    print(
+        f"classifier {args.classifier}, input (1, 4, {args.size}, {args.size}), {args.classes} classes, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"NN-Explainer, all-class masks, one forward: median {nn_best * 1000:.1f} ms "
+        f"(before/after RISE: {nn_med * 1000:.1f} / {nn_med2 * 1000:.1f} ms, {args.nn_repeats} runs each)"
+    )
     print(f"RISE, {n_masks} masks (batch {args.batch}), all classes: median {rise_med:.2f} s over {repeats} run(s)")
     label = "extrapolated linearly from the measured run" if n_masks != 4000 else "measured"
-    print(f"RISE-4000: {rise_4000:.2f} s ({label}); ratio RISE-4000 / NN-Explainer = {rise_4000 / nn_best:.0f}x "
-          f"(target >= 100x)")
+    print(f"RISE-4000: {rise_4000:.2f} s ({label}); ratio RISE-4000 / NN-Explainer = {rise_4000 / nn_best:.0f}x (target >= 100x)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

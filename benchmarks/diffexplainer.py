@@ -74,7 +74,13 @@ def _train_peak(conn: Any, net_cfg: dict, steps: int, batch: int, threads: int) 
         loss.backward()
         opt.step()
     dt = (time.perf_counter() - t0) / steps
-    conn.send({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "baseline_rss_mb": before / 1024, "seconds_per_step": dt})
+    conn.send(
+        {
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "baseline_rss_mb": before / 1024,
+            "seconds_per_step": dt,
+        }
+    )
 
 
 def main() -> None:

@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxai.config import DR_FUNDUS_SCHEMA, load_config  # noqa: E402
-from medxai.data import StackSet, fundus_set  # noqa: E402
-from medxai.explainers.dvce import dvce_variant  # noqa: E402
-from medxai.metrics.counterfactual_dr import fov_from_images, summarise_dr_counterfactuals  # noqa: E402
-from medxai.metrics.realism import (  # noqa: E402
+from medxai.config import DR_FUNDUS_SCHEMA, load_config
+from medxai.data import StackSet, fundus_set
+from medxai.explainers.dvce import dvce_variant
+from medxai.metrics.counterfactual_dr import fov_from_images, summarise_dr_counterfactuals
+from medxai.metrics.realism import (
     FeatureNet,
     extract_features,
     frechet_distance,
@@ -50,10 +50,10 @@ from medxai.metrics.realism import (  # noqa: E402
     load_feature_net,
     save_feature_net,
 )
-from medxai.registry import FUNDUS, get_method  # noqa: E402
-from medxai.training.dvce import evaluate_classifier, train_feature_net  # noqa: E402
-from medxai.training.trainers import TrainConfig  # noqa: E402
-from pipelines.models import load_black_box, load_method_models, method_settings, target_class  # noqa: E402
+from medxai.registry import FUNDUS, get_method
+from medxai.training.dvce import evaluate_classifier, train_feature_net
+from medxai.training.trainers import TrainConfig
+from pipelines.models import load_black_box, load_method_models, method_settings, target_class
 
 log = logging.getLogger("benchmarks.dvce")
 
@@ -66,12 +66,24 @@ def _feature_net(path: Path, size: int, seconds: float, data_path: str | None) -
     data = StackSet.load(data_path) if data_path else fundus_set(400, 20_000, size=size)
     net = FeatureNet(width=32, feature_dim=128, generator=torch.Generator().manual_seed(0))
     targets = {
-        "label": torch.from_numpy(data.y), "extent": torch.from_numpy(data.extent),
-        "marker": torch.from_numpy(data.has_marker.astype(np.float32)), "lesions": torch.from_numpy(data.masks["lesions"]),
+        "label": torch.from_numpy(data.y),
+        "extent": torch.from_numpy(data.extent),
+        "marker": torch.from_numpy(data.has_marker.astype(np.float32)),
+        "lesions": torch.from_numpy(data.masks["lesions"]),
     }
-    hist = train_feature_net(net, torch.from_numpy(data.x), targets, TrainConfig(steps=5000, batch_size=32, lr=2e-3, max_seconds=seconds, seed=0))
-    save_feature_net(net, path, {"steps": hist["steps"], "loss_first": hist["loss_first"], "loss_last": hist["loss_last"],
-                                 "cohort": data_path or {"n": 400, "seed": 20_000, "size": size}})
+    hist = train_feature_net(
+        net, torch.from_numpy(data.x), targets, TrainConfig(steps=5000, batch_size=32, lr=2e-3, max_seconds=seconds, seed=0)
+    )
+    save_feature_net(
+        net,
+        path,
+        {
+            "steps": hist["steps"],
+            "loss_first": hist["loss_first"],
+            "loss_last": hist["loss_last"],
+            "cohort": data_path or {"n": 400, "seed": 20_000, "size": size},
+        },
+    )
     return net
 
 
@@ -103,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = StackSet.load(args.test_data) if args.test_data else fundus_set(160, 1000, size=size)
     x_all, y_all = torch.from_numpy(test.x), torch.from_numpy(test.y)
     result: dict[str, Any] = {
-        "config": args.config, "overrides": args.override, "n": args.n, "target_class": target,
+        "config": args.config,
+        "overrides": args.override,
+        "n": args.n,
+        "target_class": target,
         "torch_threads": torch.get_num_threads(),
         "classifier_heldout": evaluate_classifier(classifier, x_all, y_all),
         "robust_heldout": evaluate_classifier(robust, x_all, y_all) if robust is not None else None,
@@ -143,23 +158,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timers = {k: v for k, v in exp.timings.items() if k != "seconds"}  # the denoising loop's stages
         total = timers.pop("total", wall)
         robust_cf = exp.diagnostics.get("robust_counterfactual_logits")
-        metrics.update({
-            "robust_target_rate": float((torch.as_tensor(robust_cf).argmax(1) == target).float().mean())
-            if robust_cf is not None else None,
-            "query_target_rate": float((torch.as_tensor(exp.logits).argmax(1) == target).float().mean()),
-            "mean_target_prob_cf": float(exp.sweep.probabilities[:, 0, target].mean()),
-            "l1_total": float(np.abs(cf - x.numpy()).mean()),
-            "kid_vs_real_healthy": kid, "kid_std": kid_std,
-            "fid_vs_real_healthy": frechet_distance(feats, real_healthy),
-            "seconds_per_counterfactual": wall / len(x),
-            "time_share": {k: v / total for k, v in timers.items()},
-            "guidance": cfg.guidance.to_dict(), "num_steps": cfg.num_steps, "skip_steps": cfg.skip_steps,
-            "start_timestep": exp.diagnostics.get("start_timestep"),
-            "per_image": per_image,
-        })
+        metrics.update(
+            {
+                "robust_target_rate": float((torch.as_tensor(robust_cf).argmax(1) == target).float().mean())
+                if robust_cf is not None
+                else None,
+                "query_target_rate": float((torch.as_tensor(exp.logits).argmax(1) == target).float().mean()),
+                "mean_target_prob_cf": float(exp.sweep.probabilities[:, 0, target].mean()),
+                "l1_total": float(np.abs(cf - x.numpy()).mean()),
+                "kid_vs_real_healthy": kid,
+                "kid_std": kid_std,
+                "fid_vs_real_healthy": frechet_distance(feats, real_healthy),
+                "seconds_per_counterfactual": wall / len(x),
+                "time_share": {k: v / total for k, v in timers.items()},
+                "guidance": cfg.guidance.to_dict(),
+                "num_steps": cfg.num_steps,
+                "skip_steps": cfg.skip_steps,
+                "start_timestep": exp.diagnostics.get("start_timestep"),
+                "per_image": per_image,
+            }
+        )
         result["variants"][name] = metrics
-        log.info("%s: target rate %.2f, L1 outside %.4f, AUROC %.3f, KID %.4f, %.1f s/cf", name, metrics["target_rate"],
-                 metrics["l1_outside_lesions"], metrics["lesion_auroc"], kid, metrics["seconds_per_counterfactual"])
+        log.info(
+            "%s: target rate %.2f, L1 outside %.4f, AUROC %.3f, KID %.4f, %.1f s/cf",
+            name,
+            metrics["target_rate"],
+            metrics["l1_outside_lesions"],
+            metrics["lesion_auroc"],
+            kid,
+            metrics["seconds_per_counterfactual"],
+        )
     if args.save_images:
         Path(args.save_images).mkdir(parents=True, exist_ok=True)
         np.savez_compressed(Path(args.save_images) / "dvce_counterfactuals.npz", **saved)
@@ -170,9 +198,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with os.fdopen(fd, "w") as fh:
             json.dump(result, fh, indent=2, default=float)
         os.replace(tmp, out)
-    short = {k: {m: v[m] for m in ("target_rate", "l1_outside_lesions", "lesion_auroc", "kid_vs_real_healthy", "seconds_per_counterfactual")}
-             for k, v in result["variants"].items()}
-    print(json.dumps({"classifier_heldout": result["classifier_heldout"], "variants": short}, indent=2))  # noqa: T201
+    short = {
+        k: {
+            m: v[m]
+            for m in ("target_rate", "l1_outside_lesions", "lesion_auroc", "kid_vs_real_healthy", "seconds_per_counterfactual")
+        }
+        for k, v in result["variants"].items()
+    }
+    print(json.dumps({"classifier_heldout": result["classifier_heldout"], "variants": short}, indent=2))
     return result
 
 

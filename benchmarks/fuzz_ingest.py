@@ -88,8 +88,14 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "n": len(cases), "seed": args.seed, "seconds": wall, "accepted": accepted, "rejected": rejected,
-                    "failures_by_kind": dict(kinds), "max_seconds_per_input": slowest[0], "failures": failures,
+                    "n": len(cases),
+                    "seed": args.seed,
+                    "seconds": wall,
+                    "accepted": accepted,
+                    "rejected": rejected,
+                    "failures_by_kind": dict(kinds),
+                    "max_seconds_per_input": slowest[0],
+                    "failures": failures,
                     "by_mutator": {m: dict(c) for m, c in by_mutator.items()},
                 },
                 indent=1,

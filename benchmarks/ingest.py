@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_io import StudyInfo, Volume, read_series, write_ct_series  # noqa: E402
+from dicom_io import StudyInfo, Volume, read_series, write_ct_series
 
 
 def make_series(folder: Path, slices: int, size: int) -> Volume:
@@ -126,8 +126,11 @@ def run_process(cmd: list[str]) -> tuple[float, float]:
 
 def ingest_peak_over_imports(folder: Path, out: Path) -> float:
     """MiB the ingest call (read + write) adds to a fresh process's RSS after its imports."""
-    return _peak_over_imports("the ingest call", "import SimpleITK, numpy, nibabel\nimport pipelines.ingest as ing",
-                              f"ing.ingest({str(folder)!r}, {str(out)!r})")
+    return _peak_over_imports(
+        "the ingest call",
+        "import SimpleITK, numpy, nibabel\nimport pipelines.ingest as ing",
+        f"ing.ingest({str(folder)!r}, {str(out)!r})",
+    )
 
 
 def whole_process(name: str, folder: Path, workdir: Path, repeats: int) -> dict[str, object]:
@@ -142,8 +145,10 @@ def whole_process(name: str, folder: Path, workdir: Path, repeats: int) -> dict[
         t: dict[str, list[float]] = {"medxai": [], "simpleitk": []}
         rss: dict[str, float] = {"medxai": 0.0, "simpleitk": 0.0}
         for _ in range(repeats):  # alternating, so drift hits both alike
-            for who, cmd in (("medxai", [*medxai, str(workdir / f"m{suffix}")]),
-                             ("simpleitk", [sys.executable, str(script), str(folder), str(workdir / f"s{suffix}")])):
+            for who, cmd in (
+                ("medxai", [*medxai, str(workdir / f"m{suffix}")]),
+                ("simpleitk", [sys.executable, str(script), str(folder), str(workdir / f"s{suffix}")]),
+            ):
                 wall, peak = run_process(cmd)
                 t[who].append(wall)
                 rss[who] = max(rss[who], peak)
@@ -158,33 +163,49 @@ def whole_process(name: str, folder: Path, workdir: Path, repeats: int) -> dict[
             "ingest_call_peak_over_volume": round(call_peak / vol_mib, 3),
             "file_mib": {k: round(v, 1) for k, v in sizes.items()},
         }
-        print(f"{name:18s} {suffix:7s} medxai {med['medxai']:.2f} s  SimpleITK {med['simpleitk']:.2f} s  "
-              f"ratio {med['medxai'] / med['simpleitk']:.2f}x  ingest peak {call_peak:.0f} MiB "
-              f"({call_peak / vol_mib:.2f}x volume)  files {sizes['medxai']:.1f} / {sizes['simpleitk']:.1f} MiB")
+        print(
+            f"{name:18s} {suffix:7s} medxai {med['medxai']:.2f} s  SimpleITK {med['simpleitk']:.2f} s  "
+            f"ratio {med['medxai'] / med['simpleitk']:.2f}x  ingest peak {call_peak:.0f} MiB "
+            f"({call_peak / vol_mib:.2f}x volume)  files {sizes['medxai']:.1f} / {sizes['simpleitk']:.1f} MiB"
+        )
     return rows
 
 
 def phantom_series(workdir: Path, size: str = "benchmark") -> Path:
     """The CT of ``medxai phantom ct --size benchmark -n 1 --seed 0`` (the issue's volume)."""
     out = workdir / "phantom"
-    subprocess.run([sys.executable, "-m", "pipelines", "phantom", "ct", "--size", size, "-n", "1",
-                    "--seed", "0", "-o", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines", "phantom", "ct", "--size", size, "-n", "1", "--seed", "0", "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return next(out.glob("*/dicom"))
 
 
 def print_table(result: dict[str, object]) -> None:
     """The issue's target table with this run's figures."""
-    rows = [("in-process read, vs SimpleITK", f"{result['ratio_medxai_over_simpleitk']:.2f}x", "<= 0.3x"),
-            ("peak RSS of the read (fresh process)", f"{result['peak_rss_over_volume']['medxai']:.2f}x volume",
-             "<= 2x")]
+    rows = [
+        ("in-process read, vs SimpleITK", f"{result['ratio_medxai_over_simpleitk']:.2f}x", "<= 0.3x"),
+        ("peak RSS of the read (fresh process)", f"{result['peak_rss_over_volume']['medxai']:.2f}x volume", "<= 2x"),
+    ]
     for vol in result["whole_process"]:  # type: ignore[union-attr]
         for suffix in (".nrrd", ".nii.gz"):
             r = vol[suffix]
-            rows.append((f"whole-process ingest -> {suffix}, {vol['volume']}",
-                         f"{r['ratio_medxai_over_simpleitk']:.2f}x ({r['median_s']['medxai']:.2f} s vs "
-                         f"{r['median_s']['simpleitk']:.2f} s)", "<= 1.0x"))
-            rows.append((f"peak RSS of the ingest call -> {suffix}, {vol['volume']}",
-                         f"{r['ingest_call_peak_over_volume']:.2f}x volume", "<= 2x"))
+            rows.append(
+                (
+                    f"whole-process ingest -> {suffix}, {vol['volume']}",
+                    f"{r['ratio_medxai_over_simpleitk']:.2f}x ({r['median_s']['medxai']:.2f} s vs "
+                    f"{r['median_s']['simpleitk']:.2f} s)",
+                    "<= 1.0x",
+                )
+            )
+            rows.append(
+                (
+                    f"peak RSS of the ingest call -> {suffix}, {vol['volume']}",
+                    f"{r['ingest_call_peak_over_volume']:.2f}x volume",
+                    "<= 2x",
+                )
+            )
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':{width}s} | this run | target")
     for name, value, target in rows:
@@ -239,8 +260,9 @@ def main() -> None:
         if not args.no_process:
             work = Path(tmp) / "work"
             work.mkdir()
-            process.append(whole_process(f"phantom {args.phantom_size}", phantom_series(work, args.phantom_size),
-                                         work, args.process_repeats))
+            process.append(
+                whole_process(f"phantom {args.phantom_size}", phantom_series(work, args.phantom_size), work, args.process_repeats)
+            )
             process.append(whole_process(f"{args.slices}x{args.size}x{args.size}", folder, work, args.process_repeats))
 
     result = {
@@ -258,8 +280,10 @@ def main() -> None:
     }
     for k, v in med.items():
         print(f"{k:10s} median {v:.3f} s  ({v / med['simpleitk']:.2f}x SimpleITK)  peak RSS {rss[k]:.0f} MiB")
-    print(f"volume {vol_mib:.0f} MiB; medxai tracemalloc peak {peak / 2**20:.0f} MiB "
-          f"({result['medxai_tracemalloc_peak_over_volume']:.2f}x volume)")
+    print(
+        f"volume {vol_mib:.0f} MiB; medxai tracemalloc peak {peak / 2**20:.0f} MiB "
+        f"({result['medxai_tracemalloc_peak_over_volume']:.2f}x volume)"
+    )
     print(json.dumps(result, indent=2))
     print_table(result)
     if args.json:

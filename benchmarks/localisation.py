@@ -19,19 +19,19 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxai.data import StackSet, ct_stack_set, fundus_set  # noqa: E402
-from medxai.metrics.localisation import iou_at, pixel_auroc  # noqa: E402
-from medxai.networks.classifiers import make_classifier  # noqa: E402
-from medxai.targets import ClassTarget  # noqa: E402
-from medxai.training.trainers import fit_classifier  # noqa: E402
+from medxai.data import StackSet, ct_stack_set, fundus_set
+from medxai.metrics.localisation import iou_at, pixel_auroc
+from medxai.networks.classifiers import make_classifier
+from medxai.targets import ClassTarget
+from medxai.training.trainers import fit_classifier
 
 
 def cached(cache: Path | None, name: str, build: Callable[[], StackSet]) -> StackSet:
@@ -56,8 +56,13 @@ def explainers(model: torch.nn.Module, train: StackSet, args: argparse.Namespace
     probe = NNExplainerConfig(num_classes=2, in_channels=train.x.shape[1])
     steps_per_epoch = max(1, math.ceil(len(train.x) * (1 - probe.val_fraction) / probe.batch_size))
     cfg = NNExplainerConfig(
-        num_classes=2, in_channels=train.x.shape[1], multilabel=False,
-        max_epochs=max(1, math.ceil(args.nn_steps / steps_per_epoch)), patience=10**6, lr=1e-3, seed=0,
+        num_classes=2,
+        in_channels=train.x.shape[1],
+        multilabel=False,
+        max_epochs=max(1, math.ceil(args.nn_steps / steps_per_epoch)),
+        patience=10**6,
+        lr=1e-3,
+        seed=0,
     )
     specs = [s for s in methods(TENSOR) if not s.counterfactual]
     models: dict[str, object] = {}
@@ -71,7 +76,8 @@ def explainers(model: torch.nn.Module, train: StackSet, args: argparse.Namespace
     settings = {"integrated_gradients": {"channel_reduction": "abs"}, "rise": {"n_masks": args.rise}}
     out: dict[str, object] = {
         s.name: s.build(model, s.settings_from(settings.get(s.name)), models, seed=0)
-        for s in specs if all(r in models for r in s.needs)
+        for s in specs
+        if all(r in models for r in s.needs)
     }
     out["_nn_train_s"] = nn_train_s
     return out
@@ -80,10 +86,10 @@ def explainers(model: torch.nn.Module, train: StackSet, args: argparse.Namespace
 def evaluate(kind: str, args: argparse.Namespace) -> dict[str, object]:
     make = ct_stack_set if kind == "ct" else fundus_set
     mask_name = "biomarker" if kind == "ct" else "lesions"
-    train = cached(args.cache, f"{kind}_train_s1000_n{args.train}_{args.size}",
-                   lambda: make(args.train, seed=1000, size=args.size))
-    test = cached(args.cache, f"{kind}_test_s2000_n{args.test}_{args.size}",
-                  lambda: make(args.test, seed=2000, size=args.size))
+    train = cached(
+        args.cache, f"{kind}_train_s1000_n{args.train}_{args.size}", lambda: make(args.train, seed=1000, size=args.size)
+    )
+    test = cached(args.cache, f"{kind}_test_s2000_n{args.test}_{args.size}", lambda: make(args.test, seed=2000, size=args.size))
     g = torch.Generator().manual_seed(0)
     model = make_classifier("resnet18", train.x.shape[1], 2, 2, generator=g)
     fit_classifier(model, torch.from_numpy(train.x), torch.from_numpy(train.y), steps=args.steps, generator=g)
@@ -100,10 +106,12 @@ def evaluate(kind: str, args: argparse.Namespace) -> dict[str, object]:
     x = torch.from_numpy(test.x[keep])
     for name, explainer in methods.items():
         t0 = time.perf_counter()
-        maps = np.concatenate([
-            explainer.explain(x[i : i + 4], ClassTarget(1)).heatmaps_numpy()[:, 0].reshape(-1, *gt.shape[1:])  # type: ignore[attr-defined]
-            for i in range(0, len(x), 4)
-        ])
+        maps = np.concatenate(
+            [
+                explainer.explain(x[i : i + 4], ClassTarget(1)).heatmaps_numpy()[:, 0].reshape(-1, *gt.shape[1:])  # type: ignore[attr-defined]
+                for i in range(0, len(x), 4)
+            ]
+        )
         secs = (time.perf_counter() - t0) / len(x)
         auc = [pixel_auroc(m, k) for m, k in zip(maps, gt[keep])]
         iou = [iou_at(m, k, top_fraction=0.05) for m, k in zip(maps, gt[keep])]

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import bench as b  # noqa: E402
+from pipelines import bench as b
 
 
 def main() -> None:
@@ -50,8 +50,9 @@ def main() -> None:
         cfg = models.ct("ct")
         target = target_class(cfg)
         spec = get_method("nn_explainer", CT_STACK)
-        test = ct_stack_set(settings.ct_test_n, settings.ct_test_seed, phantom=str(cfg.get("data.phantom", "test")),
-                            stack=stack_config(cfg))
+        test = ct_stack_set(
+            settings.ct_test_n, settings.ct_test_seed, phantom=str(cfg.get("data.phantom", "test")), stack=stack_config(cfg)
+        )
         gt2d = test.masks["biomarker"].max(axis=1)
         pos = np.flatnonzero((test.y == 1) & (gt2d.reshape(len(gt2d), -1).sum(1) > 0))[: settings.explain_n]
         teacher = load_black_box(cfg)
@@ -65,8 +66,13 @@ def main() -> None:
             ex = spec.build(teacher, method_settings(cfg, spec), {"nn_explainer": nn}, seed=int(cfg.get("seed")))
             maps, _ = b.explain_maps(ex, test.x[pos], target)
             auroc = heatmap_auroc(maps, gt2d[pos])
-            row = {"steps": steps, "train_seconds": round(seconds, 1), "loc_auroc": round(float(np.nanmean(auroc)), 4),
-                   "loc_auroc_sd": round(float(np.nanstd(auroc)), 4), "n_cases": int(len(pos))}
+            row = {
+                "steps": steps,
+                "train_seconds": round(seconds, 1),
+                "loc_auroc": round(float(np.nanmean(auroc)), 4),
+                "loc_auroc_sd": round(float(np.nanstd(auroc)), 4),
+                "n_cases": int(len(pos)),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{'steps':>6} | {'train s':>8} | CT pixel AUROC (mean, sd over {rows[0]['n_cases']} positives)")

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medxai.data import StackSet, ct_stack_set, fundus_set  # noqa: E402
-from medxai.metrics.localisation import pixel_auroc  # noqa: E402
+from medxai.data import StackSet, ct_stack_set, fundus_set
+from medxai.metrics.localisation import pixel_auroc
 
 
 def train_classifier(train: StackSet, steps: int, seed: int) -> torch.nn.Module:

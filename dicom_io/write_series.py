@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -138,9 +138,7 @@ def write_ct_series(
     if file_names is not None and len(file_names) != len(written):
         raise ValueError(f"file_names has {len(file_names)} entries for {len(written)} slices.")
     if per_slice is not None and len(per_slice) != len(written):
-        raise ValueError(
-            f"per_slice has {len(per_slice)} entries for {len(written)} slices; give one mapping per written slice."
-        )
+        raise ValueError(f"per_slice has {len(per_slice)} entries for {len(written)} slices; give one mapping per written slice.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,7 +169,7 @@ def write_ct_series(
 
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1486.1")
         meta.ImplementationVersionName = "MEDXAI_0_1"
@@ -287,7 +285,7 @@ def write_photo_dicom(
         raise ValueError(f"rgb must be uint8 (H, W, 3); got {arr.dtype} {arr.shape}.")
     info = info or StudyInfo()
     now = _dt.datetime.now()
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if laterality:
         kwargs["laterality"] = laterality
     if pixel_spacing is not None:

@@ -18,8 +18,9 @@ import copy
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "dataclass_from_mapping",
@@ -154,9 +155,7 @@ class Config:
         their provenance.
     """
 
-    def __init__(
-        self, data: Mapping[str, Any], source: str | os.PathLike[str] = "<config>", overridden: Any = ()
-    ) -> None:
+    def __init__(self, data: Mapping[str, Any], source: str | os.PathLike[str] = "<config>", overridden: Any = ()) -> None:
         self.data = dict(data)
         self.source = str(source)
         self.overridden: frozenset[str] = frozenset(overridden)
@@ -221,7 +220,9 @@ class Config:
         """
         sec = self.section(section, None)
         if not sec:
-            raise ConfigError(f"{self.source}: missing section '{section}'; add it with the model's 'path' (see configs/ for examples).")
+            raise ConfigError(
+                f"{self.source}: missing section '{section}'; add it with the model's 'path' (see configs/ for examples)."
+            )
         path = self.path(f"{section}.path") if sec.get("path") is not None else None
         if path is not None and _exists(path):
             self.resolved_weights[section] = {"path": str(path), "pretrained": False}
@@ -229,12 +230,20 @@ class Config:
         shipped = self._pretrained(section, sec.get("pretrained"))
         if shipped is not None and _exists(shipped):
             if path is not None and self.resolved_weights.get(section, {}).get("path") != str(shipped):  # once per model
-                logger.warning("%s: %s.path %s does not exist; using the shipped weights %s (%s.pretrained)",
-                               self.source, section, path, shipped, section)
+                logger.warning(
+                    "%s: %s.path %s does not exist; using the shipped weights %s (%s.pretrained)",
+                    self.source,
+                    section,
+                    path,
+                    shipped,
+                    section,
+                )
             self.resolved_weights[section] = {"path": str(shipped), "pretrained": True}
             return shipped
         hint = TRAIN_HINTS.get(section, "train it").format(config=self.source, path=path or f"<{section}.path>")
-        looked = " nor ".join(f"{what} {str(p)!r}" for what, p in ((f"{section}.path", path), (f"{section}.pretrained", shipped)) if p)
+        looked = " nor ".join(
+            f"{what} {str(p)!r}" for what, p in ((f"{section}.path", path), (f"{section}.pretrained", shipped)) if p
+        )
         raise ConfigError(
             f"{self.source}: the weights of section '{section}' are missing: "
             f"{('neither ' + looked + ' exists') if looked else 'it has no path'}. Make them (`{hint}`), "
@@ -252,7 +261,7 @@ class Config:
             )
         return pretrained_dir() / rel
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Copy with dotted fields replaced, e.g. ``{"diffexplainer.decode_steps": 10}``; relative paths
         among them stay relative to the working directory (see :meth:`path`).
 
@@ -319,9 +328,7 @@ def validate(config: Config, schema: Mapping[str, Any]) -> Config:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
             names = " or ".join(t.__name__ for t in types)
-            raise ConfigError(
-                f"{config.source}: field '{field}' must be {names}, got {type(value).__name__} {value!r}."
-            )
+            raise ConfigError(f"{config.source}: field '{field}' must be {names}, got {type(value).__name__} {value!r}.")
     return config
 
 
@@ -349,9 +356,7 @@ def load_config(path: str | os.PathLike[str], schema: Mapping[str, Any] | None =
     return cfg
 
 
-def dataclass_from_mapping(
-    cls: Any, data: Mapping[str, Any], what: str, tuple_fields: tuple[str, ...] = ()
-) -> Any:
+def dataclass_from_mapping(cls: Any, data: Mapping[str, Any], what: str, tuple_fields: tuple[str, ...] = ()) -> Any:
     """Build the settings dataclass ``cls`` from a mapping (e.g. a YAML section), strictly.
 
     Unknown keys raise ``ValueError`` naming the valid ones; ``tuple_fields`` given as YAML lists

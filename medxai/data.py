@@ -4,8 +4,9 @@ ground-truth masks on the same grid (the transforms' output grid)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +43,18 @@ class StackSet:
     seeds: np.ndarray
 
     def save(self, path: str) -> None:
-        np.savez_compressed(path, x=self.x, y=self.y, extent=self.extent, has_marker=self.has_marker,
-                            seeds=self.seeds, **{f"mask_{k}": v for k, v in self.masks.items()})
+        np.savez_compressed(
+            path,
+            x=self.x,
+            y=self.y,
+            extent=self.extent,
+            has_marker=self.has_marker,
+            seeds=self.seeds,
+            **{f"mask_{k}": v for k, v in self.masks.items()},
+        )
 
     @staticmethod
-    def load(path: str) -> "StackSet":
+    def load(path: str) -> StackSet:
         with np.load(path) as f:
             masks = {k[5:]: f[k] for k in f.files if k.startswith("mask_")}
             return StackSet(f["x"], f["y"], f["extent"], masks, f["has_marker"], f["seeds"])

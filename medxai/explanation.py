@@ -17,8 +17,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class CounterfactualSweep:
     def negative_steps(self) -> tuple[float, ...]:
         return tuple(s for s in self.steps if s < 0)
 
-    def select(self, index: int | slice) -> "CounterfactualSweep":
+    def select(self, index: int | slice) -> CounterfactualSweep:
         """The sweep of case(s) ``index`` (batch axis kept)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
 
@@ -183,13 +184,17 @@ class CounterfactualSweep:
             return None if a is None else _np(a)[sl]
 
         return dataclasses.replace(
-            self, images=pick(self.images), logits=pick(self.logits), origin=pick(self.origin),
-            origin_logits=pick(self.origin_logits), agent_logits=pick(self.agent_logits),
+            self,
+            images=pick(self.images),
+            logits=pick(self.logits),
+            origin=pick(self.origin),
+            origin_logits=pick(self.origin_logits),
+            agent_logits=pick(self.agent_logits),
             agent_origin_logits=pick(self.agent_origin_logits),
         )
 
     @classmethod
-    def concat(cls, sweeps: Sequence["CounterfactualSweep"]) -> "CounterfactualSweep":
+    def concat(cls, sweeps: Sequence[CounterfactualSweep]) -> CounterfactualSweep:
         """Join sweeps of several batches with the same steps along the batch axis."""
         first = sweeps[0]
         if any(s.steps != first.steps for s in sweeps):
@@ -325,7 +330,7 @@ class Explanation:
                 out["origin"] = self.sweep.origin_probabilities[:, k].tolist()  # type: ignore[index]
         return out
 
-    def select(self, index: int) -> "Explanation":
+    def select(self, index: int) -> Explanation:
         """The explanation of case ``index`` alone (batch axis kept, size 1)."""
         sl = slice(index, index + 1)
         diag = {k: (_np(v)[sl] if _batched(v, self.batch_size) else v) for k, v in self.diagnostics.items()}
@@ -340,7 +345,7 @@ class Explanation:
         )
 
     @classmethod
-    def concat(cls, parts: Sequence["Explanation"]) -> "Explanation":
+    def concat(cls, parts: Sequence[Explanation]) -> Explanation:
         """Join the explanations of several batches (same method and settings) along the batch axis."""
         if not parts:
             raise ValueError("nothing to join: pass at least one explanation.")
@@ -426,7 +431,9 @@ class Explanation:
 
         def write_map(arr: np.ndarray, stem: str) -> str:
             if grid is not None:
-                return grid.write(grid.to_source(arr[None] if arr.ndim == len(self.spatial_shape) else arr), out / f"{stem}.nii.gz")
+                return grid.write(
+                    grid.to_source(arr[None] if arr.ndim == len(self.spatial_shape) else arr), out / f"{stem}.nii.gz"
+                )
             return _write_nifti(arr, out / f"{stem}.nii.gz")
 
         channel_maps = None if self.channel_maps is None else _np(self.channel_maps)[0].astype(np.float32)
@@ -447,8 +454,10 @@ class Explanation:
                 if steps and base is not None:
                     step = steps[0] if name == "minus" else steps[-1]
                     files[f"difference_{name}"] = write_map(sweep.difference(step, query)[0], f"difference_{name}")
-            arrays: dict[str, Any] = {"steps": np.asarray(sweep.steps, np.float32),
-                                             "images": _np(sweep.images)[0].astype(np.float32)}
+            arrays: dict[str, Any] = {
+                "steps": np.asarray(sweep.steps, np.float32),
+                "images": _np(sweep.images)[0].astype(np.float32),
+            }
             if q is not None:
                 arrays["query"] = q
             if sweep.origin is not None:
@@ -486,13 +495,14 @@ class Explanation:
             "parameters": _jsonable(self.parameters),
             "seed": self.seed,
             "timings": _jsonable(self.timings),
-            "diagnostics": _jsonable({k: (_np(v)[case] if _batched(v, self.batch_size) else v)
-                                      for k, v in self.diagnostics.items()}),
+            "diagnostics": _jsonable(
+                {k: (_np(v)[case] if _batched(v, self.batch_size) else v) for k, v in self.diagnostics.items()}
+            ),
         }
         return meta
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> "Explanation":
+    def load(cls, folder: str | os.PathLike[str]) -> Explanation:
         """Read one case written by :meth:`save` (maps come back on the grid they were written on)."""
         src = Path(folder)
         meta_path = src / _JSON_NAME
@@ -502,7 +512,11 @@ class Explanation:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, this medxai reads {FORMAT_VERSION}.")
         files = meta["files"]
-        names = [files["heatmap"]] if "heatmap" in files else [files[k] for k in sorted(f for f in files if f.startswith("heatmap_t"))]
+        names = (
+            [files["heatmap"]]
+            if "heatmap" in files
+            else [files[k] for k in sorted(f for f in files if f.startswith("heatmap_t"))]
+        )
         heat = np.stack([_read_nifti(src / n) for n in names])[None]
         channel_maps = _read_nifti(src / files["channel_maps"])[None] if "channel_maps" in files else None
         sweep = None
@@ -510,16 +524,24 @@ class Explanation:
             with np.load(src / files["counterfactuals"]) as z:
                 s = meta["sweep"]
                 sweep = CounterfactualSweep(
-                    steps=tuple(s["steps"]), images=z["images"][None], logits=np.asarray(s["logits"])[None],
+                    steps=tuple(s["steps"]),
+                    images=z["images"][None],
+                    logits=np.asarray(s["logits"])[None],
                     origin=z["origin"][None] if "origin" in z.files else None,
                     activation=meta.get("activation", "softmax"),
                 )
         return cls(
-            method=meta["method"], target=meta["target"], heatmaps=heat,
+            method=meta["method"],
+            target=meta["target"],
+            heatmaps=heat,
             logits=None if meta.get("logits") is None else np.asarray(meta["logits"])[None],
-            target_class=meta.get("target_class"), activation=meta.get("activation", "softmax"), sweep=sweep,
+            target_class=meta.get("target_class"),
+            activation=meta.get("activation", "softmax"),
+            sweep=sweep,
             channel_maps=channel_maps,
-            parameters=meta.get("parameters", {}), seed=meta.get("seed"), timings=meta.get("timings", {}),
+            parameters=meta.get("parameters", {}),
+            seed=meta.get("seed"),
+            timings=meta.get("timings", {}),
             diagnostics=meta.get("diagnostics", {}),
         )
 
@@ -590,7 +612,9 @@ def _tiles(images: np.ndarray) -> list[np.ndarray]:
 
 
 def strip_image(
-    explanation: Explanation, query: np.ndarray, channel_names: Sequence[str] | None = None,
+    explanation: Explanation,
+    query: np.ndarray,
+    channel_names: Sequence[str] | None = None,
     label: Callable[[str, float | None], str] | None = None,
 ) -> np.ndarray:
     """RGB uint8 strip of case 0: columns query | origin | every counterfactual | change at the
@@ -616,7 +640,9 @@ def strip_image(
     sw = explanation.sweep
     if sw is not None:
         if sw.origin is not None:
-            cols.append((label("recon", prob(None if sw.origin_logits is None else _np(sw.origin_logits)[0])), _tiles(_np(sw.origin)[0])))
+            cols.append(
+                (label("recon", prob(None if sw.origin_logits is None else _np(sw.origin_logits)[0])), _tiles(_np(sw.origin)[0]))
+            )
         for i, s in enumerate(sw.steps):
             cols.append((label(f"{s:+g}", prob(_np(sw.logits)[0, i])), _tiles(_np(sw.images)[0, i])))
         ends = [s for s in (sw.negative_steps[:1] + sw.positive_steps[-1:])]
@@ -635,7 +661,7 @@ def strip_image(
     for j, (_, tiles) in enumerate(cols):
         for r in range(n_rows):
             tile = tiles[min(r, len(tiles) - 1)]
-            canvas[header + r * h: header + (r + 1) * h, j * tile_w: j * tile_w + w] = tile
+            canvas[header + r * h : header + (r + 1) * h, j * tile_w : j * tile_w + w] = tile
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
     for j, (name, _) in enumerate(cols):

@@ -23,7 +23,8 @@ import dataclasses
 import importlib
 import logging
 import pkgutil
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 __all__ = [
     "ANY_IMAGE",
@@ -114,8 +115,7 @@ class MethodSpec:
         missing = [n for n in self.needs if models.get(n) is None]
         if missing:
             raise ValueError(
-                f"method {self.name!r} needs the model(s) {missing}; give their sections "
-                f"({', '.join(missing)}) in the config."
+                f"method {self.name!r} needs the model(s) {missing}; give their sections ({', '.join(missing)}) in the config."
             )
         # the registry sits below the explainers and does not import their base class
         build = getattr(self.cls, "from_settings")  # noqa: B009
@@ -157,8 +157,9 @@ def register_method(
             raise ValueError(f"method {name!r} is registered twice: {old.cls.__module__} and {cls.__module__}.")
         cls.method = name  # type: ignore[attr-defined]
         doc = summary or (cls.__doc__ or name).strip().splitlines()[0]
-        _REGISTRY[name] = MethodSpec(name, cls, settings, frozenset(inputs), tuple(needs), tuple(optional),
-                                     uses_mask, counterfactual, doc)
+        _REGISTRY[name] = MethodSpec(
+            name, cls, settings, frozenset(inputs), tuple(needs), tuple(optional), uses_mask, counterfactual, doc
+        )
         return cls
 
     return deco

@@ -19,7 +19,8 @@ operators only and runs no arbitrary Python on load. Weight files are read with 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from medxai.config import Config
@@ -89,7 +90,7 @@ def untrusted_refusal(where: str, class_path: str, reason: str) -> ValueError:
     )
 
 
-def trusts_code(config: "Config | Mapping[str, Any] | None", trust_code: bool = False) -> bool:
+def trusts_code(config: Config | Mapping[str, Any] | None, trust_code: bool = False) -> bool:
     """``trust_code`` or the config's top-level ``trust_code: true``.
 
     Parameters

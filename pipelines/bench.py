@@ -41,8 +41,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,11 +137,14 @@ def _check_overrides(where: str, name: str, overrides: Mapping[str, Any]) -> Non
     for key in overrides:
         head, _, rest = str(key).partition(".")
         if rest == "target_class" and head in ("explainer", "diffexplainer", "dvce"):
-            raise ConfigError(f"{where}: {name} field '{key}' moved to the top level of the config; "
-                              "write 'target_class' instead.")
+            raise ConfigError(
+                f"{where}: {name} field '{key}' moved to the top level of the config; write 'target_class' instead."
+            )
         if head in _RENAMED_SECTIONS:
-            raise ConfigError(f"{where}: {name} field '{key}': section '{head}' was renamed '{_RENAMED_SECTIONS[head]}'; "
-                              f"write '{_RENAMED_SECTIONS[head]}.{rest}'.")
+            raise ConfigError(
+                f"{where}: {name} field '{key}': section '{head}' was renamed '{_RENAMED_SECTIONS[head]}'; "
+                f"write '{_RENAMED_SECTIONS[head]}.{rest}'."
+            )
 
 
 def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool = False) -> BenchSettings:
@@ -166,8 +170,10 @@ def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool 
         if not settings.path(name).is_file():
             raise ConfigError(f"{where}: {name} {str(settings.path(name))!r} does not exist.")
     if not isinstance(settings.methods, Mapping) or not all(isinstance(v, Mapping) for v in settings.methods.values()):
-        raise ConfigError(f"{where}: 'methods' must map method names to settings mappings, e.g. "
-                          "{rise: {n_masks: 500}}, got " + repr(settings.methods) + ".")
+        raise ConfigError(
+            f"{where}: 'methods' must map method names to settings mappings, e.g. "
+            "{rise: {n_masks: 500}}, got " + repr(settings.methods) + "."
+        )
     _check_overrides(where, "ct_overrides", settings.ct_overrides)
     _check_overrides(where, "dr_overrides", settings.dr_overrides)
     _check_overrides(where, "methods", {f"{k}.x": v for k, v in settings.methods.items()})
@@ -244,9 +250,9 @@ def _probabilities(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate([
-            torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)
-        ])
+        return np.concatenate(
+            [torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)]
+        )
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -301,12 +307,16 @@ class ModelCache:
         cfg = load_ct_config(self.s.path("ct_config"))
         d = self.root / which
         main = self.root / "ct"
-        over = self._overrides(cfg, self.s.ct_overrides, {
-            "teacher.path": d / "teacher.safetensors",
-            "autoencoder.path": main / "autoencoder.safetensors",  # one autoencoder for every teacher
-            "agent.path": d / "agent.safetensors",
-            "nn_explainer_network.path": self.root / f"nn_explainer_{which}",  # what nn_explainer() trains
-        })
+        over = self._overrides(
+            cfg,
+            self.s.ct_overrides,
+            {
+                "teacher.path": d / "teacher.safetensors",
+                "autoencoder.path": main / "autoencoder.safetensors",  # one autoencoder for every teacher
+                "agent.path": d / "agent.safetensors",
+                "nn_explainer_network.path": self.root / f"nn_explainer_{which}",  # what nn_explainer() trains
+            },
+        )
         over["run_dir"] = str(d)
         if which == "ct_shortcut":
             over["data.shortcut"] = float(self.s.shortcut)
@@ -321,15 +331,24 @@ class ModelCache:
         cfg = self.ct_config(which)
         secs = self.s.train_seconds
         main = self.ct_config("ct")
-        self._note("ct_autoencoder", main.path("autoencoder.path"),
-                   lambda: ctt.train_autoencoder_from_config(main, self.progress, max_seconds=secs.get("autoencoder")))
+        self._note(
+            "ct_autoencoder",
+            main.path("autoencoder.path"),
+            lambda: ctt.train_autoencoder_from_config(main, self.progress, max_seconds=secs.get("autoencoder")),
+        )
         if which == "ct_random":
             self._note("ct_random_teacher", cfg.path("teacher.path"), lambda: self._random_teacher(main, cfg))
         else:
-            self._note(f"{which}_teacher", cfg.path("teacher.path"),
-                       lambda: ctt.train_teacher_from_config(cfg, self.progress, max_seconds=secs.get("teacher")))
-        self._note(f"{which}_agent", cfg.path("agent.path"),
-                   lambda: ctt.train_agent_from_config(cfg, self.progress, max_seconds=secs.get("agent")))
+            self._note(
+                f"{which}_teacher",
+                cfg.path("teacher.path"),
+                lambda: ctt.train_teacher_from_config(cfg, self.progress, max_seconds=secs.get("teacher")),
+            )
+        self._note(
+            f"{which}_agent",
+            cfg.path("agent.path"),
+            lambda: ctt.train_agent_from_config(cfg, self.progress, max_seconds=secs.get("agent")),
+        )
         self.configs[which] = cfg
         return cfg
 
@@ -351,7 +370,12 @@ class ModelCache:
         probe = NNExplainerConfig(num_classes=2, in_channels=int(x.shape[1]))
         per_epoch = max(1, math.ceil(len(x) * (1 - probe.val_fraction) / probe.batch_size))
         cfg = NNExplainerConfig(
-            num_classes=2, in_channels=int(x.shape[1]), multilabel=False, lr=1e-3, seed=0, patience=10**6,
+            num_classes=2,
+            in_channels=int(x.shape[1]),
+            multilabel=False,
+            lr=1e-3,
+            seed=0,
+            patience=10**6,
             max_epochs=max(1, math.ceil(self.s.nn_explainer_steps / per_epoch)),
             max_steps_per_epoch=min(per_epoch, self.s.nn_explainer_steps),
         )
@@ -374,17 +398,38 @@ class ModelCache:
         s = self.s
         paths = {k: d / f"{k}.safetensors" for k in ("ddpm", "classifier", "robust_classifier")}
         n = s.train_n.get("fundus")
-        self._note("fundus_ddpm", paths["ddpm"], lambda: train_diffusion(
-            s.path("ddpm_config"), paths["ddpm"], n=n, seconds=s.train_seconds.get("ddpm"), steps=s.train_steps.get("ddpm")))
+        self._note(
+            "fundus_ddpm",
+            paths["ddpm"],
+            lambda: train_diffusion(
+                s.path("ddpm_config"), paths["ddpm"], n=n, seconds=s.train_seconds.get("ddpm"), steps=s.train_steps.get("ddpm")
+            ),
+        )
         for key, robust in (("classifier", False), ("robust_classifier", True)):
-            self._note(f"fundus_{key}", paths[key], lambda key=key, robust=robust: train_dr_classifier(
-                s.path("dr_config"), paths[key], robust=robust, n=n, seconds=s.train_seconds.get(key), steps=s.train_steps.get(key),
-                trust_code=self.trust_code))
+            self._note(
+                f"fundus_{key}",
+                paths[key],
+                lambda key=key, robust=robust: train_dr_classifier(
+                    s.path("dr_config"),
+                    paths[key],
+                    robust=robust,
+                    n=n,
+                    seconds=s.train_seconds.get(key),
+                    steps=s.train_steps.get(key),
+                    trust_code=self.trust_code,
+                ),
+            )
         cfg = load_config(s.path("dr_config"), DR_FUNDUS_SCHEMA)
-        over = self._overrides(cfg, s.dr_overrides, {
-            "classifier.path": paths["classifier"], "robust_classifier.path": paths["robust_classifier"],
-            "diffusion.path": paths["ddpm"], "nn_explainer_network.path": self.root / "nn_explainer_fundus",
-        })
+        over = self._overrides(
+            cfg,
+            s.dr_overrides,
+            {
+                "classifier.path": paths["classifier"],
+                "robust_classifier.path": paths["robust_classifier"],
+                "diffusion.path": paths["ddpm"],
+                "nn_explainer_network.path": self.root / "nn_explainer_fundus",
+            },
+        )
         self.configs["fundus"] = cfg.with_overrides(over)
         return self.configs["fundus"]
 
@@ -425,8 +470,9 @@ def method_models(spec: Any, cfg: Config, provided: Mapping[str, Any] | None = N
 
     roles = (*spec.needs, *spec.optional)
     given = {k: v for k, v in (provided or {}).items() if k in roles}
-    rest = dataclasses.replace(spec, needs=tuple(r for r in spec.needs if r not in given),
-                               optional=tuple(r for r in spec.optional if r not in given))
+    rest = dataclasses.replace(
+        spec, needs=tuple(r for r in spec.needs if r not in given), optional=tuple(r for r in spec.optional if r not in given)
+    )
     return {**load_method_models(cfg, rest), **given}
 
 
@@ -451,7 +497,11 @@ def _attribution_explainers(
 
 # -------------------------------------------------------------------------------------- explaining
 def explain_all(
-    explainer: Any, x: np.ndarray, target: int, batch: int = 4, mask: Any = None,
+    explainer: Any,
+    x: np.ndarray,
+    target: int,
+    batch: int = 4,
+    mask: Any = None,
     report: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, float]:
     """The :class:`~medxai.explanation.Explanation` of ``x`` ``(N, C, S, S)`` for class ``target``,
@@ -511,8 +561,16 @@ def _catalogue(entries: dict[str, dict[str, Any]], part: str, found: BenchMethod
 
     def entry(name: str) -> dict[str, Any]:
         spec = get_method(name)
-        return entries.setdefault(name, {"summary": spec.summary, "counterfactual": spec.counterfactual,
-                                         "inputs": sorted(spec.inputs), "ran": [], "skipped": {}})
+        return entries.setdefault(
+            name,
+            {
+                "summary": spec.summary,
+                "counterfactual": spec.counterfactual,
+                "inputs": sorted(spec.inputs),
+                "ran": [],
+                "skipped": {},
+            },
+        )
 
     for spec in (*found.counterfactual, *found.attribution):
         entry(spec.name)["ran"].append(part)
@@ -522,7 +580,11 @@ def _catalogue(entries: dict[str, dict[str, Any]], part: str, found: BenchMethod
 
 # --------------------------------------------------------------------------------------------- CT
 def _ct_section(
-    models: ModelCache, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: StageClock,
+    models: ModelCache,
+    s: BenchSettings,
+    figs: _Figures,
+    progress: Progress | None,
+    clock: StageClock,
     catalogue: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     import torch
@@ -542,16 +604,21 @@ def _ct_section(
     test = clock.time("ct_test_cohort", lambda: ct_stack_set(s.ct_test_n, s.ct_test_seed, phantom=phantom, stack=stack))
     teacher = load_black_box(cfg)
     probs = _probabilities(teacher, test.x)
-    out: dict[str, Any] = {"models": {
-        "teacher_heldout_auroc": _auroc(probs[:, 1], test.y),
-        "teacher_heldout_accuracy": float((probs.argmax(1) == test.y).mean()),
-        "n_test": int(len(test.y)), "n_test_positive": int(test.y.sum()),
-    }}
+    out: dict[str, Any] = {
+        "models": {
+            "teacher_heldout_auroc": _auroc(probs[:, 1], test.y),
+            "teacher_heldout_accuracy": float((probs.argmax(1) == test.y).mean()),
+            "n_test": int(len(test.y)),
+            "n_test_positive": int(test.y.sum()),
+        }
+    }
     gt2d = test.masks["biomarker"].max(axis=1)  # (N, S, S): projection over the four slices
     pos = np.flatnonzero((test.y == 1) & (gt2d.reshape(len(gt2d), -1).sum(1) > 0))[: s.explain_n]
     if not len(pos):
-        raise ValueError(f"the held-out CT cohort (seed {s.ct_test_seed}, {s.ct_test_n} cases) has no positive case with a "
-                         "biomarker in the stack; raise ct_test_n in the bench config.")
+        raise ValueError(
+            f"the held-out CT cohort (seed {s.ct_test_seed}, {s.ct_test_n} cases) has no positive case with a "
+            "biomarker in the stack; raise ct_test_n in the bench config."
+        )
 
     def counterfactual(spec: Any, c: Config, black_box: Any, x: np.ndarray, stage: str, show: bool = False) -> tuple[Any, float]:
         """Explain ``x`` with counterfactual method ``spec`` built from config ``c``, 8 cases at a time."""
@@ -568,8 +635,13 @@ def _ct_section(
     cf_exps: dict[str, Any] = {}
     for spec in found.counterfactual:
         exp, secs = counterfactual(spec, cfg, teacher, test.x, f"ct_{spec.name}", show=True)
-        summ = summarise_diffexplainer(torch.from_numpy(test.x), exp, target,
-                                       torch.from_numpy(test.masks["biomarker"]), torch.from_numpy(test.masks["lungs"]))
+        summ = summarise_diffexplainer(
+            torch.from_numpy(test.x),
+            exp,
+            target,
+            torch.from_numpy(test.masks["biomarker"]),
+            torch.from_numpy(test.masks["lungs"]),
+        )
         heat[spec.name] = _maps(exp)
         maps[spec.name] = heat[spec.name][pos]
         cf_exps[spec.name] = exp
@@ -592,13 +664,20 @@ def _ct_section(
 
     # attribution methods on the held-out positives
     train = load_data(cfg, "train")
-    attribution = _attribution_explainers(found.attribution, cfg, teacher,
-                                          lambda: models.nn_explainer("ct", teacher, train["stacks"], train["labels"]))
+    attribution = _attribution_explainers(
+        found.attribution, cfg, teacher, lambda: models.nn_explainer("ct", teacher, train["stacks"], train["labels"])
+    )
     for name, ex in attribution.items():
         m, t = clock.maps(f"ct_{name}", ex, test.x[pos], target)
         maps[name] = m
-        out[name] = {"method": name, "loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])), "seconds_per_case": t,
-                     "n_cases": int(len(pos)), "flip_rate": None, "recon_psnr_db": None}
+        out[name] = {
+            "method": name,
+            "loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])),
+            "seconds_per_case": t,
+            "n_cases": int(len(pos)),
+            "flip_rate": None,
+            "recon_psnr_db": None,
+        }
 
     # model-parameter randomisation
     r = pos[: s.randomization_n]
@@ -607,22 +686,33 @@ def _ct_section(
     for spec in found.counterfactual:
         rexp, _ = counterfactual(spec, rand_cfg, rand_teacher, test.x[r], f"ct_random_{spec.name}")
         out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
-    rand_ex = _attribution_explainers(found.attribution, rand_cfg, rand_teacher,
-                                      lambda: models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"]))
+    rand_ex = _attribution_explainers(
+        found.attribution,
+        rand_cfg,
+        rand_teacher,
+        lambda: models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"]),
+    )
     for name, ex in rand_ex.items():
         m, _ = clock.maps(f"ct_random_{name}", ex, test.x[r], target)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][: len(r)], m)
 
     for name, exp in cf_exps.items():
         figs.ct_strips(exp, test.x, pos[: s.figure_cases], name)
-    figs.overlays("ct", "CT heatmaps on held-out positives (slice 2 of the stack; green = planted biomarker)",
-                  test.x[pos[: s.figure_cases]][:, 1], {k: v[: s.figure_cases] for k, v in maps.items()}, gt2d[pos[: s.figure_cases]])
+    figs.overlays(
+        "ct",
+        "CT heatmaps on held-out positives (slice 2 of the stack; green = planted biomarker)",
+        test.x[pos[: s.figure_cases]][:, 1],
+        {k: v[: s.figure_cases] for k, v in maps.items()},
+        gt2d[pos[: s.figure_cases]],
+    )
 
     # shortcut scenario
     sc_cfg = models.ct("ct_shortcut")
     sc_teacher = load_black_box(sc_cfg)
-    sc_test = clock.time("ct_shortcut_cohort", lambda: ct_stack_set(
-        s.shortcut_test_n, s.shortcut_test_seed, phantom=phantom, stack=stack, shortcut=float(s.shortcut)))
+    sc_test = clock.time(
+        "ct_shortcut_cohort",
+        lambda: ct_stack_set(s.shortcut_test_n, s.shortcut_test_seed, phantom=phantom, stack=stack, shortcut=float(s.shortcut)),
+    )
     marker2d = sc_test.masks["marker"].max(axis=1)
     has = marker2d.reshape(len(marker2d), -1).sum(1) > 0
     sc_idx = np.flatnonzero(has & (sc_test.y == 1))[: s.explain_n]
@@ -632,10 +722,18 @@ def _ct_section(
     shortcut: dict[str, Any] = {
         "_n_cases": int(len(sc_idx)),
         "_marker_area_fraction": float(marker2d[sc_idx].mean()) if len(sc_idx) else None,
-        "_shortcut_teacher": {"auroc_biased_split": _auroc(sc_probs[:, 1], sc_test.y),
-                              "accuracy_where_marker_contradicts_label": float((sc_probs.argmax(1) == sc_test.y)[flipped].mean()) if flipped.any() else None},
-        "_clean_teacher": {"auroc_biased_split": _auroc(clean_probs[:, 1], sc_test.y),
-                           "accuracy_where_marker_contradicts_label": float((clean_probs.argmax(1) == sc_test.y)[flipped].mean()) if flipped.any() else None},
+        "_shortcut_teacher": {
+            "auroc_biased_split": _auroc(sc_probs[:, 1], sc_test.y),
+            "accuracy_where_marker_contradicts_label": float((sc_probs.argmax(1) == sc_test.y)[flipped].mean())
+            if flipped.any()
+            else None,
+        },
+        "_clean_teacher": {
+            "auroc_biased_split": _auroc(clean_probs[:, 1], sc_test.y),
+            "accuracy_where_marker_contradicts_label": float((clean_probs.argmax(1) == sc_test.y)[flipped].mean())
+            if flipped.any()
+            else None,
+        },
     }
     if len(sc_idx):
         xs = sc_test.x[sc_idx]
@@ -647,8 +745,11 @@ def _ct_section(
             sc_maps[spec.name], clean_maps[spec.name] = _maps(dd), _maps(dc)
         sc_train = load_data(sc_cfg, "train")
         sc_ex = _attribution_explainers(
-            found.attribution, sc_cfg, sc_teacher,
-            lambda: models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"]))
+            found.attribution,
+            sc_cfg,
+            sc_teacher,
+            lambda: models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"]),
+        )
         for name, ex in sc_ex.items():
             sc_maps[name], _ = clock.maps(f"ct_shortcut_{name}", ex, xs, target)
         for name, ex in attribution.items():
@@ -656,10 +757,17 @@ def _ct_section(
         for name in sc_maps:
             shortcut[name] = {
                 "mass_on_marker": _nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])]),
-                "mass_on_marker_clean_teacher": _nanmean([mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])]),
+                "mass_on_marker_clean_teacher": _nanmean(
+                    [mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])]
+                ),
             }
-        figs.overlays("shortcut", "Shortcut teacher: heatmaps on a biased case (green = pacemaker marker)",
-                      xs[: s.figure_cases][:, 1], {k: v[: s.figure_cases] for k, v in sc_maps.items()}, marker2d[sc_idx][: s.figure_cases])
+        figs.overlays(
+            "shortcut",
+            "Shortcut teacher: heatmaps on a biased case (green = pacemaker marker)",
+            xs[: s.figure_cases][:, 1],
+            {k: v[: s.figure_cases] for k, v in sc_maps.items()},
+            marker2d[sc_idx][: s.figure_cases],
+        )
     out["shortcut"] = shortcut
     return out
 
@@ -677,7 +785,11 @@ def _variants(spec: Any, base: Any, s: BenchSettings) -> list[tuple[str, str | N
 
 
 def _fundus_section(
-    models: ModelCache, s: BenchSettings, figs: "_Figures", progress: Progress | None, clock: StageClock,
+    models: ModelCache,
+    s: BenchSettings,
+    figs: _Figures,
+    progress: Progress | None,
+    clock: StageClock,
     catalogue: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     import torch
@@ -698,16 +810,21 @@ def _fundus_section(
     robust = next((m["robust_model"] for m in extra.values() if m.get("robust_model") is not None), None)
     probs = _probabilities(classifier, test.x)
     rprobs = _probabilities(robust, test.x) if robust is not None else None
-    out: dict[str, Any] = {"models": {
-        "classifier_heldout_auroc": _auroc(probs[:, 1], test.y),
-        "robust_classifier_heldout_auroc": _auroc(rprobs[:, 1], test.y) if rprobs is not None else None,
-        "n_test": int(len(test.y)), "n_test_referable": int(test.y.sum()),
-    }}
+    out: dict[str, Any] = {
+        "models": {
+            "classifier_heldout_auroc": _auroc(probs[:, 1], test.y),
+            "robust_classifier_heldout_auroc": _auroc(rprobs[:, 1], test.y) if rprobs is not None else None,
+            "n_test": int(len(test.y)),
+            "n_test_referable": int(test.y.sum()),
+        }
+    }
     lesions = test.masks["lesions"][:, 0]
     idx = np.flatnonzero((test.y == 1) & (lesions.reshape(len(lesions), -1).sum(1) > 0))[: s.explain_n]
     if not len(idx):
-        raise ValueError(f"the held-out fundus cohort (seed {s.fundus_test_seed}, {s.fundus_test_n} images) has no referable "
-                         "image with lesions; raise fundus_test_n in the bench config.")
+        raise ValueError(
+            f"the held-out fundus cohort (seed {s.fundus_test_seed}, {s.fundus_test_n} images) has no referable "
+            "image with lesions; raise fundus_test_n in the bench config."
+        )
     x = test.x[idx]
     fov = fov_from_images(x)
     fov_t = torch.from_numpy(fov[:, None].astype(np.float32))  # (N, 1, S, S): the change stays inside the field of view
@@ -722,11 +839,20 @@ def _fundus_section(
         for i, (key, variant, vs) in enumerate(runs):
             ex = _build(spec, cfg, classifier, extra[spec.name], vs)
             mask = fov_t if spec.uses_mask else None
-            exp, secs = clock.time(f"fundus_{spec.name}" + (f"_{variant}" if variant else ""),
-                                   lambda ex=ex, mask=mask: explain_all(ex, x, target, batch=len(x), mask=mask))
+            exp, secs = clock.time(
+                f"fundus_{spec.name}" + (f"_{variant}" if variant else ""),
+                lambda ex=ex, mask=mask: explain_all(ex, x, target, batch=len(x), mask=mask),
+            )
             m = summarise_dr_counterfactuals(x, exp, lesions[idx], fov, target=target)
-            out[key] = {"method": spec.name, "target_rate": m["target_rate"], "l1_outside_lesions": m["l1_outside_lesions"],
-                        "loc_auroc": m["lesion_auroc"], "seconds_per_case": secs, "variant": variant, "n_cases": int(len(x))}
+            out[key] = {
+                "method": spec.name,
+                "target_rate": m["target_rate"],
+                "l1_outside_lesions": m["l1_outside_lesions"],
+                "loc_auroc": m["lesion_auroc"],
+                "seconds_per_case": secs,
+                "variant": variant,
+                "n_cases": int(len(x)),
+            }
             guidance = getattr(vs, "guidance", None)
             if guidance is not None:
                 out[key]["guidance"] = guidance.to_dict()
@@ -739,13 +865,20 @@ def _fundus_section(
     # NN-Explainer's own training images (a cohort neither the classifiers nor the test use)
     train = fundus_set(int(s.train_n.get("nn_explainer_fundus", 200)), s.fundus_test_seed + 100, size=size)
     maps: dict[str, np.ndarray] = {k: v for k, v in heat.items()}
-    attribution = _attribution_explainers(found.attribution, cfg, model,
-                                          lambda: models.nn_explainer("fundus", model, train.x, train.y))
+    attribution = _attribution_explainers(
+        found.attribution, cfg, model, lambda: models.nn_explainer("fundus", model, train.x, train.y)
+    )
     for name, ex in attribution.items():
         m_, t = clock.maps(f"fundus_{name}", ex, x, FUNDUS_EVIDENCE_CLASS)
         maps[name] = m_
-        out[name] = {"method": name, "loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)), "seconds_per_case": t,
-                     "n_cases": int(len(x)), "target_rate": None, "l1_outside_lesions": None}
+        out[name] = {
+            "method": name,
+            "loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)),
+            "seconds_per_case": t,
+            "n_cases": int(len(x)),
+            "target_rate": None,
+            "l1_outside_lesions": None,
+        }
 
     # randomisation: the black box and every extra classifier re-initialised, the attribution methods' classifier too
     r = np.arange(min(s.randomization_n, len(x)))
@@ -753,22 +886,32 @@ def _fundus_section(
     for spec in found.counterfactual:
         if spec.name not in out:
             continue
-        rmodels = {role: (_randomised(m, seed + 1001) if role in _CLASSIFIER_ROLES and m is not None else m)
-                   for role, m in extra[spec.name].items()}
+        rmodels = {
+            role: (_randomised(m, seed + 1001) if role in _CLASSIFIER_ROLES and m is not None else m)
+            for role, m in extra[spec.name].items()
+        }
         ex = _build(spec, cfg, rand, rmodels, settings[spec.name])
-        rexp, _ = clock.time(f"fundus_random_{spec.name}", lambda ex=ex, spec=spec: explain_all(
-            ex, x[r], target, batch=len(r), mask=fov_t[r] if spec.uses_mask else None))
+        rexp, _ = clock.time(
+            f"fundus_random_{spec.name}",
+            lambda ex=ex, spec=spec: explain_all(ex, x[r], target, batch=len(r), mask=fov_t[r] if spec.uses_mask else None),
+        )
         out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
-    rand_ex = _attribution_explainers(found.attribution, cfg, rand,
-                                      lambda: models.nn_explainer("fundus_random", rand, train.x, train.y))
+    rand_ex = _attribution_explainers(
+        found.attribution, cfg, rand, lambda: models.nn_explainer("fundus_random", rand, train.x, train.y)
+    )
     for name, ex in rand_ex.items():
         m_, _ = clock.maps(f"fundus_random_{name}", ex, x[r], FUNDUS_EVIDENCE_CLASS)
         out[name]["randomization_spearman"] = _maps_spearman(maps[name][r], m_)
 
     if cfs:
         figs.fundus_strips(x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in cfs.items()}, lesions[idx][: s.figure_cases])
-    figs.overlays("fundus", "Fundus heatmaps on held-out referable crops (green = planted lesions)",
-                  x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in maps.items()}, lesions[idx][: s.figure_cases])
+    figs.overlays(
+        "fundus",
+        "Fundus heatmaps on held-out referable crops (green = planted lesions)",
+        x[: s.figure_cases],
+        {k: v[: s.figure_cases] for k, v in maps.items()},
+        lesions[idx][: s.figure_cases],
+    )
     return out
 
 
@@ -800,11 +943,18 @@ class _Figures:
         for k, i in enumerate(idx):
             rgb = strip_image(exp.select(int(i)), x[i])
             rgb = np.kron(rgb, np.ones((2, 2, 1), dtype=np.uint8))  # 2x so the 64-pixel slices are visible
-            self._save_rgb(rgb, self._add("ct", f"ct_strip_{method}_{k}.png", f"{method} counterfactuals, held-out case {k + 1}",
-                                          "Rows: the four slices. Columns: query | reconstruction | the counterfactual at every "
-                                          "signed step a (- = less likely, + = more likely); each labelled with the teacher's "
-                                          "probability p of the target class | change at the outermost steps (red brighter, "
-                                          "blue darker) | heatmap."))
+            self._save_rgb(
+                rgb,
+                self._add(
+                    "ct",
+                    f"ct_strip_{method}_{k}.png",
+                    f"{method} counterfactuals, held-out case {k + 1}",
+                    "Rows: the four slices. Columns: query | reconstruction | the counterfactual at every "
+                    "signed step a (- = less likely, + = more likely); each labelled with the teacher's "
+                    "probability p of the target class | change at the outermost steps (red brighter, "
+                    "blue darker) | heatmap.",
+                ),
+            )
 
     def fundus_strips(self, x: np.ndarray, cfs: Mapping[str, np.ndarray], lesions: np.ndarray) -> None:
         for k in range(len(x)):
@@ -820,8 +970,15 @@ class _Figures:
             rgb = (np.clip(np.concatenate(cols, axis=1), 0, 1) * 255).round().astype(np.uint8)
             rgb = np.kron(rgb, np.ones((2, 2, 1), dtype=np.uint8))
             names = " | ".join(cfs)
-            self._save_rgb(rgb, self._add("fundus", f"fundus_strip_{k}.png", f"Counterfactuals, held-out referable crop {k + 1}",
-                                          f"query | counterfactuals ({names}) | |difference| of each | planted lesions (green)"))
+            self._save_rgb(
+                rgb,
+                self._add(
+                    "fundus",
+                    f"fundus_strip_{k}.png",
+                    f"Counterfactuals, held-out referable crop {k + 1}",
+                    f"query | counterfactuals ({names}) | |difference| of each | planted lesions (green)",
+                ),
+            )
 
     def overlays(self, section: str, title: str, base: np.ndarray, maps: Mapping[str, np.ndarray], gt: np.ndarray) -> None:
         """One figure per case: the image with the ground truth, then each method's map over it."""
@@ -849,8 +1006,12 @@ class _Figures:
             for ax in axes:
                 ax.axis("off")
             fig.tight_layout()
-            path = self._add(section, f"{section}_overlays_{k}.png", f"{title} ({k + 1})",
-                             "Each map min-max scaled; the ground truth is outlined.")
+            path = self._add(
+                section,
+                f"{section}_overlays_{k}.png",
+                f"{title} ({k + 1})",
+                "Each map min-max scaled; the ground truth is outlined.",
+            )
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png")
             plt.close(fig)
@@ -899,8 +1060,9 @@ def run_bench(
     settings = load_bench_settings(config, quick)
     unknown = sorted(set(settings.methods) - set(method_names()))
     if unknown:
-        raise ConfigError(f"{config or DEFAULT_CONFIG}: methods: {unknown} are not registered methods; "
-                          f"registered: {', '.join(method_names())}.")
+        raise ConfigError(
+            f"{config or DEFAULT_CONFIG}: methods: {unknown} are not registered methods; registered: {', '.join(method_names())}."
+        )
     trust_code = trusts_code(load_config(Path(config) if config is not None else DEFAULT_CONFIG), trust_code)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -926,16 +1088,23 @@ def run_bench(
         results["ct"] = _ct_section(models, settings, figs, progress, clock, catalogue)
     if only in (None, "fundus"):
         results["fundus"] = _fundus_section(models, settings, figs, progress, clock, catalogue)
-    results.update({
-        "seconds": round(time.perf_counter() - t0, 1),
-        "stage_seconds": clock.stages,
-        "models": {"dir": str(root), "trained": models.trained, "loaded": models.loaded, "pretrained": pretrained,
-                   "copied_from_package": seeded},
-        "methods": catalogue,
-        "targets": {k: list(v) for k, v in TARGETS.items()},
-        "config": {"bench": dataclasses.asdict(settings), **{k: c.to_dict() for k, c in models.configs.items()}},
-        "versions": package_versions(),
-    })
+    results.update(
+        {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "stage_seconds": clock.stages,
+            "models": {
+                "dir": str(root),
+                "trained": models.trained,
+                "loaded": models.loaded,
+                "pretrained": pretrained,
+                "copied_from_package": seeded,
+            },
+            "methods": catalogue,
+            "targets": {k: list(v) for k, v in TARGETS.items()},
+            "config": {"bench": dataclasses.asdict(settings), **{k: c.to_dict() for k, c in models.configs.items()}},
+            "versions": package_versions(),
+        }
+    )
     results = json_safe(results)
     write_json_atomic(out_dir / "results.json", results)
     write_report(results, out_dir, figs.entries, title="medxai benchmark" + (" (quick)" if quick else ""))

@@ -11,7 +11,7 @@ import logging
 import pkgutil
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 import click
 import typer
@@ -44,9 +44,7 @@ def _root(
 ) -> None:
     """medxai: read DICOM, explain a model's decision with counterfactuals, write results back."""
     _state["debug"] = debug
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _register_commands() -> None:

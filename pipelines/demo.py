@@ -107,9 +107,15 @@ def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], 
     cohort = write_ct_cohort(out_dir / "phantom_ct", 1, seed=DEMO_CT_SEED)
     case_dir, row = _first_case(cohort, 1)
     dicom = case_dir / "dicom"
-    res = run_explain(REPO / "configs" / "ct_prognosis.yaml", dicom, out_dir / "ct_explanation", method="diffexplainer",
-                      overrides=pretrained_overrides("ct"), progress=progress,
-                      overwrite=True)  # the demo owns its output folder and regenerates everything in it
+    res = run_explain(
+        REPO / "configs" / "ct_prognosis.yaml",
+        dicom,
+        out_dir / "ct_explanation",
+        method="diffexplainer",
+        overrides=pretrained_overrides("ct"),
+        progress=progress,
+        overwrite=True,
+    )  # the demo owns its output folder and regenerates everything in it
     (case,) = res.cases
     exp, grid, k = case.explanation, case.grid, case.target_class
     sweep = exp.sweep
@@ -129,12 +135,21 @@ def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], 
     signed = [*sweep.negative_steps, 0.0, *sweep.positive_steps]
     curve = [float(v) for v in p[:neg]] + [p_recon] + [float(v) for v in p[neg:]]
     ct = {
-        "models": {"case": case.case, "planted_extent": float(row.get("extent", "nan")), "label": int(row["label"]),
-                   "teacher_p_query": case.target_probability["query"], "teacher_p_reconstruction": p_recon,
-                   "teacher_p_less_likely": float(p[0]), "teacher_p_more_likely": float(p[-1])},
-        "diffexplainer": {"loc_auroc": auroc, "seconds_per_case": res.seconds, "sweep": {"signed_steps": signed,
-                                                                                         "teacher_target_prob": [curve]},
-                          "score_moved": float(p[-1] - p[0])},
+        "models": {
+            "case": case.case,
+            "planted_extent": float(row.get("extent", "nan")),
+            "label": int(row["label"]),
+            "teacher_p_query": case.target_probability["query"],
+            "teacher_p_reconstruction": p_recon,
+            "teacher_p_less_likely": float(p[0]),
+            "teacher_p_more_likely": float(p[-1]),
+        },
+        "diffexplainer": {
+            "loc_auroc": auroc,
+            "seconds_per_case": res.seconds,
+            "sweep": {"signed_steps": signed, "teacher_target_prob": [curve]},
+            "score_moved": float(p[-1] - p[0]),
+        },
     }
     f = case.files
     written = {
@@ -146,21 +161,37 @@ def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], 
         "slicer_bundle": str(f.get("slicer", "")),
         "counterfactual_series": str(f.get("ct_counterfactual_plus", "")),
     }
-    figures = [{"section": "ct", "title": "DiffExplainer on the demo CT study",
-                "path": str(f["strip"].relative_to(out_dir)),
-                "caption": "Rows: the four slices. Columns (P = the teacher's probability of death within a year): "
-                           "query | reconstruction | each counterfactual step, less to more likely | change at the "
-                           "outermost steps (red brighter, blue darker) | heatmap."}]
+    figures = [
+        {
+            "section": "ct",
+            "title": "DiffExplainer on the demo CT study",
+            "path": str(f["strip"].relative_to(out_dir)),
+            "caption": "Rows: the four slices. Columns (P = the teacher's probability of death within a year): "
+            "query | reconstruction | each counterfactual step, less to more likely | change at the "
+            "outermost steps (red brighter, blue darker) | heatmap.",
+        }
+    ]
     if "sc_overlay" in f:
         png = _sc_preview(sorted(f["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "ct_sc_overlay.png")
         if png is not None:
-            figures.append({"section": "ct", "title": "Secondary Capture overlay (as a PACS shows it)",
-                            "path": str(png.relative_to(out_dir)), "caption": "The SC slice with the most heatmap mass."})
+            figures.append(
+                {
+                    "section": "ct",
+                    "title": "Secondary Capture overlay (as a PACS shows it)",
+                    "path": str(png.relative_to(out_dir)),
+                    "caption": "The SC slice with the most heatmap mass.",
+                }
+            )
     if "ct_counterfactual_plus" in f:
         png = _ct_preview(sorted(f["ct_counterfactual_plus"].glob("*.dcm")), out_dir / "figures" / "ct_counterfactual.png")
-        figures.append({"section": "ct", "title": "The 'more likely' counterfactual as a derived CT series",
-                        "path": str(png.relative_to(out_dir)),
-                        "caption": "One slice of the derived CT series in HU (lung window), in the source study."})
+        figures.append(
+            {
+                "section": "ct",
+                "title": "The 'more likely' counterfactual as a derived CT series",
+                "path": str(png.relative_to(out_dir)),
+                "caption": "One slice of the derived CT series in HU (lung window), in the source study.",
+            }
+        )
     return written, ct, figures
 
 
@@ -207,8 +238,14 @@ def _fundus_part(out_dir: Path) -> tuple[dict[str, str], dict[str, Any], list[di
 
     cohort = write_fundus_cohort(out_dir / "phantom_fundus", 1, seed=DEMO_FUNDUS_SEED)
     case_dir, row = _first_case(cohort, 1)
-    res = run_explain(REPO / "configs" / "dr_fundus.yaml", case_dir / "image.dcm", out_dir / "fundus_explanation",
-                      method="dvce", overrides=pretrained_overrides("fundus"), overwrite=True)
+    res = run_explain(
+        REPO / "configs" / "dr_fundus.yaml",
+        case_dir / "image.dcm",
+        out_dir / "fundus_explanation",
+        method="dvce",
+        overrides=pretrained_overrides("fundus"),
+        overwrite=True,
+    )
     (case,) = res.cases
     exp = case.explanation
     heat = case.grid.to_source(exp.heatmaps_numpy()[0])  # (H, W) on the photo grid, 0 outside the field of view
@@ -222,20 +259,35 @@ def _fundus_part(out_dir: Path) -> tuple[dict[str, str], dict[str, Any], list[di
     q = float(exp.probabilities[0, healthy])
     c = float(exp.sweep.probabilities[0, -1, healthy])  # the counterfactual (DVCE's one step)
     fundus = {
-        "models": {"case": row["case_id"], "label": int(row["label"]),
-                   "classifier_p_healthy_query": q, "classifier_p_healthy_counterfactual": c},
+        "models": {
+            "case": row["case_id"],
+            "label": int(row["label"]),
+            "classifier_p_healthy_query": q,
+            "classifier_p_healthy_counterfactual": c,
+        },
         "dvce": {"target_rate": float(np.mean(exp.diagnostics["target_reached"])), "loc_auroc": auroc},
     }
     written = {"phantom_fundus": str(case_dir / "image.dcm"), "fundus_explanation": str(case.case_dir)}
     if "sc_overlay" in case.files:
         written["fundus_secondary_capture"] = str(next(case.files["sc_overlay"].glob("*.dcm")))
-    figures = [{"section": "fundus", "title": "DVCE: the phantom photograph and its healthy-looking counterfactual",
-                "path": str(case.files["strip"].relative_to(out_dir)),
-                "caption": "query | counterfactual (P = the classifier's probability of 'healthy') | change "
-                           "(red brighter, blue darker) | heatmap."}]
+    figures = [
+        {
+            "section": "fundus",
+            "title": "DVCE: the phantom photograph and its healthy-looking counterfactual",
+            "path": str(case.files["strip"].relative_to(out_dir)),
+            "caption": "query | counterfactual (P = the classifier's probability of 'healthy') | change "
+            "(red brighter, blue darker) | heatmap.",
+        }
+    ]
     if "sc_overlay" in case.files:
         png = _sc_preview(sorted(case.files["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "fundus_sc_overlay.png")
         if png is not None:
-            figures.append({"section": "fundus", "title": "Secondary Capture overlay on the photograph",
-                            "path": str(png.relative_to(out_dir)), "caption": "As a PACS shows it."})
+            figures.append(
+                {
+                    "section": "fundus",
+                    "title": "Secondary Capture overlay on the photograph",
+                    "path": str(png.relative_to(out_dir)),
+                    "caption": "As a PACS shows it.",
+                }
+            )
     return written, fundus, figures

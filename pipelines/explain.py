@@ -214,8 +214,10 @@ def list_methods(input_kind: str | None = None) -> list[dict[str, Any]]:
     """The registry as rows ``{name, inputs, needs, optional, summary}`` (for ``--list-methods``)."""
     from medxai.registry import methods
 
-    return [{"name": s.name, "inputs": sorted(s.inputs), "needs": list(s.needs), "optional": list(s.optional),
-             "summary": s.summary} for s in methods(input_kind)]
+    return [
+        {"name": s.name, "inputs": sorted(s.inputs), "needs": list(s.needs), "optional": list(s.optional), "summary": s.summary}
+        for s in methods(input_kind)
+    ]
 
 
 def _load_config(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None) -> Any:
@@ -237,8 +239,10 @@ def _read_ct(src: Path, skip_unreadable: bool) -> list[Volume]:
         return [read_series(src, s.series_instance_uid, skip_unreadable=skip_unreadable) for s in (ct or found)]
     img = read_image(src, skip_unreadable=skip_unreadable)
     if not isinstance(img, Volume):
-        raise ValueError(f"input {str(src)!r} is a photograph; this config explains CT volumes (input: ct_stack). "
-                         "Pass a DICOM folder, a CT DICOM file or a .nii.gz/.nrrd volume, or a fundus config.")
+        raise ValueError(
+            f"input {str(src)!r} is a photograph; this config explains CT volumes (input: ct_stack). "
+            "Pass a DICOM folder, a CT DICOM file or a .nii.gz/.nrrd volume, or a fundus config."
+        )
     return [img]
 
 
@@ -286,9 +290,12 @@ def _sidecar_references(cfg: Any, encode_steps: int, decode_steps: int) -> tuple
     meta = read_json(sidecar) if sidecar.is_file() else {}
     refs = references_from_sidecar(meta)
     recorded = ", ".join(f"{r.encode_steps}/{r.decode_steps}" for r in refs) or "none"
-    return (find_reference(refs, encode_steps, decode_steps),
-            f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})",
-            latent_reference_from_sidecar(meta), f" in {str(sidecar)!r}")
+    return (
+        find_reference(refs, encode_steps, decode_steps),
+        f" ({encode_steps}/{decode_steps}) in {str(sidecar)!r} (recorded: {recorded})",
+        latent_reference_from_sidecar(meta),
+        f" in {str(sidecar)!r}",
+    )
 
 
 def _latent_checks(cfg: Any, exp: Any, x: Any, checks: list[InputCheck], limits: CTInputLimits) -> None:
@@ -309,14 +316,17 @@ def _latent_checks(cfg: Any, exp: Any, x: Any, checks: list[InputCheck], limits:
         if latent_ref.dim == z.shape[1]:
             latent_d = latent_ref.distance(z)
         else:
-            note = (f"the reference{latent_where} was recorded at latent size {latent_ref.dim}, the query's is "
-                    f"{z.shape[1]}; re-record it for this autoencoder and stack")
+            note = (
+                f"the reference{latent_where} was recorded at latent size {latent_ref.dim}, the query's is "
+                f"{z.shape[1]}; re-record it for this autoencoder and stack"
+            )
     for b, chk in enumerate(checks):
         if recon is not None:
             chk.checks.append(reconstruction_check(float(recon[b]), reference, limits, where=where))
         if exp.latent is not None:
-            chk.checks.append(latent_check(None if latent_d is None else float(latent_d[b]), latent_ref, limits,
-                                           where=latent_where, note=note))
+            chk.checks.append(
+                latent_check(None if latent_d is None else float(latent_d[b]), latent_ref, limits, where=latent_where, note=note)
+            )
 
 
 def _p(probs: np.ndarray, k: int) -> float:
@@ -334,7 +344,7 @@ def _target_probability(exp: Any, k: int) -> dict[str, Any]:
 
 
 def _note(kind: str, exp: Any, k: int, limits: Any) -> str | None:
-    """"already in the target class" note; names the counterfactual that has little room."""
+    """ "already in the target class" note; names the counterfactual that has little room."""
     sweep = exp.sweep
     what: str | None
     if sweep is not None and sweep.origin is not None and sweep.negative_steps:
@@ -375,8 +385,9 @@ def _make_transform(cfg: Any, kind: str) -> Any:
         try:
             return FundusTransform(FundusConfig(size=int(cfg.get("image_size")), **cfg.section("fov", {})))
         except TypeError as err:
-            raise ConfigError(f"{cfg.source}: section 'fov' has unknown fields ({err}); valid: margin, "
-                              "threshold_abs, threshold_rel.") from err
+            raise ConfigError(
+                f"{cfg.source}: section 'fov' has unknown fields ({err}); valid: margin, threshold_abs, threshold_rel."
+            ) from err
     except (ValueError, TypeError) as e:
         raise StepError("transforms", str(e)) from e
 
@@ -401,8 +412,9 @@ def _transform_and_check(obj: Volume | Photo, transform: Any, limits: Any, src: 
         data = transform(rgb)
     except Exception as e:
         raise StepError("transforms", f"{src}: {e}") from e
-    checks = fundus_checks(rgb, data, limits, threshold_abs=transform.config.threshold_abs,
-                           threshold_rel=transform.config.threshold_rel)
+    checks = fundus_checks(
+        rgb, data, limits, threshold_abs=transform.config.threshold_abs, threshold_rel=transform.config.threshold_rel
+    )
     return InputCheck(src.name, checks), data
 
 
@@ -485,8 +497,10 @@ def run_explain(
         if not name:
             from medxai.registry import method_names
 
-            raise ValueError(f"{cfg.source}: no method given; set 'method:' in the config or pass --method "
-                             f"(methods for {kind.replace('_', ' ')} inputs: {', '.join(method_names(kind))}).")
+            raise ValueError(
+                f"{cfg.source}: no method given; set 'method:' in the config or pass --method "
+                f"(methods for {kind.replace('_', ' ')} inputs: {', '.join(method_names(kind))})."
+            )
         spec = get_method(str(name), kind)
         settings = job_models.method_settings(cfg, spec)
         target = int(job_models.target_class(cfg))
@@ -520,10 +534,15 @@ def run_explain(
     enforce(checks, force=force, what="before explaining", source=str(src), trained_for=_TRAINED_FOR[kind])
     if any(d is None for d in datas):
         bad = [c for c, d in zip(checks, datas) if d is None]
-        raise StepError("transforms", f"case {bad[0].case}: {bad[0].reasons()}; --force cannot explain a series "
-                                      "without a lung stack.")
-    grids = [CTSourceGrid(obj, transform, data) if isinstance(obj, Volume)
-             else PhotoSourceGrid(obj, transform, data, fov_only=spec.uses_mask) for obj, data in zip(inputs, datas)]
+        raise StepError(
+            "transforms", f"case {bad[0].case}: {bad[0].reasons()}; --force cannot explain a series without a lung stack."
+        )
+    grids = [
+        CTSourceGrid(obj, transform, data)
+        if isinstance(obj, Volume)
+        else PhotoSourceGrid(obj, transform, data, fov_only=spec.uses_mask)
+        for obj, data in zip(inputs, datas)
+    ]
 
     # ------------------------------------------------------------------------------ models + explain
     try:
@@ -547,8 +566,11 @@ def run_explain(
         raise
     except (ValueError, TypeError, RuntimeError) as e:
         raise StepError("explain", str(e)) from e
-    if kind == CT_STACK and "autoencoder" in (*spec.needs, *spec.optional) and (
-            exp.latent is not None or (exp.sweep is not None and exp.sweep.origin is not None)):
+    if (
+        kind == CT_STACK
+        and "autoencoder" in (*spec.needs, *spec.optional)
+        and (exp.latent is not None or (exp.sweep is not None and exp.sweep.origin is not None))
+    ):
         _latent_checks(cfg, exp, x, checks, limits)
         enforce(checks, force=force, what="after reconstructing it", source=str(src), trained_for=_TRAINED_FOR[kind])
 
@@ -588,28 +610,50 @@ def run_explain(
             with atomic_dir(folder, replace=overwrite) as tmp:
                 files = _write_case(tmp, one, x[b : b + 1].numpy(), grid, obj, target, spec, dicom, prov)
         except FileExistsError as e:
-            raise ValueError(f"an explanation appeared in '{folder}' while this one was being written (another "
-                             "run?); it was kept. Pass --overwrite to replace it.") from e
+            raise ValueError(
+                f"an explanation appeared in '{folder}' while this one was being written (another "
+                "run?); it was kept. Pass --overwrite to replace it."
+            ) from e
         except (InputCheckError, StepError):
             raise
         except Exception as e:
             raise StepError("write outputs", f"case {folder.name}: {e}") from e
-        cases.append(CaseResult(
-            case=folder.name, case_dir=folder, source=str(src), patient_id=prov["PatientID"],
-            study_instance_uid=prov["StudyInstanceUID"], series_instance_uid=prov["SeriesInstanceUID"],
-            method=spec.name, target_class=target,
-            probabilities=tuple(float(p) for p in np.asarray(one.probabilities[0])),
-            target_probability=_target_probability(one, target),
-            files={k: folder / v for k, v in files.items()}, input_check=chk.to_dict(), notes=tuple(notes),
-            reasons=chk.reasons(),
-            explanation=one, query=x[b].numpy(), grid=grid,
-        ))
+        cases.append(
+            CaseResult(
+                case=folder.name,
+                case_dir=folder,
+                source=str(src),
+                patient_id=prov["PatientID"],
+                study_instance_uid=prov["StudyInstanceUID"],
+                series_instance_uid=prov["SeriesInstanceUID"],
+                method=spec.name,
+                target_class=target,
+                probabilities=tuple(float(p) for p in np.asarray(one.probabilities[0])),
+                target_probability=_target_probability(one, target),
+                files={k: folder / v for k, v in files.items()},
+                input_check=chk.to_dict(),
+                notes=tuple(notes),
+                reasons=chk.reasons(),
+                explanation=one,
+                query=x[b].numpy(),
+                grid=grid,
+            )
+        )
         logger.info("%s: %s explained into %s", src, spec.name, folder)
     return ExplainResult(out_dir, spec.name, kind, str(cfg.source), tuple(cases), time.perf_counter() - t_start)
 
 
-def _write_case(tmp: Path, exp: Any, query: np.ndarray, grid: Any, obj: Volume | Photo, target: int, spec: Any,
-                dicom: bool, prov: dict[str, Any]) -> dict[str, str]:
+def _write_case(
+    tmp: Path,
+    exp: Any,
+    query: np.ndarray,
+    grid: Any,
+    obj: Volume | Photo,
+    target: int,
+    spec: Any,
+    dicom: bool,
+    prov: dict[str, Any],
+) -> dict[str, str]:
     """Write one case into its temporary folder ``tmp``; returns role -> path relative to the folder."""
     from pipelines.export import write_ct_objects, write_photo_objects
 
@@ -632,22 +676,33 @@ def _write_case(tmp: Path, exp: Any, query: np.ndarray, grid: Any, obj: Volume |
         heat = grid.to_source(_heat_for_dicom(exp))
         if isinstance(obj, Volume):
             res = write_ct_objects(
-                obj, heat, tmp / "dicom", method=spec.name, target=label, score_before=p_query, score_after=p_after,
-                step=towards, counterfactual=cf_hu.get(towards) if towards is not None else None,
+                obj,
+                heat,
+                tmp / "dicom",
+                method=spec.name,
+                target=label,
+                score_before=p_query,
+                score_after=p_after,
+                step=towards,
+                counterfactual=cf_hu.get(towards) if towards is not None else None,
                 slices=sorted(set(grid.slice_indices)),  # the explained slices, also where a map is all zero
                 slicer_dir=tmp / "slicer",
             )
             for role, value in (("sc_overlay", res.overlay_files), ("sc_counterfactual", res.counterfactual_files)):
                 if value:
                     files[role] = str(Path(value[0]).parent.relative_to(tmp))
-            for role, path in (("parametric_map", res.parametric_map), ("segmentation", res.segmentation),
-                               ("slicer", res.slicer_bundle)):
+            for role, path in (
+                ("parametric_map", res.parametric_map),
+                ("segmentation", res.segmentation),
+                ("slicer", res.slicer_bundle),
+            ):
                 if path is not None:
                     files[role] = str(Path(path).relative_to(tmp))
             files.update(_derived_series(tmp, obj, grid, sweep, cf_hu, exp, k, spec.name))
         else:
-            scs = write_photo_objects(obj, heat, tmp / "dicom" / "SC_overlay", method=spec.name, target=label,
-                                      score_before=p_query, score_after=p_after)
+            scs = write_photo_objects(
+                obj, heat, tmp / "dicom" / "SC_overlay", method=spec.name, target=label, score_before=p_query, score_after=p_after
+            )
             if scs:
                 files["sc_overlay"] = str(scs[0].parent.relative_to(tmp))
         prov["dicom"] = {r: v for r, v in files.items() if v.startswith(("dicom", "slicer"))}
@@ -658,8 +713,9 @@ def _write_case(tmp: Path, exp: Any, query: np.ndarray, grid: Any, obj: Volume |
     return {**saved, **files}
 
 
-def _derived_series(tmp: Path, ct: Volume, grid: CTSourceGrid, sweep: Any, cf_hu: Mapping[float, np.ndarray],
-                    exp: Any, k: int, method: str) -> dict[str, str]:
+def _derived_series(
+    tmp: Path, ct: Volume, grid: CTSourceGrid, sweep: Any, cf_hu: Mapping[float, np.ndarray], exp: Any, k: int, method: str
+) -> dict[str, str]:
     """The counterfactual at each end of the sweep as a derived CT series (HU) in the source study."""
     from dicom_io.export import read_source_headers, write_derived_ct_series
 
@@ -677,7 +733,10 @@ def _derived_series(tmp: Path, ct: Volume, grid: CTSourceGrid, sweep: Any, cf_hu
         p_q = _p(exp.probabilities[0], k)
         folder = tmp / "dicom" / f"CT_counterfactual_{_step_label(step)}"
         write_derived_ct_series(
-            grid.on_grid(vol), idx, headers if multi else [headers[i] for i in idx], folder,
+            grid.on_grid(vol),
+            idx,
+            headers if multi else [headers[i] for i in idx],
+            folder,
             series_description=f"medxai counterfactual {method} step {step:+g} (synthetic)",
             derivation_description=(
                 f"medxai {method} counterfactual at step {step:+g} (synthetic image, research use only): the "

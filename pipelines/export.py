@@ -294,18 +294,39 @@ def export_explanation(
         # one hidden folder for the whole export, renamed onto `folder` only when every part is written
         with atomic_dir(folder, replace=overwrite) as tmp:
             result = write_ct_objects(
-                ct, heat, tmp, method=method, target=target, score_before=score_before, score_after=score_after,
-                step=step, counterfactual=cf, multiframe=multiframe, slices=slices, window=window, colormap=colormap,
-                alpha=alpha, overlay_threshold=overlay_threshold, segmentation=segmentation,
-                seg_threshold=seg_threshold, slicer_dir=tmp / "slicer" if slicer else None,
+                ct,
+                heat,
+                tmp,
+                method=method,
+                target=target,
+                score_before=score_before,
+                score_after=score_after,
+                step=step,
+                counterfactual=cf,
+                multiframe=multiframe,
+                slices=slices,
+                window=window,
+                colormap=colormap,
+                alpha=alpha,
+                overlay_threshold=overlay_threshold,
+                segmentation=segmentation,
+                seg_threshold=seg_threshold,
+                slicer_dir=tmp / "slicer" if slicer else None,
             )
             result.summary = tmp / "export.json"
-            summary = {"method": method, "target": target, "score_before": score_before, "score_after": score_after,
-                       "step": step, "source_series": ct.source.series_instance_uid,  # type: ignore[union-attr]
-                       "study": ct.source.study_instance_uid,  # type: ignore[union-attr]
-                       "slices": select_slices(heat, slices), "reader_warnings": list(ct.warnings),
-                       "reader_notes": list(ct.notes),
-                       "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"}}
+            summary = {
+                "method": method,
+                "target": target,
+                "score_before": score_before,
+                "score_after": score_after,
+                "step": step,
+                "source_series": ct.source.series_instance_uid,  # type: ignore[union-attr]
+                "study": ct.source.study_instance_uid,  # type: ignore[union-attr]
+                "slices": select_slices(heat, slices),
+                "reader_warnings": list(ct.warnings),
+                "reader_notes": list(ct.notes),
+                "files": {k: _rel(v, tmp) for k, v in asdict(result).items() if k != "out_dir"},
+            }
             # plain write: the whole folder is renamed into place only when complete
             result.summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     except FileExistsError as e:  # another run wrote the same export meanwhile
@@ -332,8 +353,9 @@ def ct_export_folder(out: str | os.PathLike[str], ct: Volume, method: str) -> Pa
     if src is None or not src.files:
         raise ValueError("ct_export_folder needs a Volume read from DICOM (SourceRef.files); use export_folder for files.")
     desc = src.series_description or "series"
-    return export_folder(out, src.patient_study, src.study_instance_uid, f"{desc}_{method}",
-                         f"{src.series_instance_uid or ''}\x00{method}")
+    return export_folder(
+        out, src.patient_study, src.study_instance_uid, f"{desc}_{method}", f"{src.series_instance_uid or ''}\x00{method}"
+    )
 
 
 def write_ct_objects(
@@ -390,17 +412,28 @@ def write_ct_objects(
             logger.warning("heatmap is zero everywhere; no %s slices exported (use slices='all')", kind)
             return []
         leg = Legend(method, target, score_before, score_after, extra, step=step)
-        frames = np.stack([
-            render_overlay(images[k], heat[k], Legend(method, target, score_before, score_after,
-                                                       (*extra, f"Slice {k + 1}/{ct.shape[0]}"), step=step),
-                           window=window, alpha=alpha, threshold=overlay_threshold, **cmap,
-                           vmin=lo, vmax=hi)
-            for k in idx
-        ])
+        frames = np.stack(
+            [
+                render_overlay(
+                    images[k],
+                    heat[k],
+                    Legend(method, target, score_before, score_after, (*extra, f"Slice {k + 1}/{ct.shape[0]}"), step=step),
+                    window=window,
+                    alpha=alpha,
+                    threshold=overlay_threshold,
+                    **cmap,
+                    vmin=lo,
+                    vmax=hi,
+                )
+                for k in idx
+            ]
+        )
         base = per_slice[0].get("SeriesNumber")
         number = number_offset + (int(base) if base not in (None, "") else 0)
         write_secondary_capture(
-            frames, [per_slice[k] for k in idx], folder,
+            frames,
+            [per_slice[k] for k in idx],
+            folder,
             source_frames=[src.frames[k] for k in idx] if src.frames else None,
             series_description=f"medxai {kind} {method} {src.series_description or ''}".strip(),
             series_number=number,
@@ -416,31 +449,42 @@ def write_ct_objects(
         result.overlay_files = sc_series(out / "SC_overlay", ct.array, "overlay", (), 1000)
         if cf is not None:
             result.counterfactual_files = sc_series(
-                out / "SC_counterfactual", cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100)
+                out / "SC_counterfactual", cf, "counterfactual", ("Counterfactual image (synthetic)",), 1100
+            )
     except Exception as e:
         raise StepError("export: secondary capture", str(e)) from e
     pm_sources = headers if multi_source else per_slice
     try:
         result.parametric_map = write_parametric_map(
-            heat, pm_sources, out / "PM.dcm",
-            description=f"{method}: {target}", series_description=f"medxai heatmap {method}"[:64],
+            heat,
+            pm_sources,
+            out / "PM.dcm",
+            description=f"{method}: {target}",
+            series_description=f"medxai heatmap {method}"[:64],
         )
     except Exception as e:
         raise StepError("export: parametric map", str(e)) from e
     if segmentation:
         try:
             result.segmentation = write_segmentation(
-                threshold_heatmap(heat, seg_threshold), pm_sources, out / "SEG.dcm",
-                method=method, description=f"{method}: {target} >= {seg_threshold:g} x max",
+                threshold_heatmap(heat, seg_threshold),
+                pm_sources,
+                out / "SEG.dcm",
+                method=method,
+                description=f"{method}: {target} >= {seg_threshold:g} x max",
             )
         except Exception as e:
             raise StepError("export: segmentation", str(e)) from e
     if slicer_dir is not None:
         try:
             result.slicer_bundle = write_slicer_bundle(
-                ct.replace(source=None), Path(slicer_dir),
-                heatmaps={method: heat}, counterfactuals={"counterfactual": cf} if cf is not None else None,
-                window=window, info=info, **cmap,
+                ct.replace(source=None),
+                Path(slicer_dir),
+                heatmaps={method: heat},
+                counterfactuals={"counterfactual": cf} if cf is not None else None,
+                window=window,
+                info=info,
+                **cmap,
             )
         except Exception as e:
             raise StepError("export: slicer bundle", str(e)) from e
@@ -510,10 +554,21 @@ def export_photo_explanation(
     _refuse_existing(folder, overwrite)
     try:
         with atomic_dir(folder, replace=overwrite) as tmp:
-            names = [p.name for p in write_photo_objects(photo, h, tmp, method=method, target=target,
-                                                         score_before=score_before, score_after=score_after,
-                                                         colormap=colormap, alpha=alpha,
-                                                         overlay_threshold=overlay_threshold)]
+            names = [
+                p.name
+                for p in write_photo_objects(
+                    photo,
+                    h,
+                    tmp,
+                    method=method,
+                    target=target,
+                    score_before=score_before,
+                    score_after=score_after,
+                    colormap=colormap,
+                    alpha=alpha,
+                    overlay_threshold=overlay_threshold,
+                )
+            ]
     except FileExistsError as e:
         _raise_exists(e, folder)
     logger.debug("photo export %s: %s", folder, legend.describe())
@@ -574,7 +629,10 @@ def write_photo_objects(
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     write_photo_secondary_capture(
-        frame, out, source=header, source_file_name=files[0] if files else None,
+        frame,
+        out,
+        source=header,
+        source_file_name=files[0] if files else None,
         derivation_description=f"medxai fundus overlay: {legend.describe()}",
     )
     return sorted(out.glob("*.dcm"))

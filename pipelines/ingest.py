@@ -48,8 +48,7 @@ def summarize(obj: Volume | Photo) -> dict[str, Any]:
             else None
         ),
         "series": (
-            f"{src.series_instance_uid} #{src.series_number} {src.modality or ''} "
-            f"'{src.series_description or ''}'"
+            f"{src.series_instance_uid} #{src.series_number} {src.modality or ''} '{src.series_description or ''}'"
             if src is not None and src.series_instance_uid
             else None
         ),

@@ -217,8 +217,14 @@ class Check:
         return f"{text}: {self.note}" if self.note and self.passed is False else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit, "expected": self.expected,
-                "pass": self.passed, "note": self.note}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "expected": self.expected,
+            "pass": self.passed,
+            "note": self.note,
+        }
 
 
 @dataclasses.dataclass
@@ -243,8 +249,12 @@ class InputCheck:
         return "; ".join(c.describe() for c in self.failed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "forced": self.forced and not self.passed,
-                "failed": [c.name for c in self.failed], "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "forced": self.forced and not self.passed,
+            "failed": [c.name for c in self.failed],
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
 
 def _fmt(v: Any) -> str:
@@ -264,17 +274,30 @@ def ct_volume_checks(volume: Any, limits: CTInputLimits) -> list[Check]:
     dx, dy, dz = (abs(float(s)) for s in volume.spacing)
     modality = getattr(volume.source, "modality", None) if volume.source is not None else None
     checks = [
-        Check("modality", modality, "", " or ".join(limits.modalities),
-              None if modality is None else modality.upper() in limits.modalities,
-              "" if modality is not None else "not recorded in the input (not DICOM)"),
+        Check(
+            "modality",
+            modality,
+            "",
+            " or ".join(limits.modalities),
+            None if modality is None else modality.upper() in limits.modalities,
+            "" if modality is not None else "not recorded in the input (not DICOM)",
+        ),
         Check("slices", nz, "", f">= {limits.min_slices}", nz >= limits.min_slices),
     ]
     fov = max(nx * dx, ny * dy)
-    checks.append(Check("field_of_view", round(fov, 1), "mm", _range(*limits.fov_mm, "mm"),
-                        limits.fov_mm[0] <= fov <= limits.fov_mm[1]))
+    checks.append(
+        Check("field_of_view", round(fov, 1), "mm", _range(*limits.fov_mm, "mm"), limits.fov_mm[0] <= fov <= limits.fov_mm[1])
+    )
     length = nz * dz
-    checks.append(Check("scan_length", round(length, 1), "mm", _range(*limits.scan_length_mm, "mm"),
-                        limits.scan_length_mm[0] <= length <= limits.scan_length_mm[1]))
+    checks.append(
+        Check(
+            "scan_length",
+            round(length, 1),
+            "mm",
+            _range(*limits.scan_length_mm, "mm"),
+            limits.scan_length_mm[0] <= length <= limits.scan_length_mm[1],
+        )
+    )
     return checks
 
 
@@ -299,38 +322,64 @@ def lung_volume_check(stack_data: Mapping[Any, Any] | None, limits: CTInputLimit
 def reconstruction_check(mse: float, reference: Any | None, limits: CTInputLimits, *, where: str = "") -> Check:
     """The query's reconstruction MSE against a :class:`medxai.metrics.reconstruction.ReconstructionReference`."""
     if reference is None:
-        return Check("reconstruction_error", float(mse), "MSE", "a recorded reference", None,
-                     f"no reference statistics at these encode/decode steps{where}; `medxai train autoencoder` "
-                     "records them at the config's steps")
+        return Check(
+            "reconstruction_error",
+            float(mse),
+            "MSE",
+            "a recorded reference",
+            None,
+            f"no reference statistics at these encode/decode steps{where}; `medxai train autoencoder` "
+            "records them at the config's steps",
+        )
     limit = reference.upper_limit(limits.recon_sd_k)
-    expected = (f"<= {limit:.3g} (mean {reference.mean:.3g} + {limits.recon_sd_k:g} sd over {reference.n} "
-                f"{reference.cases or 'reference cases'})")
+    expected = (
+        f"<= {limit:.3g} (mean {reference.mean:.3g} + {limits.recon_sd_k:g} sd over {reference.n} "
+        f"{reference.cases or 'reference cases'})"
+    )
     return Check("reconstruction_error", float(mse), "MSE", expected, bool(mse <= limit))
 
 
-def latent_check(distance: float | None, reference: Any | None, limits: CTInputLimits, *, where: str = "",
-                 note: str = "") -> Check:
+def latent_check(
+    distance: float | None, reference: Any | None, limits: CTInputLimits, *, where: str = "", note: str = ""
+) -> Check:
     """The query's latent distance against a :class:`medxai.metrics.latent.LatentReference`.
 
     ``distance=None`` (with ``note`` saying why) when it could not be measured, e.g. the reference was
     recorded at another latent size; the check is then not run.
     """
     if reference is None:
-        return Check("latent_distance", distance, "", "a recorded reference", None,
-                     f"no latent reference{where}; `medxai train autoencoder` records one "
-                     "(scripts/make_pretrained.py --latent-reference-only for the shipped model)")
+        return Check(
+            "latent_distance",
+            distance,
+            "",
+            "a recorded reference",
+            None,
+            f"no latent reference{where}; `medxai train autoencoder` records one "
+            "(scripts/make_pretrained.py --latent-reference-only for the shipped model)",
+        )
     limit = reference.upper_limit(limits.latent_sd_k)
-    expected = (f"<= {limit:.3g} (mean {reference.mean:.3g} + {limits.latent_sd_k:g} sd over {reference.n} "
-                f"{reference.cases or 'reference cases'})")
+    expected = (
+        f"<= {limit:.3g} (mean {reference.mean:.3g} + {limits.latent_sd_k:g} sd over {reference.n} "
+        f"{reference.cases or 'reference cases'})"
+    )
     if distance is None:
         return Check("latent_distance", None, "", expected, None, note)
     passed = bool(distance <= limit)
-    return Check("latent_distance", float(distance), "", expected, passed,
-                 "" if passed else "the autoencoder's semantic code of the query is far from its reference cases' codes")
+    return Check(
+        "latent_distance",
+        float(distance),
+        "",
+        expected,
+        passed,
+        "" if passed else "the autoencoder's semantic code of the query is far from its reference cases' codes",
+    )
 
 
 def target_note(
-    probabilities: Sequence[float] | np.ndarray, target: int, threshold: float, who: str = "teacher",
+    probabilities: Sequence[float] | np.ndarray,
+    target: int,
+    threshold: float,
+    who: str = "teacher",
     counterfactual: str | None = None,
 ) -> str | None:
     """A note when the model already gives the target class a probability of at least ``threshold``.
@@ -349,8 +398,14 @@ def target_note(
 
 
 # ------------------------------------------------------------------------------------------ fundus
-def fundus_checks(rgb: np.ndarray, data: Mapping[Any, Any], limits: FundusInputLimits, *,
-                  threshold_abs: float = 15.0, threshold_rel: float = 0.1) -> list[Check]:
+def fundus_checks(
+    rgb: np.ndarray,
+    data: Mapping[Any, Any],
+    limits: FundusInputLimits,
+    *,
+    threshold_abs: float = 15.0,
+    threshold_rel: float = 0.1,
+) -> list[Check]:
     """Photo size and field-of-view checks from the fundus transform's output dict ``data``.
 
     ``data["fov_circle"]`` = (centre row, centre col, radius) on the photo; the thresholds are the
@@ -359,24 +414,41 @@ def fundus_checks(rgb: np.ndarray, data: Mapping[Any, Any], limits: FundusInputL
     h, w = int(rgb.shape[0]), int(rgb.shape[1])
     side = min(h, w)
     lo, hi = limits.photo_side_px
-    checks = [Check("photo_size", side, "px", f"shorter side {_range(lo, hi, 'px')}", lo <= side <= hi,
-                    f"the photo is {w} x {h} px")]
+    checks = [
+        Check("photo_size", side, "px", f"shorter side {_range(lo, hi, 'px')}", lo <= side <= hi, f"the photo is {w} x {h} px")
+    ]
     cr, cc, r = (float(v) for v in np.asarray(data["fov_circle"]).ravel()[:3])
     yy, xx = np.ogrid[:h, :w]
     inside = (yy + 0.5 - cr) ** 2 + (xx + 0.5 - cc) ** 2 <= r**2
     frac = float(inside.mean())
-    checks.append(Check("fov_fraction", round(frac, 3), "", _range(*limits.fov_fraction, ""),
-                        limits.fov_fraction[0] <= frac <= limits.fov_fraction[1]))
+    checks.append(
+        Check(
+            "fov_fraction",
+            round(frac, 3),
+            "",
+            _range(*limits.fov_fraction, ""),
+            limits.fov_fraction[0] <= frac <= limits.fov_fraction[1],
+        )
+    )
     outside = ~inside
     if outside.sum() < 0.01 * inside.size:
-        checks.append(Check("fov_surround_dark", None, "", f">= {limits.min_surround_dark:g}", False,
-                            "the field of view covers the whole photo: no dark surround was found"))
+        checks.append(
+            Check(
+                "fov_surround_dark",
+                None,
+                "",
+                f">= {limits.min_surround_dark:g}",
+                False,
+                "the field of view covers the whole photo: no dark surround was found",
+            )
+        )
         return checks
     bright = rgb.max(axis=-1).astype(np.float32)
     thr = max(float(threshold_abs), float(threshold_rel) * float(np.percentile(bright, 99)))
     dark = float((bright[outside] <= thr).mean())
-    checks.append(Check("fov_surround_dark", round(dark, 3), "", f">= {limits.min_surround_dark:g}",
-                        dark >= limits.min_surround_dark))
+    checks.append(
+        Check("fov_surround_dark", round(dark, 3), "", f">= {limits.min_surround_dark:g}", dark >= limits.min_surround_dark)
+    )
     return checks
 
 
@@ -401,8 +473,11 @@ def enforce(results: Iterable[InputCheck], *, force: bool, what: str, source: st
         for r in bad:
             r.forced, r._logged = True, r.reasons()
         if fresh:
-            logger.warning("input %s is outside what the models were trained for (forced): %s", source,
-                           " ".join(f"Case {r.case}: {r.reasons()}." for r in fresh))
+            logger.warning(
+                "input %s is outside what the models were trained for (forced): %s",
+                source,
+                " ".join(f"Case {r.case}: {r.reasons()}." for r in fresh),
+            )
         return
     raise InputCheckError(
         f"input {source!r} does not look like what the models were trained for ({trained_for}); refused {what}. "

@@ -29,7 +29,8 @@ Example
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -260,5 +261,7 @@ def _warn_mixed(cfg: Config, roles: list[str]) -> None:
         logger.warning(
             "%s: the black box (%s) is your own but %s are the shipped ones, made for the shipped black box; "
             "train them for your model (medxai train ...) or the explanation may not describe it.",
-            cfg.source, box, ", ".join(shipped),
+            cfg.source,
+            box,
+            ", ".join(shipped),
         )

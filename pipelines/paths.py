@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["check_output_outside_input"]
 
@@ -41,8 +41,7 @@ def check_output_outside_input(
         src = Path(i).expanduser().resolve()
         if o == src:
             raise ValueError(
-                f"{option} '{out}' is the input '{i}'; medxai never writes into its input. "
-                f"Choose an output outside the input."
+                f"{option} '{out}' is the input '{i}'; medxai never writes into its input. Choose an output outside the input."
             )
         if src.is_dir() and o.is_relative_to(src):
             raise ValueError(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,8 +95,9 @@ def write_fundus_cohort(
         with atomic_dir(root / safe_filename(case.case_id)) as tmp:
             write_photo(np.ascontiguousarray(case.rgb), tmp / "image.png")
             eye = {"OD": "R", "OS": "L"}.get(str(getattr(case, "eye", "")), None)
-            write_photo_dicom(np.ascontiguousarray(case.rgb), tmp / "image.dcm", _study("FUNDUS", case, seed, "Fundus"),
-                              laterality=eye)
+            write_photo_dicom(
+                np.ascontiguousarray(case.rgb), tmp / "image.dcm", _study("FUNDUS", case, seed, "Fundus"), laterality=eye
+            )
             for name, mask in case.masks.items():
                 write_photo(np.where(mask, 255, 0).astype(np.uint8), tmp / "masks" / f"{name}.png")
         rows.extend(label_rows([case]))

@@ -18,9 +18,14 @@ __all__ = ["BENCH_PARTS", "pretrained_dir", "pretrained_overrides", "seed_models
 #: The bench's own per-run models as laid out in its model cache (``folder/name``, no ``.safetensors``).
 #: The randomised teachers are not among them: the bench re-makes those from a seed in a second.
 BENCH_PARTS = (
-    "ct_shortcut/teacher", "ct_shortcut/agent", "ct_random/agent",
-    "nn_explainer_ct/explainer", "nn_explainer_ct_random/explainer", "nn_explainer_ct_shortcut/explainer",
-    "nn_explainer_fundus/explainer", "nn_explainer_fundus_random/explainer",
+    "ct_shortcut/teacher",
+    "ct_shortcut/agent",
+    "ct_random/agent",
+    "nn_explainer_ct/explainer",
+    "nn_explainer_ct_random/explainer",
+    "nn_explainer_ct_shortcut/explainer",
+    "nn_explainer_fundus/explainer",
+    "nn_explainer_fundus_random/explainer",
 )
 
 
@@ -33,12 +38,19 @@ def pretrained_overrides(kind: str, root: Path | None = None) -> dict[str, str]:
     """
     root = pretrained_dir() if root is None else root
     if kind == "ct":
-        paths = {"teacher.path": "ct/teacher.safetensors", "autoencoder.path": "ct/autoencoder.safetensors",
-                 "agent.path": "ct/agent.safetensors", "nn_explainer_network.path": "nn_explainer_ct"}
+        paths = {
+            "teacher.path": "ct/teacher.safetensors",
+            "autoencoder.path": "ct/autoencoder.safetensors",
+            "agent.path": "ct/agent.safetensors",
+            "nn_explainer_network.path": "nn_explainer_ct",
+        }
     elif kind == "fundus":
-        paths = {"classifier.path": "fundus/classifier.safetensors",
-                 "robust_classifier.path": "fundus/robust_classifier.safetensors",
-                 "diffusion.path": "fundus/ddpm.safetensors", "nn_explainer_network.path": "nn_explainer_fundus"}
+        paths = {
+            "classifier.path": "fundus/classifier.safetensors",
+            "robust_classifier.path": "fundus/robust_classifier.safetensors",
+            "diffusion.path": "fundus/ddpm.safetensors",
+            "nn_explainer_network.path": "nn_explainer_fundus",
+        }
     else:
         raise ValueError(f"kind must be 'ct' or 'fundus', got {kind!r}.")
     out = {k: str(root / v) for k, v in paths.items()}

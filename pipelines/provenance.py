@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import platform
-from typing import Any, Mapping
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import numpy as np
 

@@ -36,8 +36,9 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -50,7 +51,12 @@ logger = logging.getLogger(__name__)
 
 #: the metrics a method row may hold, in column order (a section shows those its rows have)
 METRICS: tuple[str, ...] = (
-    "flip_rate", "recon_psnr_db", "target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case",
+    "flip_rate",
+    "recon_psnr_db",
+    "target_rate",
+    "l1_outside_lesions",
+    "loc_auroc",
+    "seconds_per_case",
     "randomization_spearman",
 )
 #: what besides method rows makes a top-level results entry a section
@@ -69,8 +75,11 @@ _LABELS = {
 }
 _SECTION_TITLES = {"ct": "CT", "fundus": "Fundus", "shortcut": "Shortcut check", "demo": "Demo"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
-    "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
 }
 _MISSING = "\u2013"  # en dash
 _FIG_DIR = "figures"
@@ -141,8 +150,7 @@ def write_report(
         made += _section_plots(section, results[section], out, notes)
     for fig in given:  # checked after plotting: a caller may name a plot the report draws
         if not (out / fig["path"]).is_file():
-            warnings.warn(f"figure {fig['path']!r} does not exist under {out}; the report will show it broken",
-                          stacklevel=2)
+            warnings.warn(f"figure {fig['path']!r} does not exist under {out}; the report will show it broken", stacklevel=2)
 
     body: list[str] = []
     nav: list[tuple[str, str]] = []  # (id, title) for the navigation line
@@ -171,9 +179,12 @@ def write_report(
     shortcut_figs = [f for f in all_figs if f.get("_kind") == "shortcut"] + figs_for("shortcut")
     if shortcut_parts or shortcut_figs:
         if shortcut_parts:
-            shortcut_parts.insert(0, '<p class="note">Share of each heatmap\'s mass that falls on the planted '
-                                     "marker; an explainer that sees the shortcut puts much more there than "
-                                     "the marker's share of the image.</p>")
+            shortcut_parts.insert(
+                0,
+                '<p class="note">Share of each heatmap\'s mass that falls on the planted '
+                "marker; an explainer that sees the shortcut puts much more there than "
+                "the marker's share of the image.</p>",
+            )
         _add_section(body, nav, "shortcut", [*shortcut_parts, _figures_html(shortcut_figs)])
 
     # figure sections without results (e.g. the demo's), in the order first given
@@ -185,8 +196,7 @@ def write_report(
         _add_section(body, nav, "targets", [targets.table()], "Targets", sid="targets")
     _add_section(body, nav, "environment", [_environment(results)], "Environment", sid="environment")
 
-    head = [f"<h1>{html.escape(title)}</h1>",
-            '<p class="banner">Research use, not for diagnosis.</p>']
+    head = [f"<h1>{html.escape(title)}</h1>", '<p class="banner">Research use, not for diagnosis.</p>']
     if results.get("quick"):
         head.append('<p class="warning">Quick run: tiny models and few cases; the figures are not meaningful.</p>')
     if targets.rules:
@@ -195,10 +205,13 @@ def write_report(
     head.append("<nav>" + "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in nav) + "</nav>")
 
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(head) + "\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        + "\n".join(head)
+        + "\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
     )
     path = out / "report.html"
     with atomic_path(path) as tmp:
@@ -218,8 +231,14 @@ def _check_figures(figures: Sequence[Mapping[str, str]], out: Path) -> list[dict
         if not fig.get("path") or not fig.get("section"):
             raise ValueError(f"figures[{i}] needs 'path' and 'section', got keys {sorted(fig)}")
         rel = _relative(str(fig["path"]), out, f"figures[{i}]['path']")
-        checked.append({"section": str(fig["section"]), "title": str(fig.get("title", "")),
-                        "path": rel, "caption": str(fig.get("caption", ""))})
+        checked.append(
+            {
+                "section": str(fig["section"]),
+                "title": str(fig.get("title", "")),
+                "path": rel,
+                "caption": str(fig.get("caption", "")),
+            }
+        )
     return checked
 
 
@@ -230,8 +249,10 @@ def _relative(path: str, out: Path, name: str) -> str:
         try:
             p = p.resolve().relative_to(out.resolve())
         except ValueError:
-            raise ValueError(f"{name} = {path!r} is outside the report folder {out}; save the figure under it "
-                             "and pass a path relative to it, so the folder can be moved") from None
+            raise ValueError(
+                f"{name} = {path!r} is outside the report folder {out}; save the figure under it "
+                "and pass a path relative to it, so the folder can be moved"
+            ) from None
     rel = PurePosixPath(p.as_posix())
     if not rel.parts:
         raise ValueError(f"{name} = {path!r} names no file; pass e.g. 'figures/x.png'")
@@ -250,16 +271,21 @@ def _figures_html(figs: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(parts)
 
 
-def _add_section(body: list[str], sections: list[tuple[str, str]], name: str, parts: Sequence[str],
-                 heading: str | None = None, sid: str | None = None) -> None:
+def _add_section(
+    body: list[str],
+    sections: list[tuple[str, str]],
+    name: str,
+    parts: Sequence[str],
+    heading: str | None = None,
+    sid: str | None = None,
+) -> None:
     # caller section names are user text: slug them for the id, escape them for the heading
     sid = sid or "sec-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "x")
     while any(sid == s for s, _ in sections):  # two names that slug the same, e.g. "a b" and "a-b"
         sid += "-2"
     heading = heading or _title(name)
     sections.append((sid, heading))
-    body.append(f'<section id="{sid}">\n<h2>{html.escape(heading)}</h2>\n' + "\n".join(p for p in parts if p)
-                + "\n</section>")
+    body.append(f'<section id="{sid}">\n<h2>{html.escape(heading)}</h2>\n' + "\n".join(p for p in parts if p) + "\n</section>")
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -317,8 +343,11 @@ def _columns(block: Mapping[str, Any]) -> list[str]:
 
 def _sections(results: Mapping[str, Any]) -> list[str]:
     """Top-level entries with method rows (or a section's other tables), in the order of ``results``."""
-    return [str(k) for k, v in results.items()
-            if k not in _NOT_SECTIONS and isinstance(v, Mapping) and (_methods(v) or _SECTION_PARTS & set(v))]
+    return [
+        str(k)
+        for k, v in results.items()
+        if k not in _NOT_SECTIONS and isinstance(v, Mapping) and (_methods(v) or _SECTION_PARTS & set(v))
+    ]
 
 
 def _summaries(methods: Any) -> dict[str, str]:
@@ -339,11 +368,21 @@ def _methods_table(section: str, block: Mapping[str, Any], targets: _Targets, su
         vals = block[name]
         about = summaries.get(str(vals.get("method", name)))
         title = f' title="{html.escape(about, quote=True)}"' if about else ""
-        rows.append(f"<tr><th{title}>{html.escape(str(name))}</th>"
-                    + "".join(_cell(vals.get(m), (section, str(name), m), targets) for m in metrics) + "</tr>")
-    return (f'<table class="metrics" id="{section}-metrics">\n{head}</tr>\n' + "\n".join(rows) + "\n</table>"
-            + ('\n<p class="note">Green: meets its target; red: misses it (hover for the rule).</p>'
-               if any(targets.lookup((section, str(n), m)) for n in methods for m in metrics) else ""))
+        rows.append(
+            f"<tr><th{title}>{html.escape(str(name))}</th>"
+            + "".join(_cell(vals.get(m), (section, str(name), m), targets) for m in metrics)
+            + "</tr>"
+        )
+    return (
+        f'<table class="metrics" id="{section}-metrics">\n{head}</tr>\n'
+        + "\n".join(rows)
+        + "\n</table>"
+        + (
+            '\n<p class="note">Green: meets its target; red: misses it (hover for the rule).</p>'
+            if any(targets.lookup((section, str(n), m)) for n in methods for m in metrics)
+            else ""
+        )
+    )
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -369,7 +408,7 @@ def _kv_table(rows: Sequence[tuple[str, Any]], path: tuple[str, ...] = (), targe
 
 
 def _shortcut_table(section: str, sc: Mapping[str, Any], targets: _Targets) -> str:
-    rows = [f'<tr><th>method</th><th>{_LABELS["mass_on_marker"]}</th></tr>']
+    rows = [f"<tr><th>method</th><th>{_LABELS['mass_on_marker']}</th></tr>"]
     for name, vals in sc.items():
         if str(name).startswith("_") or not isinstance(vals, Mapping):
             continue
@@ -411,7 +450,7 @@ class _Targets:
         if not isinstance(raw, Mapping):
             return
         for key, rule in raw.items():
-            if (isinstance(rule, (list, tuple)) and len(rule) == 2 and rule[0] in _OPS):
+            if isinstance(rule, (list, tuple)) and len(rule) == 2 and rule[0] in _OPS:
                 r: tuple[str, Any] = (str(rule[0]), rule[1])
             else:
                 r = (str(rule), None)
@@ -436,8 +475,10 @@ class _Targets:
         for key, (op, thr), value, status in self.rules:
             cls = {"met": ' class="met"', "not met": ' class="unmet"'}.get(status, "")
             rule = f"{op} {_fmt(thr)}" if thr is not None else op
-            rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(rule)}</td>"
-                        f'<td class="num">{html.escape(_fmt(value))}</td><td{cls}>{status}</td></tr>')
+            rows.append(
+                f"<tr><th>{html.escape(key)}</th><td>{html.escape(rule)}</td>"
+                f'<td class="num">{html.escape(_fmt(value))}</td><td{cls}>{status}</td></tr>'
+            )
         return '<table class="targets" id="targets-table">\n' + "\n".join(rows) + "\n</table>"
 
 
@@ -466,12 +507,10 @@ def _mpl_text(s: str) -> str:
     return s.replace("$", r"\$")  # a '$' in a method name would start matplotlib mathtext
 
 
-def _section_plots(section: str, block: Mapping[str, Any], out: Path,
-                   notes: dict[str, list[str]]) -> list[dict[str, str]]:
+def _section_plots(section: str, block: Mapping[str, Any], out: Path, notes: dict[str, list[str]]) -> list[dict[str, str]]:
     """Draw the section's plots into ``out/figures``; problems with one plot go to ``notes``."""
     figs: list[dict[str, str]] = []
-    sweeps = [(k, v["sweep"]) for k, v in block.items()
-              if isinstance(v, Mapping) and isinstance(v.get("sweep"), Mapping)]
+    sweeps = [(k, v["sweep"]) for k, v in block.items() if isinstance(v, Mapping) and isinstance(v.get("sweep"), Mapping)]
     for i, (method, sweep) in enumerate(sweeps):
         name = f"{section}_sweep.png" if len(sweeps) == 1 else f"{section}_sweep_{i}.png"
         try:
@@ -480,34 +519,69 @@ def _section_plots(section: str, block: Mapping[str, Any], out: Path,
             notes.setdefault(section, []).append(f"Probability-vs-step plot for {method} skipped: {e}")
             warnings.warn(f"report: probability-vs-step plot for {section}.{method} skipped: {e}", stacklevel=3)
             continue
-        figs.append({"section": section, "title": "Teacher probability vs step size", "path": f"{_FIG_DIR}/{name}",
-                     "caption": f"{method}: teacher probability of the target class against the signed step "
-                                f"size a, for {n_cases} cases (thin grey) and their mean (thick)."})
+        figs.append(
+            {
+                "section": section,
+                "title": "Teacher probability vs step size",
+                "path": f"{_FIG_DIR}/{name}",
+                "caption": f"{method}: teacher probability of the target class against the signed step "
+                f"size a, for {n_cases} cases (thin grey) and their mean (thick).",
+            }
+        )
     loc = {str(k): block[k]["loc_auroc"] for k in _methods(block) if "loc_auroc" in block[k]}
     loc = {k: float(v) for k, v in loc.items() if _is_num(v) and math.isfinite(float(v))}
     if loc:
         name = f"{section}_loc_auroc.png"
-        _plot_bars(loc, out / _FIG_DIR / name, "Localisation AUROC", "AUROC (heatmap vs lesion mask)",
-                   refs=[(0.5, "chance", "grey"), (0.9, "target", "tab:green")], xlim=(0.0, 1.0))
-        figs.append({"section": section, "title": "Localisation AUROC", "path": f"{_FIG_DIR}/{name}",
-                     "caption": "How well each heatmap ranks lesion pixels above the rest; "
-                                "dashed lines at 0.5 (chance) and 0.9 (target)."})
+        _plot_bars(
+            loc,
+            out / _FIG_DIR / name,
+            "Localisation AUROC",
+            "AUROC (heatmap vs lesion mask)",
+            refs=[(0.5, "chance", "grey"), (0.9, "target", "tab:green")],
+            xlim=(0.0, 1.0),
+        )
+        figs.append(
+            {
+                "section": section,
+                "title": "Localisation AUROC",
+                "path": f"{_FIG_DIR}/{name}",
+                "caption": "How well each heatmap ranks lesion pixels above the rest; "
+                "dashed lines at 0.5 (chance) and 0.9 (target).",
+            }
+        )
     sc = block.get("shortcut")
     if isinstance(sc, Mapping):
-        mass = {str(k): float(v["mass_on_marker"]) for k, v in sc.items()
-                if not str(k).startswith("_") and isinstance(v, Mapping) and _is_num(v.get("mass_on_marker"))
-                and math.isfinite(float(v["mass_on_marker"]))}
+        mass = {
+            str(k): float(v["mass_on_marker"])
+            for k, v in sc.items()
+            if not str(k).startswith("_")
+            and isinstance(v, Mapping)
+            and _is_num(v.get("mass_on_marker"))
+            and math.isfinite(float(v["mass_on_marker"]))
+        }
         ref = sc.get("_marker_area_fraction")
         if mass:
             name = f"{section}_shortcut.png"
             refs = [(float(ref), "mass expected by chance", "grey")] if _is_num(ref) else []
             top = max([*mass.values(), *(r[0] for r in refs)])
-            _plot_bars(mass, out / _FIG_DIR / name, f"Shortcut check ({_mpl_text(_title(section))})",
-                       "heatmap mass on the marker", refs=refs, xlim=(0.0, min(1.0, max(top * 1.25, 0.05))))
+            _plot_bars(
+                mass,
+                out / _FIG_DIR / name,
+                f"Shortcut check ({_mpl_text(_title(section))})",
+                "heatmap mass on the marker",
+                refs=refs,
+                xlim=(0.0, min(1.0, max(top * 1.25, 0.05))),
+            )
             chance = "; dashed: the marker's share of the image (mass expected by chance)." if refs else "."
-            figs.append({"section": section, "_kind": "shortcut", "path": f"{_FIG_DIR}/{name}",
-                         "title": f"Mass on marker ({_title(section)})",
-                         "caption": "Share of heatmap mass on the planted marker" + chance})
+            figs.append(
+                {
+                    "section": section,
+                    "_kind": "shortcut",
+                    "path": f"{_FIG_DIR}/{name}",
+                    "title": f"Mass on marker ({_title(section)})",
+                    "caption": "Share of heatmap mass on the planted marker" + chance,
+                }
+            )
     return figs
 
 
@@ -557,16 +631,26 @@ def _plot_sweep(sweep: Mapping[str, Any], path: Path, method: str) -> int:
     if agent_arr is not None:
         ax.plot(steps, np.nanmean(agent_arr, axis=0), color="tab:orange", lw=2, ls="--", label="agent (mean)")
     ax.axvline(0.0, color="k", lw=0.6)
-    ax.set(xlabel="signed step size a", ylabel="teacher probability of target class", ylim=(-0.02, 1.02),
-           title="Teacher probability vs step size")
+    ax.set(
+        xlabel="signed step size a",
+        ylabel="teacher probability of target class",
+        ylim=(-0.02, 1.02),
+        title="Teacher probability vs step size",
+    )
     ax.legend(loc="best", fontsize="small", title=_mpl_text(method), title_fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)
     return int(teacher.shape[0])
 
 
-def _plot_bars(values: Mapping[str, float], path: Path, title: str, xlabel: str,
-               refs: Sequence[tuple[float, str, str]], xlim: tuple[float, float]) -> None:
+def _plot_bars(
+    values: Mapping[str, float],
+    path: Path,
+    title: str,
+    xlabel: str,
+    refs: Sequence[tuple[float, str, str]],
+    xlim: tuple[float, float],
+) -> None:
     names = list(values)
     fig = _new_figure((6.4, 1.0 + 0.4 * len(names)))
     ax = fig.add_subplot()

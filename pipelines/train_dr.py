@@ -9,12 +9,12 @@ names an ``.npz`` written by ``StackSet.save`` (arrays ``x`` ``(N, 3, S, S)`` in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["load_fundus_arrays", "train_diffusion", "train_dr_classifier"]
 
 
-def load_fundus_arrays(data: Optional[Path], n: int, seed: int, size: int) -> tuple[Any, Any, dict[str, Any]]:
+def load_fundus_arrays(data: Path | None, n: int, seed: int, size: int) -> tuple[Any, Any, dict[str, Any]]:
     """Images ``(N, 3, S, S)`` and labels ``(N,)`` as tensors, plus a description of the source."""
     import numpy as np
     import torch
@@ -36,8 +36,14 @@ def load_fundus_arrays(data: Optional[Path], n: int, seed: int, size: int) -> tu
 
 
 def train_diffusion(
-    config_path: Path, out: Path, *, data: Optional[Path] = None, n: Optional[int] = None, seconds: Optional[float] = None,
-    steps: Optional[int] = None, init: Optional[Path] = None,
+    config_path: Path,
+    out: Path,
+    *,
+    data: Path | None = None,
+    n: int | None = None,
+    seconds: float | None = None,
+    steps: int | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """Train the unconditional fundus DDPM of ``config_path`` and save it to ``out`` (.safetensors + .json).
 
@@ -87,9 +93,13 @@ def train_diffusion(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"-o must end in .safetensors, got {str(out)!r}.")
-    meta_base = {"source": source, "config": cfg.to_dict(), "config_source": str(config_path),
-                 "init": None if init is None else str(init),
-                 "previous_steps": int(previous.get("steps", 0)) + int(previous.get("previous_steps", 0))}
+    meta_base = {
+        "source": source,
+        "config": cfg.to_dict(),
+        "config_source": str(config_path),
+        "init": None if init is None else str(init),
+        "previous_steps": int(previous.get("steps", 0)) + int(previous.get("previous_steps", 0)),
+    }
 
     def save(step: int) -> None:
         save_ddpm(model, out, {**meta_base, "steps": step})
@@ -102,8 +112,15 @@ def train_diffusion(
 
 
 def train_dr_classifier(
-    config_path: Path, out: Optional[Path] = None, *, robust: bool = False, data: Optional[Path] = None,
-    n: Optional[int] = None, seconds: Optional[float] = None, steps: Optional[int] = None, trust_code: bool = False,
+    config_path: Path,
+    out: Path | None = None,
+    *,
+    robust: bool = False,
+    data: Path | None = None,
+    n: int | None = None,
+    seconds: float | None = None,
+    steps: int | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Train the plain (or, with ``robust``, the adversarially robust) classifier of a DR config.
 
@@ -168,10 +185,17 @@ def train_dr_classifier(
             metrics.update({"clean_accuracy": clean, "robust_accuracy": adv, "attack_eps": rcfg.eps})
     losses = hist.pop("losses")
     save_weights(
-        target, model.state_dict(),
-        {"class_path": section["class_path"], "init_kwargs": kwargs, "robust": None if rcfg is None else vars(rcfg),
-         "history": {**hist, "losses_every_10": losses[::10]}, "validation": metrics, "source": source,
-         "config_source": str(config_path)},
+        target,
+        model.state_dict(),
+        {
+            "class_path": section["class_path"],
+            "init_kwargs": kwargs,
+            "robust": None if rcfg is None else vars(rcfg),
+            "history": {**hist, "losses_every_10": losses[::10]},
+            "validation": metrics,
+            "source": source,
+            "config_source": str(config_path),
+        },
     )
     hist["validation"] = metrics
     hist["out"] = str(target)

@@ -23,12 +23,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medxai.phantoms import (  # noqa: E402
+from medxai.phantoms import (
     CT_BENCHMARK,
     CT_TEST,
     FUNDUS_BENCHMARK,
@@ -88,7 +88,7 @@ def ct_figure(out: Path, benchmark: bool) -> Path:
         panels = [
             (c.hu[z_basal], (-1350, 150), f"axial basal (z={z_basal}) lung window", z_basal),
             (c.hu[z_mid], (-1350, 150), f"axial mid (z={z_mid}) lung window", z_mid),
-            (c.hu[z_mid], (-160, 240), f"axial mid, mediastinal window", None),
+            (c.hu[z_mid], (-160, 240), "axial mid, mediastinal window", None),
         ]
         for col, (img, (vmin, vmax), title, z) in enumerate(panels):
             ax = axes[row, col]
@@ -108,19 +108,29 @@ def ct_figure(out: Path, benchmark: bool) -> Path:
             _outline(ax, c.masks[name][::-1, y, :], colour, extent=(0, nx * sx, nz * sz, 0))
         ax.set_title(f"coronal (y={y}), superior up", color="white", fontsize=9)
         axes[row, 0].text(
-            0.02, 0.02,
+            0.02,
+            0.02,
             f"seed {c.seed}\nextent {c.extent:.3f}  risk {c.risk:.2f}  label {c.label}\n"
             f"pacemaker {int(c.has_marker)}  emphysema {int(c.info['emphysema'])}",
-            transform=axes[row, 0].transAxes, color="white", fontsize=8, va="bottom",
+            transform=axes[row, 0].transAxes,
+            color="white",
+            fontsize=8,
+            va="bottom",
         )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Line2D([0], [0], color=v, lw=2) for v in CT_COLOURS.values()]
-    fig.legend(handles, ["biomarker: fibrosis", "distractor: emphysema", "marker: pacemaker"],
-               loc="lower center", ncol=3, facecolor="black", labelcolor="white", frameon=False)
-    fig.suptitle(f"CT phantom {c.hu.shape} (z, y, x); image left = patient right, anterior up",
-                 color="white")
+    fig.legend(
+        handles,
+        ["biomarker: fibrosis", "distractor: emphysema", "marker: pacemaker"],
+        loc="lower center",
+        ncol=3,
+        facecolor="black",
+        labelcolor="white",
+        frameon=False,
+    )
+    fig.suptitle(f"CT phantom {c.hu.shape} (z, y, x); image left = patient right, anterior up", color="white")
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     path = out / "phantom_ct.png"
     _save(fig, path)
@@ -148,15 +158,23 @@ def fundus_figure(out: Path, benchmark: bool) -> Path:
         axes[0, i].set_title(f"phantom {c.eye}, grade {c.grade}, label {c.label}", color="white", fontsize=9)
         axes[1, i].set_title(
             f"MA {n['microaneurysms']} H {n['haemorrhages']} EX {n['exudate_clusters']} CWS {n['cotton_wool']}",
-            color="white", fontsize=9,
+            color="white",
+            fontsize=9,
         )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Line2D([0], [0], color=v, lw=2) for v in FUNDUS_COLOURS.values()]
-    fig.legend(handles, ["microaneurysms", "haemorrhages", "hard exudates", "cotton-wool spots", "marker (stamp)"],
-               loc="lower left", bbox_to_anchor=(0.01, 0.1), ncol=1, facecolor="black", labelcolor="white",
-               frameon=False)
+    fig.legend(
+        handles,
+        ["microaneurysms", "haemorrhages", "hard exudates", "cotton-wool spots", "marker (stamp)"],
+        loc="lower left",
+        bbox_to_anchor=(0.01, 0.1),
+        ncol=1,
+        facecolor="black",
+        labelcolor="white",
+        frameon=False,
+    )
     fig.suptitle(f"Fundus phantom {cfg.size}x{cfg.size}: plain (top), lesion outlines (bottom)", color="white")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = out / "phantom_fundus.png"

@@ -113,8 +113,10 @@ def record_latent_ref(dest: Path, config: Path) -> None:
     stacks = ct_stack_set(RECON_CASES, RECON_SEED, phantom=phantom, stack=stack_config(cfg)).x
     ref = latent_reference(ae, stacks, cases=f"phantom '{phantom}' cases, seed {RECON_SEED}")
     record_latent_reference(weights.with_suffix(".json"), ref)
-    print(f"latent distance (leave-one-out, D={ref.dim}): mean {ref.mean:.3f} sd {ref.sd:.3f} p99 {ref.p99:.3f} "
-          f"max {ref.max:.3f} (n={ref.n})")
+    print(
+        f"latent distance (leave-one-out, D={ref.dim}): mean {ref.mean:.3f} sd {ref.sd:.3f} p99 {ref.p99:.3f} "
+        f"max {ref.max:.3f} (n={ref.n})"
+    )
 
 
 def main() -> None:
@@ -124,14 +126,28 @@ def main() -> None:
     ap.add_argument("--ct", type=Path, default=runs / "ct_prognosis", help="folder with teacher/autoencoder/agent.safetensors")
     ap.add_argument("--fundus", type=Path, default=runs / "dr", help="folder with ddpm/classifier/robust_classifier.safetensors")
     ap.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "medxai" / "pretrained")
-    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "ct_prognosis.yaml",
-                    help="CT config whose stack settings make the reference cohort")
-    ap.add_argument("--recon-reference-only", action="store_true",
-                    help="only (re)record the autoencoder's reconstruction-error references for the shipped weights")
-    ap.add_argument("--latent-reference-only", action="store_true",
-                    help="only (re)record the autoencoder's reference codes (latent distance) for the shipped weights")
-    ap.add_argument("--bench-models", type=Path, default=None,
-                    help="only copy the bench's per-run models (BENCH_PARTS) from this bench model cache")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "configs" / "ct_prognosis.yaml",
+        help="CT config whose stack settings make the reference cohort",
+    )
+    ap.add_argument(
+        "--recon-reference-only",
+        action="store_true",
+        help="only (re)record the autoencoder's reconstruction-error references for the shipped weights",
+    )
+    ap.add_argument(
+        "--latent-reference-only",
+        action="store_true",
+        help="only (re)record the autoencoder's reference codes (latent distance) for the shipped weights",
+    )
+    ap.add_argument(
+        "--bench-models",
+        type=Path,
+        default=None,
+        help="only copy the bench's per-run models (BENCH_PARTS) from this bench model cache",
+    )
     args = ap.parse_args()
     if args.bench_models is not None:
         total = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -79,7 +79,7 @@ def read_source_headers(files: Sequence[str | os.PathLike[str]]) -> list[Dataset
     for f in files:
         try:
             out.append(pydicom.dcmread(os.fspath(f), stop_before_pixels=True))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise UnreadableFileError(f"Cannot read source DICOM header '{f}': {type(e).__name__}: {e}.", str(f)) from e
     return out
 

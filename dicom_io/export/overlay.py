@@ -29,8 +29,8 @@ import logging
 import math
 import numbers
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -194,16 +194,12 @@ def _lut(name: str, min_luma: float) -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError as e:
-        raise ValueError(
-            f"colormap {name!r} is not a matplotlib colour map; try 'autumn', 'winter' or 'plasma'."
-        ) from e
+        raise ValueError(f"colormap {name!r} is not a matplotlib colour map; try 'autumn', 'winter' or 'plasma'.") from e
     x = np.linspace(0.0, 1.0, 1024)
     rgb8 = np.clip(np.rint(cmap(x)[:, :3] * 255), 0, 255)  # judged as drawn (uint8)
     bright = np.nonzero(rgb8 @ _LUMA >= min_luma * 255)[0]
     if bright.size == 0:
-        raise ValueError(
-            f"colormap {name!r} is darker than luma {min_luma} everywhere; it would not show on a dark CT."
-        )
+        raise ValueError(f"colormap {name!r} is darker than luma {min_luma} everywhere; it would not show on a dark CT.")
     # cut the dark ends (a near-black tint is invisible on a dark lung and reads as "nothing there")
     lo, hi = x[bright[0]], x[bright[-1]]
     lut = np.clip(np.rint(cmap(np.linspace(lo, hi, 256))[:, :3] * 255), 0, 255).astype(np.uint8)
@@ -278,9 +274,7 @@ def check_render_options(alpha: float, threshold: float) -> None:
     """
     if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0.0 < float(alpha) <= 1.0):
         raise ValueError(f"alpha (the heatmap's maximum opacity) must lie in (0, 1]; got {alpha!r}.")
-    if isinstance(threshold, bool) or not (
-        isinstance(threshold, numbers.Real) and 0.0 <= float(threshold) < 1.0
-    ):
+    if isinstance(threshold, bool) or not (isinstance(threshold, numbers.Real) and 0.0 <= float(threshold) < 1.0):
         raise ValueError(
             f"threshold (fraction of the heatmap's largest |value| below which nothing is tinted) must lie in "
             f"[0, 1); got {threshold!r}."
@@ -358,8 +352,7 @@ def colour_scale_lines(
     band = f"({threshold:.0%} of max): not tinted. Bar drawn over mid-grey."
     if signed:
         lines = [
-            f"Colour: {q}: > 0 {colormap}, < 0 {negative_colormap}; |value| from {_fmt(t)} (faint) to "
-            f"{_fmt(top)} (opaque)",
+            f"Colour: {q}: > 0 {colormap}, < 0 {negative_colormap}; |value| from {_fmt(t)} (faint) to {_fmt(top)} (opaque)",
             f"|value| <= {_fmt(t)} {band}",
         ]
     else:
@@ -383,7 +376,9 @@ def _wrap(lines: list[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont, 
 def _compose(blended: np.ndarray, sc: _Scale, lines: list[str], min_width: int) -> np.ndarray:
     h, w = blended.shape[:2]
     scale = max(1, int(np.ceil(min_width / max(w, 1))))
-    img = Image.fromarray(blended).resize((w * scale, h * scale), Image.NEAREST if scale > 1 else Image.BILINEAR)
+    img = Image.fromarray(blended).resize(
+        (w * scale, h * scale), Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    )
     W, H = img.size
     fsize = max(10, min(W // 40, 20))
     font = _font(fsize)
@@ -409,8 +404,7 @@ def _compose(blended: np.ndarray, sc: _Scale, lines: list[str], min_width: int) 
         if y - last_y < fsize:  # labels would overlap (e.g. threshold 0)
             continue
         draw.line([(W + pad + bar_w, row), (x_lab - 1, row)], fill=(255, 255, 255))
-        draw.text((x_lab, y), _fmt(value) if value <= 0 or not sc.signed else f"+{_fmt(value)}",
-                  fill=(255, 255, 255), font=font)
+        draw.text((x_lab, y), _fmt(value) if value <= 0 or not sc.signed else f"+{_fmt(value)}", fill=(255, 255, 255), font=font)
         last_y = y
     y = H + pad
     for line in lines:
@@ -422,8 +416,9 @@ def _compose(blended: np.ndarray, sc: _Scale, lines: list[str], min_width: int) 
 
 def _legend_lines(legend: Legend, sc: _Scale, colormap: str, negative_colormap: str) -> list[str]:
     lines = legend.lines()
-    scale = colour_scale_lines(legend, sc.top, sc.threshold, signed=sc.signed, colormap=colormap,
-                               negative_colormap=negative_colormap)
+    scale = colour_scale_lines(
+        legend, sc.top, sc.threshold, signed=sc.signed, colormap=colormap, negative_colormap=negative_colormap
+    )
     return [*lines[:-1], *scale, lines[-1]]
 
 
@@ -478,9 +473,7 @@ def render_overlay(
     image = np.asarray(image)
     heatmap = np.asarray(heatmap)
     if image.ndim != 2 or heatmap.shape != image.shape:
-        raise ValueError(
-            f"image and heatmap must be 2D arrays of one shape; got {image.shape} and {heatmap.shape}."
-        )
+        raise ValueError(f"image and heatmap must be 2D arrays of one shape; got {image.shape} and {heatmap.shape}.")
     heat = _heat(heatmap)
     sc = _scale(heat, vmin, vmax, alpha, threshold, colormap, negative_colormap)
     grey = window_to_uint8(image, window)

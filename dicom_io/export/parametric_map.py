@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -60,8 +60,9 @@ def _order_frames_ascending(pm: Dataset) -> None:
         return
     v = np.asarray([float(x) for x in iop])
     normal = np.cross(v[:3], v[3:])
-    dist = np.array([float(np.dot([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient], normal))
-                     for f in per_frame])
+    dist = np.array(
+        [float(np.dot([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient], normal)) for f in per_frame]
+    )
     order = np.argsort(dist, kind="stable")
     if np.array_equal(order, np.arange(len(order))):
         return

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -132,9 +133,7 @@ class MultiFrameTrueColorSCImage(hd.SOPClass):
         **kwargs: Any,
     ) -> None:
         if pixel_array.ndim != 4 or pixel_array.shape[-1] != 3 or pixel_array.dtype != np.uint8:
-            raise ValueError(
-                f"pixel_array must be uint8 (N, H, W, 3) RGB frames; got {pixel_array.dtype} {pixel_array.shape}."
-            )
+            raise ValueError(f"pixel_array must be uint8 (N, H, W, 3) RGB frames; got {pixel_array.dtype} {pixel_array.shape}.")
         if transfer_syntax_uid != ExplicitVRLittleEndian:
             raise ValueError(f"transfer_syntax_uid must be Explicit VR Little Endian; got {transfer_syntax_uid!r}.")
         n = pixel_array.shape[0]
@@ -176,12 +175,14 @@ class MultiFrameTrueColorSCImage(hd.SOPClass):
         if len(locs) != n:
             raise ValueError(f"slice_locations has {len(locs)} values for {n} frames.")
         self.SliceLocationVector = [DS(v, auto_format=True) for v in locs]
-        self.FrameIncrementPointer = Tag("SliceLocationVector")
+        pointers = [Tag("SliceLocationVector")]
         if frame_labels is not None:
             if len(frame_labels) != n:
                 raise ValueError(f"frame_labels has {len(frame_labels)} values for {n} frames.")
             self.FrameLabelVector = [str(s)[:64] for s in frame_labels]
-            self.FrameIncrementPointer = [Tag("SliceLocationVector"), Tag("FrameLabelVector")]
+            pointers.append(Tag("FrameLabelVector"))
+        # one tag, or the list of tags frames step through (a multi-valued AT element)
+        self.FrameIncrementPointer = pointers[0] if len(pointers) == 1 else pointers
         self.LossyImageCompression = "00"
         self.PixelData = b"".join(
             encode_frame(
@@ -275,7 +276,7 @@ def write_secondary_capture(
     orient = patient_orientation(ref)
     written: list[Path] = []
     if multiframe:
-        ds = MultiFrameTrueColorSCImage(
+        ds: MultiFrameTrueColorSCImage | hd.sc.SCImage = MultiFrameTrueColorSCImage(
             arr,
             ref,
             series_instance_uid=series_uid,
@@ -355,8 +356,13 @@ def write_photo_secondary_capture(
     arr = _check_frames([frame])
     if source is not None:
         return write_secondary_capture(
-            arr, [source], out_dir, series_description=series_description,
-            derivation_description=derivation_description, manufacturer=manufacturer, file_prefix=file_prefix,
+            arr,
+            [source],
+            out_dir,
+            series_description=series_description,
+            derivation_description=derivation_description,
+            manufacturer=manufacturer,
+            file_prefix=file_prefix,
         )
     ref = Dataset()
     for kw, v in UNLINKED_PATIENT.items():
@@ -373,10 +379,18 @@ def write_photo_secondary_capture(
     ref.SpecificCharacterSet = "ISO_IR 192"
     out = Path(out_dir)
     ds = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ref, pixel_array=arr[0], photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=generate_uid(), series_number=1000,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
-        patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
+        ref_dataset=ref,
+        pixel_array=arr[0],
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=generate_uid(),
+        series_number=1000,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        patient_orientation=("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description[:64],
     )
     ds.StudyDescription = ref.StudyDescription

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ def write_slicer_bundle(
     win = WINDOWS[window] if isinstance(window, str) else tuple(float(v) for v in window)
     hm = {n: _as_volume(ct, v, f"heatmap {n!r}") for n, v in heatmaps.items()}
     cf = {n: _as_volume(ct, v, f"counterfactual {n!r}") for n, v in (counterfactuals or {}).items()}
-    manifest: dict[str, object] = {
+    manifest: dict[str, Any] = {
         "format": "medxai-slicer-bundle/1",
         "space": "LPS",
         "ct": "ct.nrrd",
@@ -181,14 +182,13 @@ def write_slicer_bundle(
             write_nrrd(vol, tmp / fname)
             lo, hi = float(np.min(vol.array)), float(np.max(vol.array))
             hi = hi if hi > lo else lo + 1.0
-            manifest["heatmaps"].append(  # type: ignore[union-attr]
-                {"name": f"heatmap {name}", "file": fname, "min": lo, "max": hi,
-                 "threshold": lo + threshold_fraction * (hi - lo)}
+            manifest["heatmaps"].append(
+                {"name": f"heatmap {name}", "file": fname, "min": lo, "max": hi, "threshold": lo + threshold_fraction * (hi - lo)}
             )
         for name, vol in cf.items():
             fname = _unique(f"counterfactual_{safe_filename(name)}.nrrd", used)
             write_nrrd(vol, tmp / fname)
-            manifest["counterfactuals"].append({"name": f"counterfactual {name}", "file": fname})  # type: ignore[union-attr]
+            manifest["counterfactuals"].append({"name": f"counterfactual {name}", "file": fname})
         write_color_table(tmp / "medxai_colors.ctbl", colormap)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         (tmp / "load_in_slicer.py").write_text(LOAD_SCRIPT, encoding="utf-8")

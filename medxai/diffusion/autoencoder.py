@@ -20,19 +20,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import nn
 
-from medxai.progress import ProgressFn
-
-from medxai.networks.diffae import DiffAENet, DiffAENetConfig
-from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 from medxai.config import dataclass_from_mapping
+from medxai.networks.diffae import DiffAENet, DiffAENetConfig
+from medxai.progress import ProgressFn
+from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
 
 __all__ = [
     "ScheduleConfig",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 def to_image_range(x: torch.Tensor) -> torch.Tensor:
@@ -70,14 +69,14 @@ class ScheduleConfig:
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}.")
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise ValueError(
-                f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}."
-            )
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}.")
         if self.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
-            raise ValueError(f"beta_schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {self.beta_schedule!r}.")
+            raise ValueError(
+                f"beta_schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {self.beta_schedule!r}."
+            )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ScheduleConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "schedule")
 
@@ -223,9 +222,7 @@ class DiffusionAutoencoder(nn.Module):
         return to_image_range(sample).clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def sample(
-        self, z_sem: torch.Tensor, steps: int = 20, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def sample(self, z_sem: torch.Tensor, steps: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images ``(B, C, S, S)`` from semantic codes with fresh noise ``x_T`` drawn from ``generator``."""
         cfg = self.config
         x_T = torch.randn((z_sem.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator)
@@ -259,9 +256,7 @@ class DiffusionAutoencoder(nn.Module):
     def split_latent(self, z: torch.Tensor, n_slices: int) -> torch.Tensor:
         """``(B, n * z_dim)`` -> per-slice codes ``(B * n, z_dim)``."""
         if z.ndim != 2 or z.shape[1] != n_slices * self.z_dim:
-            raise ValueError(
-                f"combined latent has shape {tuple(z.shape)}; expected (B, {n_slices} * {self.z_dim})."
-            )
+            raise ValueError(f"combined latent has shape {tuple(z.shape)}; expected (B, {n_slices} * {self.z_dim}).")
         return z.reshape(z.shape[0] * n_slices, self.z_dim)
 
     @torch.no_grad()

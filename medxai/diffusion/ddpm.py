@@ -14,20 +14,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from medxai.progress import ProgressFn
-
+from medxai.config import dataclass_from_mapping
 from medxai.diffusion.autoencoder import ScheduleConfig
 from medxai.networks.classifiers import init_with_generator
+from medxai.progress import ProgressFn
 from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
-from medxai.config import dataclass_from_mapping
 
 __all__ = ["DDPMNetConfig", "ImageDDPM", "build_unet", "save_ddpm", "load_ddpm", "SCHEDULER_KINDS"]
 
@@ -97,7 +97,7 @@ class DDPMNetConfig:
             raise ValueError(f"data_range must be (low, high) with high > low, got {self.data_range}.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DDPMNetConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> DDPMNetConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "network")
 

@@ -28,10 +28,12 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from medxai.config import dataclass_from_mapping
 from medxai.progress import ProgressFn
 
@@ -89,7 +91,7 @@ class AugmentConfig:
             raise ValueError(f"augment.scale must be < 1, got {self.scale}.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> AugmentConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "augment")
 
@@ -213,7 +215,7 @@ def cone_projection(g_robust: torch.Tensor, g_plain: torch.Tensor, alpha_deg: fl
     alpha = math.radians(float(alpha_deg))
     outside = cos_angle < math.cos(alpha)
     o_hat = torch.where(o_norm > 1e-12 * r_norm.clamp_min(1e-30), ortho / o_norm.clamp_min(1e-30), torch.zeros_like(ortho))
-    rotated = (math.cos(alpha) * n_hat + math.sin(alpha) * o_hat)
+    rotated = math.cos(alpha) * n_hat + math.sin(alpha) * o_hat
     rotated = rotated / rotated.norm(dim=1, keepdim=True).clamp_min(1e-30) * r_norm
     out = torch.where(outside, rotated, r)
     return out.reshape(g_robust.shape)
@@ -270,7 +272,7 @@ class GuidanceConfig:
             raise ValueError(f"n_augmentations must be an int >= 1, got {self.n_augmentations!r}.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GuidanceConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> GuidanceConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "guidance")
 
@@ -303,8 +305,7 @@ class DVCEGuidance:
             raise TypeError(f"guidance mode {mode!r} needs the plain classifier objective; pass plain=... or mode='robust'.")
         if mode in ("cone", "robust") and robust is None:
             raise TypeError(
-                f"guidance mode {mode!r} needs a robust classifier; pass robust=... or set mode='plain' "
-                "(cone projection off)."
+                f"guidance mode {mode!r} needs a robust classifier; pass robust=... or set mode='plain' (cone projection off)."
             )
         self.plain = plain
         self.robust = robust
@@ -312,7 +313,9 @@ class DVCEGuidance:
         self.timers: dict[str, float] = {"classifiers": 0.0}
         self.last_angles: torch.Tensor | None = None
 
-    def _classifier_grad(self, objective: Objective, x0: torch.Tensor, warped_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _classifier_grad(
+        self, objective: Objective, x0: torch.Tensor, warped_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         leaf = x0.detach().requires_grad_(True)
         with torch.enable_grad():
             logp = objective(warped_fn(leaf))  # (n * B,)

@@ -15,7 +15,8 @@ import dataclasses
 import logging
 import time
 import warnings
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -97,7 +98,7 @@ class ModelStateGuard:
         self.check_weights = check_weights
         self.freeze = freeze
 
-    def __enter__(self) -> "ModelStateGuard":
+    def __enter__(self) -> ModelStateGuard:
         model = self.model
         self._modules = list(model.modules())
         self._training = [m.training for m in self._modules]
@@ -213,7 +214,7 @@ class Explainer(abc.ABC):
 
     # ----------------------------------------------------------------- public API
     @classmethod
-    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "Explainer":
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> Explainer:
         """Build from a settings dataclass (its fields are the constructor's keywords) and the extra
         models the method registered as ``needs`` (the registry's :meth:`~medxai.registry.MethodSpec.build`).
         Methods with extra models override this."""
@@ -243,7 +244,9 @@ class Explainer(abc.ABC):
         call: dict[str, Any] = {}
         if mask is not None:
             if not self.uses_mask:
-                raise TypeError(f"{type(self).__name__} takes no mask; pass mask only to methods that confine their change to a region.")
+                raise TypeError(
+                    f"{type(self).__name__} takes no mask; pass mask only to methods that confine their change to a region."
+                )
             call["mask"] = self._check_mask(mask, x)
         generator = self._make_generator()
         start = time.perf_counter()
@@ -286,7 +289,7 @@ class Explainer(abc.ABC):
     @abc.abstractmethod
     def _explain(
         self, x: torch.Tensor, target: Target, generator: torch.Generator | None, **inputs: Any
-    ) -> "torch.Tensor | MethodResult":
+    ) -> torch.Tensor | MethodResult:
         """Compute heatmaps ``(B, T, *spatial)``, or a :class:`MethodResult` with the typed extras.
 
         Called with the model in eval mode and its parameters frozen; ``inputs`` holds the per-call
@@ -377,5 +380,3 @@ class Explainer(abc.ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_parameters().items())
         return f"{type(self).__name__}({params})"
-
-

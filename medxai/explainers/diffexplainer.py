@@ -28,15 +28,16 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from medxai.networks.agent import Agent
 from medxai.diffusion.autoencoder import DiffusionAutoencoder
 from medxai.explainers.base import Explainer, MethodResult
 from medxai.explanation import CounterfactualSweep
+from medxai.networks.agent import Agent
 from medxai.progress import ProgressFn
 from medxai.registry import CT_STACK, register_method
 from medxai.targets import NeuronTarget, Target
@@ -44,7 +45,6 @@ from medxai.targets import NeuronTarget, Target
 __all__ = ["DiffExplainer"]
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +59,20 @@ class DiffExplainerSettings:
     batch_size: int = 64
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DiffExplainerSettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> DiffExplainerSettings:
         from medxai.config import dataclass_from_mapping
 
         return dataclass_from_mapping(cls, data, "diffexplainer", tuple_fields=("step_sizes",))
 
 
-@register_method("diffexplainer", settings=DiffExplainerSettings, inputs=frozenset({CT_STACK}),
-                 needs=("autoencoder", "agent"), counterfactual=True,
-                 summary="DiffExplainer: latent moves of a diffusion autoencoder along a distilled agent's gradient")
+@register_method(
+    "diffexplainer",
+    settings=DiffExplainerSettings,
+    inputs=frozenset({CT_STACK}),
+    needs=("autoencoder", "agent"),
+    counterfactual=True,
+    summary="DiffExplainer: latent moves of a diffusion autoencoder along a distilled agent's gradient",
+)
 class DiffExplainer(Explainer):
     """Counterfactual explainer built on a diffusion autoencoder and a distilled linear agent.
 
@@ -146,7 +151,7 @@ class DiffExplainer(Explainer):
         self.progress = progress
 
     @classmethod
-    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "DiffExplainer":
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> DiffExplainer:
         fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         return cls(model, models["autoencoder"], models["agent"], **fields, **kwargs)
 
@@ -196,7 +201,8 @@ class DiffExplainer(Explainer):
     def _explain(self, x: torch.Tensor, target: Target, generator: torch.Generator | None, **inputs: Any) -> MethodResult:
         if isinstance(target, NeuronTarget) or target.multi:
             raise TypeError(
-                f"DiffExplainer explains one class score per input; got {target!r}. Use ClassTarget(k) or ScoreDirection(k, sign)."
+                f"DiffExplainer explains one class score per input; got {target!r}. "
+                "Use ClassTarget(k) or ScoreDirection(k, sign)."
             )
         timings: dict[str, float] = {}
         ae, agent = self.autoencoder, self.agent
@@ -252,5 +258,10 @@ class DiffExplainer(Explainer):
         plus, minus = images[1 + k + hi], images[k - hi]  # +a_hi and -a_hi
         per_slice = (plus - recon).abs() + (minus - recon).abs()  # (B, n, S, S): each slice's own map
         # the query's combined semantic code, for callers that score it (the explain job's latent check)
-        return MethodResult(heatmaps=per_slice.sum(dim=1, keepdim=True), sweep=sweep, channel_maps=per_slice.cpu(),
-                            latent=z.detach().cpu(), timings=timings)
+        return MethodResult(
+            heatmaps=per_slice.sum(dim=1, keepdim=True),
+            sweep=sweep,
+            channel_maps=per_slice.cpu(),
+            latent=z.detach().cpu(),
+            timings=timings,
+        )

@@ -20,18 +20,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medxai.config import dataclass_from_mapping
+from medxai.diffusion.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
 from medxai.explanation import CounterfactualSweep
 from medxai.registry import FUNDUS, TENSOR, register_method
-from medxai.diffusion.guidance import DVCEGuidance, GuidanceConfig, guided_counterfactual
 from medxai.targets import ClassTarget, Target
-from medxai.config import dataclass_from_mapping
 
 __all__ = ["DVCE", "DVCEConfig", "DVCE_VARIANTS", "difference_heatmap", "dvce_variant", "target_log_prob"]
 
@@ -78,8 +79,7 @@ class DVCEConfig:
             raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}; the paper uses 200.")
         if isinstance(self.skip_steps, bool) or not isinstance(self.skip_steps, int) or not 0 <= self.skip_steps < self.num_steps:
             raise ValueError(
-                f"skip_steps must be an int in 0..{self.num_steps - 1}, got {self.skip_steps!r}; "
-                "use about num_steps // 2."
+                f"skip_steps must be an int in 0..{self.num_steps - 1}, got {self.skip_steps!r}; use about num_steps // 2."
             )
         if self.scheduler not in ("ddpm", "ddim"):
             raise ValueError(f"scheduler must be 'ddpm' or 'ddim', got {self.scheduler!r}.")
@@ -93,7 +93,7 @@ class DVCEConfig:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DVCEConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> DVCEConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "dvce")
 
@@ -148,9 +148,16 @@ def difference_heatmap(diff: torch.Tensor, sigma: float = 1.0, fov: torch.Tensor
     return heat
 
 
-@register_method("dvce", settings=DVCEConfig, inputs=frozenset({FUNDUS, TENSOR}), needs=("diffusion",),
-                 optional=("robust_model",), uses_mask=True, counterfactual=True,
-                 summary="DVCE: diffusion counterfactual guided by the black box (and a robust model's cone)")
+@register_method(
+    "dvce",
+    settings=DVCEConfig,
+    inputs=frozenset({FUNDUS, TENSOR}),
+    needs=("diffusion",),
+    optional=("robust_model",),
+    uses_mask=True,
+    counterfactual=True,
+    summary="DVCE: diffusion counterfactual guided by the black box (and a robust model's cone)",
+)
 class DVCE(Explainer):
     """Diffusion visual counterfactual explanations of a classifier.
 
@@ -218,7 +225,7 @@ class DVCE(Explainer):
         self.activation = self.config.activation
 
     @classmethod
-    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "DVCE":
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> DVCE:
         return cls(model, models["diffusion"], models.get("robust_model"), config=settings, **kwargs)
 
     def get_parameters(self) -> dict[str, Any]:
@@ -257,8 +264,15 @@ class DVCE(Explainer):
                 xb = x[i : i + cfg.batch_size]
                 fov = None if mask is None else mask[i : i + cfg.batch_size].to(x.device)
                 cf, info = guided_counterfactual(
-                    self.diffusion, xb, guidance, num_steps=cfg.num_steps, skip_steps=cfg.skip_steps,
-                    scheduler=cfg.scheduler, eta=cfg.eta, fov=fov, generator=generator,
+                    self.diffusion,
+                    xb,
+                    guidance,
+                    num_steps=cfg.num_steps,
+                    skip_steps=cfg.skip_steps,
+                    scheduler=cfg.scheduler,
+                    eta=cfg.eta,
+                    fov=fov,
+                    generator=generator,
                 )
                 cfs.append(cf)
                 infos.append(info)
@@ -282,8 +296,9 @@ class DVCE(Explainer):
         if target.class_index is not None and cf_logits.shape[1] > 1:
             k = target.class_index % cf_logits.shape[1]
             diagnostics["target_reached"] = (cf_logits.argmax(1) == k).numpy()
-        sweep = CounterfactualSweep(steps=(1.0,), images=cf.detach().cpu()[:, None], logits=cf_logits[:, None],
-                                    activation=self.activation)
+        sweep = CounterfactualSweep(
+            steps=(1.0,), images=cf.detach().cpu()[:, None], logits=cf_logits[:, None], activation=self.activation
+        )
         return MethodResult(heatmaps=heat, sweep=sweep, timings=timers, diagnostics=diagnostics)
 
 

@@ -76,8 +76,12 @@ class GradCAMSettings:
     normalize: bool = True
 
 
-@register_method("gradcam", settings=GradCAMSettings, inputs=ANY_IMAGE,
-                 summary="Grad-CAM (MONAI): gradient-weighted activations of a convolution layer")
+@register_method(
+    "gradcam",
+    settings=GradCAMSettings,
+    inputs=ANY_IMAGE,
+    summary="Grad-CAM (MONAI): gradient-weighted activations of a convolution layer",
+)
 class GradCAM(Explainer):
     """Grad-CAM (Selvaraju et al. 2017) via ``monai.visualize.GradCAM``.
 
@@ -119,9 +123,7 @@ class GradCAM(Explainer):
             with torch.enable_grad():
                 maps = cam(xin, class_idx=target.class_index if target.class_index is not None else 0)
             if self.layer not in hooks.gradients:
-                raise ValueError(
-                    f"layer {self.layer!r} received no gradient for {target!r}; pick a layer the score depends on."
-                )
+                raise ValueError(f"layer {self.layer!r} received no gradient for {target!r}; pick a layer the score depends on.")
         finally:
             hooks.remove()
         maps = maps.detach().float()
@@ -131,8 +133,9 @@ class GradCAM(Explainer):
         return maps
 
 
-@register_method("gradcam++", settings=GradCAMSettings, inputs=ANY_IMAGE,
-                 summary="Grad-CAM++ (MONAI): Grad-CAM with higher-order weights")
+@register_method(
+    "gradcam++", settings=GradCAMSettings, inputs=ANY_IMAGE, summary="Grad-CAM++ (MONAI): Grad-CAM with higher-order weights"
+)
 class GradCAMpp(GradCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018) via ``monai.visualize.GradCAMpp``; see :class:`GradCAM`."""
 

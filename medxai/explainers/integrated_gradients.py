@@ -31,8 +31,12 @@ class IntegratedGradientsSettings:
     channel_reduction: str = "sum"
 
 
-@register_method("integrated_gradients", settings=IntegratedGradientsSettings, inputs=ANY_IMAGE,
-                 summary="integrated gradients (Captum) from a constant baseline")
+@register_method(
+    "integrated_gradients",
+    settings=IntegratedGradientsSettings,
+    inputs=ANY_IMAGE,
+    summary="integrated gradients (Captum) from a constant baseline",
+)
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017) via Captum.
 
@@ -50,7 +54,6 @@ class IntegratedGradients(Explainer):
         How the per-channel attributions ``(B, C, *spatial)`` become heatmaps: ``"sum"`` over channels
         (signed, ``T=1``), ``"abs"`` sum of absolute values (``T=1``), ``"none"`` one map per channel (``T=C``).
     """
-
 
     def __init__(
         self,

@@ -18,20 +18,21 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
-from medxai.registry import ANY_IMAGE, register_method
-from medxai.networks.classifiers import init_with_generator, state_fingerprint
-from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.config import dataclass_from_mapping
+from medxai.explainers.base import Explainer, MethodResult, ModelStateGuard
+from medxai.networks.classifiers import init_with_generator, state_fingerprint
 from medxai.progress import ProgressFn
+from medxai.registry import ANY_IMAGE, register_method
+from medxai.targets import AllClasses, ClassTarget, Target
 from medxai.training.checkpoint import load_pretrained, load_state_checked, pretrained_files, save_pretrained
 from medxai.training.trainers import fit
 
@@ -121,9 +122,7 @@ class NNExplainerConfig:
         self.strides = tuple(int(s) for s in self.strides)
         self.features = tuple(int(f) for f in self.features)
         if self.num_classes < 1 or self.in_channels < 1:
-            raise ValueError(
-                f"num_classes and in_channels must be positive, got {self.num_classes} and {self.in_channels}."
-            )
+            raise ValueError(f"num_classes and in_channels must be positive, got {self.num_classes} and {self.in_channels}.")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}.")
         if self.network not in ("unet", "basicunet"):
@@ -134,9 +133,7 @@ class NNExplainerConfig:
                 "e.g. channels=(16, 32, 64), strides=(2, 2)."
             )
         if not 0.0 < self.area_low < self.area_high < 1.0:
-            raise ValueError(
-                f"need 0 < area_low < area_high < 1, got area_low={self.area_low}, area_high={self.area_high}."
-            )
+            raise ValueError(f"need 0 < area_low < area_high < 1, got area_low={self.area_low}, area_high={self.area_high}.")
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("lr, batch_size, max_epochs and patience must be positive.")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -153,7 +150,7 @@ class NNExplainerConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NNExplainerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> NNExplainerConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
         return dataclass_from_mapping(cls, data, "NNExplainerConfig")
 
@@ -211,9 +208,7 @@ def _as_multihot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
             raise ValueError(f"labels hold class indices outside 0..{num_classes - 1}: {idx.unique().tolist()}.")
         return F.one_hot(idx, num_classes).float()
     if labels.ndim != 2 or labels.shape[1] != num_classes:
-        raise ValueError(
-            f"labels have shape {tuple(labels.shape)}; expected (B,) class indices or (B, {num_classes}) multi-hot."
-        )
+        raise ValueError(f"labels have shape {tuple(labels.shape)}; expected (B,) class indices or (B, {num_classes}) multi-hot.")
     return labels.float()
 
 
@@ -311,9 +306,7 @@ def _as_dataset(data: DataLike, name: str) -> Dataset:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         images, labels = (torch.as_tensor(d) for d in data)
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"{name}: images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in number."
-            )
+            raise ValueError(f"{name}: images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in number.")
         return TensorDataset(images.float(), labels)
     raise TypeError(
         f"{name} must be a DataLoader, a Dataset of (x, y) pairs or a tuple (images, labels), got {type(data).__name__}."
@@ -398,15 +391,29 @@ def train_nn_explainer(
     fingerprint = state_fingerprint(classifier)
     with ModelStateGuard(classifier, check_weights=False):  # eval + frozen, restored afterwards
         run = fit(
-            net, loss_fn, lambda: train_loader, torch.optim.Adam(net.parameters(), lr=config.lr),
-            generator=gen_shuffle, max_epochs=config.max_epochs, max_steps_per_epoch=config.max_steps_per_epoch,
-            max_seconds=config.max_seconds, validation=(lambda: val_loader) if val_loader is not None else None,
-            patience=config.patience, restore_best=True, after_epoch=callback, progress=progress,
+            net,
+            loss_fn,
+            lambda: train_loader,
+            torch.optim.Adam(net.parameters(), lr=config.lr),
+            generator=gen_shuffle,
+            max_epochs=config.max_epochs,
+            max_steps_per_epoch=config.max_steps_per_epoch,
+            max_seconds=config.max_seconds,
+            validation=(lambda: val_loader) if val_loader is not None else None,
+            patience=config.patience,
+            restore_best=True,
+            after_epoch=callback,
+            progress=progress,
             stage="nn_explainer",
         )
     history = TrainingHistory(
-        train_loss=run.train_loss, val_loss=run.val_loss, best_epoch=run.best_epoch, steps=run.steps,
-        seconds=run.seconds, stopped_early=run.stopped_early, classifier_fingerprint=fingerprint,
+        train_loss=run.train_loss,
+        val_loss=run.val_loss,
+        best_epoch=run.best_epoch,
+        steps=run.steps,
+        seconds=run.seconds,
+        stopped_early=run.stopped_early,
+        classifier_fingerprint=fingerprint,
     )
     return net.eval(), history
 
@@ -474,8 +481,13 @@ class NNExplainerSettings:
     score_masked: bool = True
 
 
-@register_method("nn_explainer", settings=NNExplainerSettings, inputs=ANY_IMAGE, needs=("nn_explainer",),
-                 summary="NN-Explainer: all-class masks from one pass of a trained explainer network")
+@register_method(
+    "nn_explainer",
+    settings=NNExplainerSettings,
+    inputs=ANY_IMAGE,
+    needs=("nn_explainer",),
+    summary="NN-Explainer: all-class masks from one pass of a trained explainer network",
+)
 class NNExplainer(Explainer):
     """Masks for all classes of a classifier from one forward pass of a trained explainer network.
 
@@ -534,7 +546,7 @@ class NNExplainer(Explainer):
                 )
 
     @classmethod
-    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> "NNExplainer":
+    def from_settings(cls, model: nn.Module, settings: Any, models: Mapping[str, Any], **kwargs: Any) -> NNExplainer:
         """``models["nn_explainer"]``: a folder written by :func:`save_nn_explainer`, or ``(network, config)``."""
         net = models["nn_explainer"]
         if isinstance(net, tuple):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.visualize import OcclusionSensitivity as _MonaiOcclusion
@@ -43,8 +44,12 @@ class OcclusionSettings:
     batch_size: int = 16
 
 
-@register_method("occlusion", settings=OcclusionSettings, inputs=ANY_IMAGE,
-                 summary="occlusion sensitivity (MONAI): score drop when a patch is hidden")
+@register_method(
+    "occlusion",
+    settings=OcclusionSettings,
+    inputs=ANY_IMAGE,
+    summary="occlusion sensitivity (MONAI): score drop when a patch is hidden",
+)
 class Occlusion(Explainer):
     """Occlusion sensitivity (Zeiler & Fergus 2014) via MONAI.
 
@@ -64,7 +69,6 @@ class Occlusion(Explainer):
     batch_size : int
         Occluded images per forward pass.
     """
-
 
     def __init__(
         self,
@@ -111,8 +115,13 @@ class Occlusion(Explainer):
             )
         wrapper = _TargetScore(self.model, target).eval()
         occ = _MonaiOcclusion(
-            wrapper, mask_size=sizes, n_batch=self.batch_size, verbose=False, mode=self.mode,
-            overlap=self.overlap, activate=False,
+            wrapper,
+            mask_size=sizes,
+            n_batch=self.batch_size,
+            verbose=False,
+            mode=self.mode,
+            overlap=self.overlap,
+            activate=False,
         )
         maps = []
         with torch.no_grad(), warnings.catch_warnings():

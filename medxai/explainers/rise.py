@@ -75,8 +75,7 @@ class RISESettings:
     center_scores: bool = True
 
 
-@register_method("rise", settings=RISESettings, inputs=ANY_IMAGE,
-                 summary="RISE: score-weighted random masks")
+@register_method("rise", settings=RISESettings, inputs=ANY_IMAGE, summary="RISE: score-weighted random masks")
 class RISE(Explainer):
     """RISE saliency for one score, or for all classes at once with ``AllClasses``.
 

@@ -58,8 +58,13 @@ def ssim(a: Any, b: Any, data_range: float = 1.0, win_size: int = 7) -> torch.Te
     win = min(win_size, x.shape[-1], x.shape[-2])
     win -= 1 - win % 2
     s, _ = compute_ssim_and_cs(
-        x.reshape(bsz * c, 1, *x.shape[2:]), y.reshape(bsz * c, 1, *x.shape[2:]), spatial_dims=2,
-        kernel_size=(win, win), kernel_sigma=(1.5, 1.5), data_range=data_range, kernel_type="gaussian",
+        x.reshape(bsz * c, 1, *x.shape[2:]),
+        y.reshape(bsz * c, 1, *x.shape[2:]),
+        spatial_dims=2,
+        kernel_size=(win, win),
+        kernel_sigma=(1.5, 1.5),
+        data_range=data_range,
+        kernel_type="gaussian",
     )
     return s.reshape(bsz, c, -1).mean((1, 2))
 
@@ -163,7 +168,9 @@ def _sweep_sides(explanation: Any) -> tuple[Any, list[int], list[int]]:
             "sweep.origin_logits); pass the Explanation of DiffExplainer.explain (or of a method whose sweep has an origin)."
         )
     if not sweep.negative_steps or not sweep.positive_steps:
-        raise ValueError(f"the sweep needs steps on both sides of 0, got {list(sweep.steps)}; use a two-sided sweep (-a_k..+a_k).")
+        raise ValueError(
+            f"the sweep needs steps on both sides of 0, got {list(sweep.steps)}; use a two-sided sweep (-a_k..+a_k)."
+        )
     plus = [sweep.index(a) for a in sweep.positive_steps]
     minus = [sweep.index(a) for a in reversed(sweep.negative_steps)]
     if [sweep.steps[i] for i in plus] != [-sweep.steps[i] for i in minus]:
@@ -222,9 +229,7 @@ def summarise_diffexplainer(
         "score_change_reconstruction": score_change(q_logits, recon_logits).max(1).values.tolist(),
         # (B, k, K) at a_1..a_k on each side; the largest step decides the flip
         "flip_rate": flip_rate(q_logits, logits[:, plus], logits[:, minus], class_index),
-        "monotonicity": monotonicity(
-            logits[:, minus, class_index], recon_logits[:, class_index], logits[:, plus, class_index]
-        ),
+        "monotonicity": monotonicity(logits[:, minus, class_index], recon_logits[:, class_index], logits[:, plus, class_index]),
     }
     if sweep.agent_origin_logits is not None:
         out["agent_teacher_agreement"] = agent_teacher_agreement(sweep.agent_origin_logits, q_logits)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,16 +145,18 @@ class LatentReference:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LatentReference":
+    def from_dict(cls, data: Mapping[str, Any]) -> LatentReference:
         return reference_from_dict(cls, data, "scripts/make_pretrained.py --latent-reference-only")
 
     @classmethod
-    def from_latents(cls, latents: torch.Tensor | np.ndarray, cases: str = "") -> "LatentReference":
+    def from_latents(cls, latents: torch.Tensor | np.ndarray, cases: str = "") -> LatentReference:
         """Reference from the codes ``(N, D)`` of N >= 3 reference cases (distances scored leave-one-out)."""
         z = _as_2d(latents, "latents")
         n = z.shape[0]
         if n < 3 or not np.all(np.isfinite(z)):
-            raise ValueError(f"need the finite codes of at least 3 reference cases, got {n} (finite: {bool(np.all(np.isfinite(z)))}).")
+            raise ValueError(
+                f"need the finite codes of at least 3 reference cases, got {n} (finite: {bool(np.all(np.isfinite(z)))})."
+            )
         mu, sd = z.mean(axis=0), z.std(axis=0, ddof=1)
         # leave-one-out mean and sd of every case at once, from the full-sample sums
         s1, s2 = z.sum(axis=0), (z**2).sum(axis=0)
@@ -161,8 +164,18 @@ class LatentReference:
         var_loo = np.maximum((s2 - z**2 - (n - 1) * mu_loo**2) / (n - 2), 0.0)
         d = (((z - mu_loo) / np.maximum(np.sqrt(var_loo), _SD_FLOOR)) ** 2).mean(axis=1)
         p50, p95, p99 = np.percentile(d, [50, 95, 99])
-        return cls(n, float(d.mean()), float(d.std(ddof=1)), float(p50), float(p95), float(p99), float(d.max()),
-                   tuple(mu.tolist()), tuple(sd.tolist()), cases)
+        return cls(
+            n,
+            float(d.mean()),
+            float(d.std(ddof=1)),
+            float(p50),
+            float(p95),
+            float(p99),
+            float(d.max()),
+            tuple(mu.tolist()),
+            tuple(sd.tolist()),
+            cases,
+        )
 
 
 def latent_reference(
@@ -185,8 +198,14 @@ def latent_reference(
     with evaluating(autoencoder), torch.no_grad():  # the encoder alone: no DDIM
         z = torch.cat([autoencoder.encode_stack(c.to(dev), batch_size).cpu() for c in stack_chunks(stacks, batch_size)])
     ref = LatentReference.from_latents(z, cases)
-    logger.info("latent distance on %s (leave-one-out): mean %.3f sd %.3f p99 %.3f max %.3f", cases or f"{ref.n} cases",
-                ref.mean, ref.sd, ref.p99, ref.max)
+    logger.info(
+        "latent distance on %s (leave-one-out): mean %.3f sd %.3f p99 %.3f max %.3f",
+        cases or f"{ref.n} cases",
+        ref.mean,
+        ref.sd,
+        ref.p99,
+        ref.max,
+    )
     return ref
 
 

@@ -61,9 +61,7 @@ def pixel_auroc(heatmap: Any, mask: Any) -> float:
     h, m = _pair(heatmap, mask)
     n_pos, n_neg = int(m.sum()), int((~m).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f"mask has {n_pos} foreground and {n_neg} background pixels; AUROC needs both."
-        )
+        raise ValueError(f"mask has {n_pos} foreground and {n_neg} background pixels; AUROC needs both.")
     ranks = stats.rankdata(h)
     u = ranks[m].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,19 +103,29 @@ class ReconstructionReference:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ReconstructionReference":
+    def from_dict(cls, data: Mapping[str, Any]) -> ReconstructionReference:
         return reference_from_dict(cls, data, "scripts/make_pretrained.py --recon-reference-only")
 
     @classmethod
-    def from_errors(cls, errors: Sequence[float] | np.ndarray, encode_steps: int, decode_steps: int, cases: str = "") -> "ReconstructionReference":
+    def from_errors(
+        cls, errors: Sequence[float] | np.ndarray, encode_steps: int, decode_steps: int, cases: str = ""
+    ) -> ReconstructionReference:
         """Statistics of the per-case errors ``(N,)``."""
         e = np.asarray(errors, dtype=np.float64).ravel()
         if e.size < 2 or not np.all(np.isfinite(e)):
             raise ValueError(f"need at least 2 finite per-case errors for a reference, got {e.size} ({e[:4].tolist()}...).")
         p50, p95, p99 = np.percentile(e, [50, 95, 99])
         return cls(
-            int(encode_steps), int(decode_steps), int(e.size), float(e.mean()), float(e.std(ddof=1)),
-            float(p50), float(p95), float(p99), float(e.max()), cases,
+            int(encode_steps),
+            int(decode_steps),
+            int(e.size),
+            float(e.mean()),
+            float(e.std(ddof=1)),
+            float(p50),
+            float(p95),
+            float(p99),
+            float(e.max()),
+            cases,
         )
 
 
@@ -179,8 +190,15 @@ def reconstruction_reference(
             rec = autoencoder.decode_stack(x_T, z, decode_steps, batch_size)
             errors.append(reconstruction_mse(chunk, rec.cpu()))
     ref = ReconstructionReference.from_errors(np.concatenate(errors), encode_steps, decode_steps, cases)
-    logger.info("reconstruction MSE at %d/%d steps on %s: mean %.5f sd %.5f p99 %.5f", encode_steps, decode_steps,
-                cases or f"{ref.n} cases", ref.mean, ref.sd, ref.p99)
+    logger.info(
+        "reconstruction MSE at %d/%d steps on %s: mean %.5f sd %.5f p99 %.5f",
+        encode_steps,
+        decode_steps,
+        cases or f"{ref.n} cases",
+        ref.mean,
+        ref.sd,
+        ref.p99,
+    )
     return ref
 
 
@@ -192,7 +210,9 @@ def references_from_sidecar(meta: Mapping[str, Any]) -> list[ReconstructionRefer
     return [ReconstructionReference.from_dict(r) for r in raw]
 
 
-def find_reference(refs: Sequence[ReconstructionReference], encode_steps: int, decode_steps: int) -> ReconstructionReference | None:
+def find_reference(
+    refs: Sequence[ReconstructionReference], encode_steps: int, decode_steps: int
+) -> ReconstructionReference | None:
     """The reference measured at exactly these steps, or None."""
     for r in refs:
         if r.encode_steps == int(encode_steps) and r.decode_steps == int(decode_steps):
@@ -206,6 +226,10 @@ def record_reference(sidecar: str | os.PathLike[str], ref: ReconstructionReferen
 
     path = Path(sidecar)
     meta = read_json(path) if path.is_file() else {}
-    keep = [r.to_dict() for r in references_from_sidecar(meta) if (r.encode_steps, r.decode_steps) != (ref.encode_steps, ref.decode_steps)]
+    keep = [
+        r.to_dict()
+        for r in references_from_sidecar(meta)
+        if (r.encode_steps, r.decode_steps) != (ref.encode_steps, ref.decode_steps)
+    ]
     meta[SIDECAR_KEY] = sorted(keep + [ref.to_dict()], key=lambda r: (-r["encode_steps"], -r["decode_steps"]))
     return write_json_atomic(path, meta)

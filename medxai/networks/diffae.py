@@ -17,14 +17,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.networks.classifiers import init_with_generator
 from medxai.config import dataclass_from_mapping
+from medxai.networks.classifiers import init_with_generator
 
 __all__ = [
     "DiffAENetConfig",
@@ -119,9 +120,11 @@ class DiffAENetConfig:
         return self.encoder_channel_mults or self.channel_mults
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DiffAENetConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> DiffAENetConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys raise ``ValueError``."""
-        return dataclass_from_mapping(cls, data, "DiffAE network", tuple_fields=('channel_mults', 'attention_levels', 'encoder_channel_mults'))
+        return dataclass_from_mapping(
+            cls, data, "DiffAE network", tuple_fields=("channel_mults", "attention_levels", "encoder_channel_mults")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

@@ -34,7 +34,9 @@ class DRClassifier(nn.Module):
     Layer names: ``features.conv1`` ... ``features.conv5``, ``features.act5`` (a Grad-CAM layer), ``head``.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, width: int = 16, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 2, width: int = 16, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1 or width < 1:
             raise ValueError(f"in_channels, num_classes and width must be positive, got {in_channels}, {num_classes}, {width}.")
@@ -42,8 +44,11 @@ class DRClassifier(nn.Module):
         chans = [(in_channels, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 4 * w)]
         layers: list[tuple[str, nn.Module]] = []
         for i, (cin, cout) in enumerate(chans, start=1):
-            layers += [(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)), (f"bn{i}", nn.BatchNorm2d(cout)),
-                       (f"act{i}", nn.ReLU())]
+            layers += [
+                (f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)),
+                (f"bn{i}", nn.BatchNorm2d(cout)),
+                (f"act{i}", nn.ReLU()),
+            ]
             if i in (2, 4):
                 layers.append((f"pool{i}", nn.MaxPool2d(2)))
         self.features = nn.Sequential(OrderedDict(layers))

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -161,8 +162,7 @@ def _load_bundle(folder: Path, trust_code: bool = False, where: str = "teacher.p
     cfg_file = next((configs / n for n in _BUNDLE_CONFIGS if (configs / n).is_file()), None)
     if cfg_file is None:
         raise ValueError(
-            f"MONAI bundle {str(folder)!r} has no configs/inference.json|yaml or train.json|yaml; "
-            "pass the bundle's root folder."
+            f"MONAI bundle {str(folder)!r} has no configs/inference.json|yaml or train.json|yaml; pass the bundle's root folder."
         )
     from monai.bundle import ConfigParser
 
@@ -187,9 +187,7 @@ def _load_bundle(folder: Path, trust_code: bool = False, where: str = "teacher.p
     return net
 
 
-def load_teacher(
-    spec: TeacherSpec, *, trust_code: bool = False, source: str | None = None, key: str = "teacher"
-) -> nn.Module:
+def load_teacher(spec: TeacherSpec, *, trust_code: bool = False, source: str | None = None, key: str = "teacher") -> nn.Module:
     """Build the teacher described by ``spec`` (in eval mode) and check its output shape.
 
     Parameters
@@ -212,7 +210,7 @@ def load_teacher(
     if spec.kind == "torchscript":
         try:
             model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ValueError(f"teacher file {str(path)!r} is not a TorchScript archive ({err}).") from err
     elif spec.kind == "monai_bundle":
         model = _load_bundle(path, trust_code, f"{prefix}{key}.path {str(path)!r}")
@@ -284,7 +282,8 @@ class TeacherFeatures:
             else:
                 logger.warning(
                     "teacher layer %r is a %s, not nn.Linear: using logits-only distillation",
-                    classifier_layer, type(layer).__name__,
+                    classifier_layer,
+                    type(layer).__name__,
                 )
         if self.classifier is None:
             logger.warning(
@@ -340,4 +339,3 @@ def teacher_spec_from_dict(data: Mapping[str, Any], **defaults: Any) -> TeacherS
         raise ValueError(f"unknown teacher field(s) {unknown}; valid fields: {sorted(known)}.")
     merged = {**defaults, **dict(data)}
     return TeacherSpec(**merged)
-

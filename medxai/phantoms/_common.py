@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections.abc import Sequence
-from typing import TypeVar, Union
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -20,7 +19,7 @@ __all__ = [
     "sigmoid",
 ]
 
-SeedLike = Union[int, np.integer, np.random.SeedSequence]
+SeedLike = int | np.integer | np.random.SeedSequence
 
 
 def as_seed(seed: SeedLike, name: str = "seed") -> int:
@@ -34,8 +33,7 @@ def as_seed(seed: SeedLike, name: str = "seed") -> int:
         return int((int(state[0]) << 31) ^ int(state[1]))
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(
-            f"{name} must be an int or numpy.random.SeedSequence, got {type(seed).__name__} "
-            f"({seed!r}); pass e.g. {name}=0"
+            f"{name} must be an int or numpy.random.SeedSequence, got {type(seed).__name__} ({seed!r}); pass e.g. {name}=0"
         )
     if int(seed) < 0:
         raise ValueError(f"{name} must be >= 0, got {seed}; pass a non-negative integer")
@@ -56,9 +54,7 @@ def sigmoid(x: float | np.ndarray) -> float | np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
 
-def lowfreq_field(
-    rng: np.random.Generator, shape: Sequence[int], scale_vox: Sequence[float] | float
-) -> np.ndarray:
+def lowfreq_field(rng: np.random.Generator, shape: Sequence[int], scale_vox: Sequence[float] | float) -> np.ndarray:
     """Smooth zero-mean, unit-variance random field.
 
     Parameters

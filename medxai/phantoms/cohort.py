@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Union
 
 from atomicfs import atomic_path
 
@@ -22,7 +21,7 @@ logger = logging.getLogger(__name__)
 #: Columns of the label table, in order.
 LABEL_COLUMNS: tuple[str, ...] = ("case_id", "seed", "label", "extent", "risk", "grade", "has_marker")
 
-Case = Union[CTCase, FundusCase]
+Case = CTCase | FundusCase
 
 
 def cohort_seeds(n: int, seed: int) -> list[int]:
@@ -64,7 +63,7 @@ def label_rows(cases: Iterable[Case]) -> list[dict[str, object]]:
     return rows
 
 
-def write_labels_csv(cases: Iterable[Case], path: Union[str, os.PathLike]) -> Path:
+def write_labels_csv(cases: Iterable[Case], path: str | os.PathLike) -> Path:
     """Write the label table of ``cases`` to ``path`` (CSV with a header of :data:`LABEL_COLUMNS`).
 
     The file is written under a temporary name in the same folder and renamed when complete.
@@ -77,7 +76,7 @@ def write_labels_csv(cases: Iterable[Case], path: Union[str, os.PathLike]) -> Pa
     return write_label_rows(label_rows(cases), path)
 
 
-def write_label_rows(rows: list[dict[str, object]], path: Union[str, os.PathLike]) -> Path:
+def write_label_rows(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
     """Write rows from :func:`label_rows` (e.g. gathered while streaming a cohort) as the label CSV."""
     path = Path(path)
     if path.exists() and path.is_dir():

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 CT_MASK_NAMES: tuple[str, ...] = ("biomarker", "distractor", "marker", "lungs")
 
-MarkerArg = Union[bool, Literal["label"], None]
+MarkerArg = bool | Literal["label"] | None
 
 # Tissue values (HU) before noise.
 _AIR = -1000.0
@@ -73,8 +73,7 @@ _METAL = 2500.0
 def _check_range(name: str, value: tuple[float, float], lo: float, hi: float) -> None:
     if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
         raise ValueError(
-            f"{name} must be a (low, high) pair with {lo} <= low <= high <= {hi}, got {value!r}; "
-            f"pass e.g. {name}=({lo}, {hi})"
+            f"{name} must be a (low, high) pair with {lo} <= low <= high <= {hi}, got {value!r}; pass e.g. {name}=({lo}, {hi})"
         )
 
 
@@ -125,9 +124,7 @@ class CTPhantomConfig:
 
     def __post_init__(self) -> None:
         if not (8 <= int(self.n_slices) <= 2048):
-            raise ValueError(
-                f"n_slices must be in [8, 2048], got {self.n_slices}; pass e.g. n_slices=40"
-            )
+            raise ValueError(f"n_slices must be in [8, 2048], got {self.n_slices}; pass e.g. n_slices=40")
         if not (32 <= int(self.matrix) <= 2048):
             raise ValueError(f"matrix must be in [32, 2048], got {self.matrix}; pass e.g. matrix=96")
         _check_range("fov_mm", self.fov_mm, 250.0, 600.0)
@@ -139,18 +136,13 @@ class CTPhantomConfig:
             if not (0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be a probability in [0, 1], got {v}; pass e.g. {name}=0.1")
         if not (0.02 < self.extent_max <= 0.8):
-            raise ValueError(
-                f"extent_max must be in (0.02, 0.8], got {self.extent_max}; pass e.g. extent_max=0.35"
-            )
+            raise ValueError(f"extent_max must be in (0.02, 0.8], got {self.extent_max}; pass e.g. extent_max=0.35")
         if self.label_slope < 0:
             raise ValueError(
-                f"label_slope must be >= 0 (more fibrosis, higher risk), got {self.label_slope}; "
-                "pass e.g. label_slope=25"
+                f"label_slope must be >= 0 (more fibrosis, higher risk), got {self.label_slope}; pass e.g. label_slope=25"
             )
         if not (10 <= self.vessel_points <= 20000):
-            raise ValueError(
-                f"vessel_points must be in [10, 20000], got {self.vessel_points}; pass e.g. vessel_points=250"
-            )
+            raise ValueError(f"vessel_points must be in [10, 20000], got {self.vessel_points}; pass e.g. vessel_points=250")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -370,9 +362,7 @@ def make_ct_case(
         raise ValueError(f"extent must be in [0, 0.8] or None, got {extent}; pass e.g. extent=0.1")
     seed_int = as_seed(seed)
     streams = np.random.SeedSequence(seed_int).spawn(9)
-    r_geo, r_shape, r_vess, r_fib, r_emph, r_label, r_mdec, r_mgeo, r_noise = (
-        np.random.default_rng(s) for s in streams
-    )
+    r_geo, r_shape, r_vess, r_fib, r_emph, r_label, r_mdec, r_mgeo, r_noise = (np.random.default_rng(s) for s in streams)
 
     g = _draw_geometry(r_geo, cfg)
     nz, ny, nx = g.nz, g.ny, g.nx
@@ -420,9 +410,11 @@ def make_ct_case(
     hu = np.where((spine_d <= g.r_v) & (spine_d > g.r_v - 2.0) & ~disc, _CORTEX, hu)
     y_canal = y_v + g.r_v + 8.0
     canal_d = np.sqrt(dX**2 + (Y - y_canal) ** 2)
-    posterior_el = ((canal_d <= 14.0) & (canal_d > 8.0)) | (
-        (np.abs(dX) <= 4.0) & (Y > y_canal) & (Y < y_canal + 30.0)
-    ) | ((np.abs(Y - y_canal + 2.0) <= 4.5) & (np.abs(dX) <= 30.0) & (np.abs(dX) > 10.0))
+    posterior_el = (
+        ((canal_d <= 14.0) & (canal_d > 8.0))
+        | ((np.abs(dX) <= 4.0) & (Y > y_canal) & (Y < y_canal + 30.0))
+        | ((np.abs(Y - y_canal + 2.0) <= 4.5) & (np.abs(dX) <= 30.0) & (np.abs(dX) > 10.0))
+    )
     hu = np.where(posterior_el & ~disc & body, _CORTEX * 0.7, hu)
     hu = np.where(canal_d <= 8.0, 20.0, hu)
     spine_zone = (spine_d <= g.r_v + 5.0) | ((Y > y_v) & (np.abs(dX) < g.r_v + 5.0))
@@ -447,10 +439,7 @@ def make_ct_case(
     rib_val = np.where(cart, _CARTILAGE, rib_val)
     sub = hu[wall_band]
     hu[wall_band] = np.where(valid & (ell < 1.0), rib_val, sub)
-    sternum = (
-        (np.abs(dX) < 14.0) & (dY < 0) & (d_wall > gap) & (d_wall < gap + 11.0)
-        & (t > 0.25) & (t < 0.95) & body
-    )
+    sternum = (np.abs(dX) < 14.0) & (dY < 0) & (d_wall > gap) & (d_wall < gap + 11.0) & (t > 0.25) & (t < 0.95) & body
     st_val = np.where((d_wall < gap + 2.0) | (d_wall > gap + 9.0), _CORTEX, _CANCELLOUS)
     hu = np.where(sternum, st_val, hu)
 
@@ -469,13 +458,7 @@ def make_ct_case(
         acy = g.cy + 0.15 * b_c
         qa2 = ((X - acx) / (0.5 * a_c * sx_l)) ** 2 + ((Y - acy) / (0.7 * b_c * sy_l)) ** 2
         z_top = g.z_base + g.h_lung - 0.3 * g.h_lung * qa2
-        lung = (
-            cavity
-            & (side * dX > g.w_med + 4.0 * deform)
-            & (Z > z_d)
-            & (Z < z_top)
-            & ~spine_zone
-        )
+        lung = cavity & (side * dX > g.w_med + 4.0 * deform) & (Z > z_d) & (Z < z_top) & ~spine_zone
         lungs_by_side.append(lung)
     # heart: ellipsoid resting on the diaphragm, shifted to the patient's left (+x)
     h_c = np.array([g.z_base + 0.3 * g.h_lung, g.cy - 0.12 * b_c, g.cx + 0.12 * a_cs])
@@ -513,9 +496,7 @@ def make_ct_case(
     r_tr = r_geo.uniform(7.5, 10.0)
     tr_top = np.array([g.z_base + 2 * g.h_lung, y_tr, g.cx])
     car = np.array([z_car, y_tr + 4.0, g.cx])
-    hila = {
-        side: np.array([z_car - 22.0, y_tr + 8.0, g.cx + side * (g.w_med + 22.0)]) for side in (-1, 1)
-    }
+    hila = {side: np.array([z_car - 22.0, y_tr + 8.0, g.cx + side * (g.w_med + 22.0)]) for side in (-1, 1)}
     tubes = [(tr_top, car, r_tr)] + [(car, hila[s], 0.7 * r_tr) for s in (-1, 1)]
     for p, q, r in tubes:
         rasterise_tube(airway, p + to_grid, q + to_grid, r, sp_zyx)
@@ -551,9 +532,7 @@ def make_ct_case(
         r_fib.random()
         r_fib.uniform()
         target = float(extent)
-    d_pleura = ndimage.distance_transform_edt(
-        np.pad(lungs, 1), sampling=(sz, sy, sx)
-    )[1:-1, 1:-1, 1:-1].astype(np.float32)
+    d_pleura = ndimage.distance_transform_edt(np.pad(lungs, 1), sampling=(sz, sy, sx))[1:-1, 1:-1, 1:-1].astype(np.float32)
     z_b_vox = np.where(dX < 0, z_bases[-1], z_bases[1])
     t_lung = (Z - z_b_vox) / g.h_lung
     patch = lowfreq_field(r_fib, shape, (18.0 / sz, 18.0 / sy, 18.0 / sx))
@@ -576,9 +555,7 @@ def make_ct_case(
         bbox = ndimage.find_objects(biomarker.astype(np.int8))[0]
         bbox = tuple(slice(max(b.start - 4, 0), b.stop + 4) for b in bbox)
         ret = np.zeros(shape, np.float32)
-        ret[bbox] = ndimage.gaussian_filter(
-            ret_white[bbox], sigma=(max(0.6, 1.6 / sz), max(0.6, 1.6 / sy), max(0.6, 1.6 / sx))
-        )
+        ret[bbox] = ndimage.gaussian_filter(ret_white[bbox], sigma=(max(0.6, 1.6 / sz), max(0.6, 1.6 / sy), max(0.6, 1.6 / sx)))
         ret /= max(float(ret[bbox].std()), 1e-6)
         reticular = np.abs(ret) < 0.45
         fib = np.where(reticular, -180.0 + 80.0 * sev, ggo)
@@ -593,9 +570,7 @@ def make_ct_case(
                 sm = seeds_m[bb]
                 lab = np.zeros(sm.shape, np.int32)
                 lab[sm] = np.arange(1, int(sm.sum()) + 1)
-                idx = ndimage.distance_transform_edt(
-                    lab == 0, sampling=(sz, sy, sx), return_distances=False, return_indices=True
-                )
+                idx = ndimage.distance_transform_edt(lab == 0, sampling=(sz, sy, sx), return_distances=False, return_indices=True)
                 near = lab[tuple(idx)]
                 wall_bb = np.zeros(sm.shape, bool)
                 for ax in (1, 2):
@@ -674,12 +649,7 @@ def make_ct_case(
         r_lead = max(1.3, 0.3 * sx)
         for p, q in zip(lead_pts[:-1], lead_pts[1:]):
             rasterise_tube(lead, p + to_grid, q + to_grid, r_lead, sp_zyx)
-        can = (
-            (np.abs(Z - z_can) < 22.0)
-            & (np.abs(Y - y_can) < max(4.0, 0.6 * sy))
-            & (np.abs(X - x_can) < 20.0)
-            & body
-        )
+        can = (np.abs(Z - z_can) < 22.0) & (np.abs(Y - y_can) < max(4.0, 0.6 * sy)) & (np.abs(X - x_can) < 20.0) & body
         lead = np.maximum(lead, can.astype(np.float32))
         lead *= (~lungs).astype(np.float32)
         hu = hu * (1.0 - lead) + _METAL * lead
@@ -730,9 +700,7 @@ def _marker_policy(rng: np.random.Generator, shortcut: float) -> MarkerArg:
     return "label" if rng.random() < shortcut else None
 
 
-def iter_ct_cohort(
-    n: int, seed: int, config: CTPhantomConfig | None = None, shortcut: float = 0.0
-) -> Iterator[CTCase]:
+def iter_ct_cohort(n: int, seed: int, config: CTPhantomConfig | None = None, shortcut: float = 0.0) -> Iterator[CTCase]:
     """Yield ``n`` CT cases one at a time (see :func:`make_ct_cohort`)."""
     _check_cohort_args(n, shortcut)
     for i in range(n):
@@ -740,9 +708,7 @@ def iter_ct_cohort(
         yield make_ct_case(case_seed(seed, i), config, marker=policy)
 
 
-def make_ct_cohort(
-    n: int, seed: int, config: CTPhantomConfig | None = None, shortcut: float = 0.0
-) -> list[CTCase]:
+def make_ct_cohort(n: int, seed: int, config: CTPhantomConfig | None = None, shortcut: float = 0.0) -> list[CTCase]:
     """Make a cohort of ``n`` CT cases.
 
     Case ``i`` uses the seed ``case_seed(seed, i)`` (from ``SeedSequence([seed, i])``), so

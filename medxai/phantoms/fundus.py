@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -65,7 +65,7 @@ FUNDUS_MASK_NAMES: tuple[str, ...] = (
     "marker",
 )
 
-MarkerArg = Union[bool, Literal["label"], None]
+MarkerArg = bool | Literal["label"] | None
 
 
 @dataclass(frozen=True)
@@ -290,9 +290,7 @@ def make_fundus_case(
     """
     cfg = FUNDUS_TEST if config is None else config
     if not isinstance(cfg, FundusPhantomConfig):
-        raise TypeError(
-            f"config must be a FundusPhantomConfig, got {type(cfg).__name__}; use fundus_config('test')"
-        )
+        raise TypeError(f"config must be a FundusPhantomConfig, got {type(cfg).__name__}; use fundus_config('test')")
     if marker not in (None, True, False, "label"):
         raise ValueError(f"marker must be None, True, False or 'label', got {marker!r}; pass marker=None")
     if grade is not None and grade not in (0, 1, 2, 3, 4):
@@ -331,9 +329,7 @@ def make_fundus_case(
 
     # --- background ------------------------------------------------------------------------
     illum = 1.0 - 0.3 * (rr / R) ** 3 + 0.05 * lowfreq_field(r_tex, (S, S), S / 3)
-    tex = 0.015 * lowfreq_field(r_tex, (S, S), max(S / 120, 1.0)) + 0.02 * lowfreq_field(
-        r_tex, (S, S), max(S / 30, 1.0)
-    )
+    tex = 0.015 * lowfreq_field(r_tex, (S, S), max(S / 120, 1.0)) + 0.02 * lowfreq_field(r_tex, (S, S), max(S / 30, 1.0))
     img = np.empty((S, S, 3), np.float32)
     for ch in range(3):
         img[..., ch] = base[ch] * (illum + tex * (1.5 if ch == 1 else 1.0))
@@ -343,7 +339,7 @@ def make_fundus_case(
     fov_pit = np.exp(-dfov2 / (2 * (0.12 * dd) ** 2)) * 0.15
     img *= 1.0 - (mac + fov_pit)[..., None] * np.array([0.9, 1.25, 1.1], np.float32)
     # peripapillary paler glow and optic disc
-    dd2 = (((rows - np.float32(disc[0])) / 1.08) ** 2 + (cols - np.float32(disc[1])) ** 2)
+    dd2 = ((rows - np.float32(disc[0])) / 1.08) ** 2 + (cols - np.float32(disc[1])) ** 2
     glow = np.exp(-dd2 / (2 * (0.8 * dd) ** 2)) * 0.2
     img = img * (1 - glow[..., None]) + glow[..., None] * np.array([235, 150, 90], np.float32)
     disc_a = np.clip((dd / 2 - np.sqrt(dd2)) / max(1.5, 0.12 * dd) + 0.5, 0, 1).astype(np.float32)
@@ -397,9 +393,7 @@ def make_fundus_case(
                     frac = 1.0 - j / len(trunk)
                     wb = wscale * w_vein * (0.45 + 0.35 * frac) * 0.7
                     br = _walk(r_vess, p, ang0, R * r_vess.uniform(0.3, 0.8), step, 0.12)
-                    keep = (np.linalg.norm(br - centre, axis=1) < R * 1.02) & (
-                        np.linalg.norm(br - fovea, axis=1) > faz
-                    )
+                    keep = (np.linalg.norm(br - centre, axis=1) < R * 1.02) & (np.linalg.norm(br - fovea, axis=1) > faz)
                     stop = int(np.argmin(keep)) if not keep.all() else len(br)
                     br = br[:stop]
                     if len(br) < 2:
@@ -409,9 +403,7 @@ def make_fundus_case(
                         jj = int(r_vess.integers(1, len(br))) if len(br) > 2 else 1
                         a2 = ang0 + r_vess.choice([-1, 1]) * r_vess.uniform(0.5, 1.0)
                         br2 = _walk(r_vess, br[jj - 1], a2, R * r_vess.uniform(0.15, 0.4), step, 0.15)
-                        keep2 = (np.linalg.norm(br2 - centre, axis=1) < R * 1.02) & (
-                            np.linalg.norm(br2 - fovea, axis=1) > faz
-                        )
+                        keep2 = (np.linalg.norm(br2 - centre, axis=1) < R * 1.02) & (np.linalg.norm(br2 - fovea, axis=1) > faz)
                         stop2 = int(np.argmin(keep2)) if not keep2.all() else len(br2)
                         if stop2 >= 2:
                             _draw_polyline(out, br2[:stop2], wb * 0.6, max(0.3, wb * 0.3))
@@ -507,7 +499,7 @@ def make_fundus_case(
         if p is None:
             continue
         ell = ((rows - np.float32(p[0])) ** 2 + ((cols - np.float32(p[1])) * r_les.uniform(0.7, 1.0)) ** 2) / r**2
-        a_cw = np.maximum(a_cw, np.exp(-1.6 * ell ** 1.5).astype(np.float32) * r_les.uniform(0.65, 0.85))
+        a_cw = np.maximum(a_cw, np.exp(-1.6 * ell**1.5).astype(np.float32) * r_les.uniform(0.65, 0.85))
         placed["cotton_wool"] += 1
 
     # composite lesions (haemorrhages under exudates under cotton wool)
@@ -536,9 +528,7 @@ def make_fundus_case(
     img += 3.0
 
     # --- shortcut marker: text-like stamp ------------------------------------------------------
-    grade_val = dr_grade(
-        placed["microaneurysms"], placed["haemorrhages"], placed["exudate_clusters"], placed["cotton_wool"]
-    )
+    grade_val = dr_grade(placed["microaneurysms"], placed["haemorrhages"], placed["exudate_clusters"], placed["cotton_wool"])
     label = int(grade_val >= 2)
     drawn = bool(r_mdec.random() < cfg.marker_rate)
     has_marker = drawn if marker is None else (label == 1 if marker == "label" else bool(marker))
@@ -623,9 +613,7 @@ def iter_fundus_cohort(
         yield make_fundus_case(case_seed(seed, i), config, marker="label" if follow else None)
 
 
-def make_fundus_cohort(
-    n: int, seed: int, config: FundusPhantomConfig | None = None, shortcut: float = 0.0
-) -> list[FundusCase]:
+def make_fundus_cohort(n: int, seed: int, config: FundusPhantomConfig | None = None, shortcut: float = 0.0) -> list[FundusCase]:
     """Make a cohort of ``n`` fundus cases.
 
     Case ``i`` uses the seed ``case_seed(seed, i)`` (from ``SeedSequence([seed, i])``). With

@@ -44,7 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-
 def load_ct_config(path: str | Path) -> Config:
     """Load and validate ``configs/ct_prognosis.yaml`` (and the autoencoder config it names)."""
     cfg = load_config(path, CT_PROGNOSIS_SCHEMA)
@@ -83,8 +82,12 @@ def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = N
             progress("phantoms", done[0], n)
 
     s = ct_stack_set(
-        n, seed, phantom=str(cfg.get("data.phantom", "test")), shortcut=float(cfg.get("data.shortcut", 0.0)),
-        stack=stack_config(cfg), progress=step,
+        n,
+        seed,
+        phantom=str(cfg.get("data.phantom", "test")),
+        shortcut=float(cfg.get("data.shortcut", 0.0)),
+        stack=stack_config(cfg),
+        progress=step,
     )
     return {
         "stacks": s.x,
@@ -95,12 +98,18 @@ def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = N
     }
 
 
-def load_data(cfg: Config, split: str = "train", progress: Progress | None = None, npz: str | Path | None = None) -> dict[str, np.ndarray]:
+def load_data(
+    cfg: Config, split: str = "train", progress: Progress | None = None, npz: str | Path | None = None
+) -> dict[str, np.ndarray]:
     """Training (``split="train"``) or held-out (``"test"``) stacks from the npz or phantoms (cached)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     # --data (npz) is relative to the working directory; data.npz to the config file
-    source = Path(npz) if npz else (cfg.path("data.npz") if cfg.get("data.source", "phantom") == "npz" and cfg.has("data.npz") else None)
+    source = (
+        Path(npz)
+        if npz
+        else (cfg.path("data.npz") if cfg.get("data.source", "phantom") == "npz" and cfg.has("data.npz") else None)
+    )
     if source:
         p = source
         if not p.is_file():
@@ -118,10 +127,19 @@ def load_data(cfg: Config, split: str = "train", progress: Progress | None = Non
     n = int(cfg.get(f"data.n_{split}", 240 if split == "train" else 40))
     seed = int(cfg.get(f"data.seed_{split}", 1 if split == "train" else 2))
     # every setting that changes the cohort is part of the key, so a stale cache is never reused
-    key = np.asarray(json.dumps(
-        {"n": n, "seed": seed, "stack": cfg.section("stack"), "phantom": str(cfg.get("data.phantom", "test")),
-         "shortcut": float(cfg.get("data.shortcut", 0.0))}, sort_keys=True, default=str,
-    ))
+    key = np.asarray(
+        json.dumps(
+            {
+                "n": n,
+                "seed": seed,
+                "stack": cfg.section("stack"),
+                "phantom": str(cfg.get("data.phantom", "test")),
+                "shortcut": float(cfg.get("data.shortcut", 0.0)),
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
     if cache.is_file():
         with np.load(cache) as f:
             if "key" in f and np.array_equal(f["key"], key):
@@ -226,7 +244,9 @@ def load_teacher_from_config(cfg: Config, trust_code: bool = False) -> torch.nn.
     from medxai.networks.teacher import load_teacher
     from medxai.trust import trusts_code
 
-    return load_teacher(teacher_spec(cfg, resolve=True), trust_code=trusts_code(cfg, trust_code), source=cfg.source, key="teacher")
+    return load_teacher(
+        teacher_spec(cfg, resolve=True), trust_code=trusts_code(cfg, trust_code), source=cfg.source, key="teacher"
+    )
 
 
 def load_agent_from_config(cfg: Config) -> Any:
@@ -239,8 +259,11 @@ def load_agent_from_config(cfg: Config) -> Any:
 def diffexplainer_steps(cfg: Config) -> tuple[int, int, int]:
     """``(encode_steps, decode_steps, batch_size)`` of the ``diffexplainer`` section: the steps the
     autoencoder's reconstruction reference is measured at (what ``medxai explain`` will run)."""
-    return (int(cfg.get("diffexplainer.encode_steps")), int(cfg.get("diffexplainer.decode_steps")),
-            int(cfg.get("diffexplainer.batch_size", 64)))
+    return (
+        int(cfg.get("diffexplainer.encode_steps")),
+        int(cfg.get("diffexplainer.decode_steps")),
+        int(cfg.get("diffexplainer.batch_size", 64)),
+    )
 
 
 # --------------------------------------------------------------------------------------- training
@@ -254,7 +277,10 @@ def _train_cfg(section: dict[str, Any], source: str, field: str) -> Any:
 
 
 def train_teacher_from_config(
-    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None,
+    cfg: Config,
+    progress: Progress | None = None,
+    npz: str | Path | None = None,
+    max_seconds: float | None = None,
     trust_code: bool = False,
 ) -> dict[str, Any]:
     """Train the teacher on the training stacks and save it to ``teacher.path`` (``trust_code``: see :func:`new_teacher`)."""
@@ -269,15 +295,22 @@ def train_teacher_from_config(
 
         tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
     hist = train_teacher(
-        model, torch.from_numpy(data["stacks"]), torch.from_numpy(data["labels"]), tcfg,
+        model,
+        torch.from_numpy(data["stacks"]),
+        torch.from_numpy(data["labels"]),
+        tcfg,
         progress=progress,  # progress("teacher", step, steps)
     )
     path = cfg.path("teacher.path")
-    save_weights(path, model.state_dict(), {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)})
+    save_weights(
+        path, model.state_dict(), {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)}
+    )
     return {"path": str(path), **_short(hist)}
 
 
-def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+def train_autoencoder_from_config(
+    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None
+) -> dict[str, Any]:
     """Train the diffusion autoencoder on all slices of the training stacks; save EMA weights."""
     from medxai.diffusion import save_autoencoder
     from medxai.training.trainers import train_autoencoder
@@ -298,7 +331,9 @@ def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None,
         save_autoencoder(ae, path, {"step": step})
 
     hist = train_autoencoder(
-        ae, torch.from_numpy(data["stacks"]), tcfg,
+        ae,
+        torch.from_numpy(data["stacks"]),
+        tcfg,
         progress=progress,  # progress("autoencoder", step, steps)
         save=checkpoint,
     )
@@ -313,7 +348,9 @@ def train_autoencoder_from_config(cfg: Config, progress: Progress | None = None,
     return {"path": str(path), **_short(hist), "reconstruction_error": ref.to_dict(), "latent_distance": latent_summary}
 
 
-def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None) -> tuple[Any, Any]:
+def _recon_reference(
+    cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None
+) -> tuple[Any, Any]:
     """Reconstruction-error statistics at the explainer's steps, and the reference codes (encoder only),
     on the same held-out stacks (medxai explain's input checks)."""
     from medxai.metrics.latent import latent_reference
@@ -337,7 +374,9 @@ def _recon_reference(cfg: Config, ae: Any, train: dict[str, np.ndarray], progres
     return recon, latent_reference(ae, stacks, batch_size=batch, cases=what)
 
 
-def _teacher_outputs(cfg: Config, stacks: torch.Tensor, trust_code: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+def _teacher_outputs(
+    cfg: Config, stacks: torch.Tensor, trust_code: bool = False
+) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     from medxai.networks.teacher import TeacherFeatures
 
     teacher = load_teacher_from_config(cfg, trust_code)
@@ -347,7 +386,10 @@ def _teacher_outputs(cfg: Config, stacks: torch.Tensor, trust_code: bool = False
 
 
 def train_agent_from_config(
-    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None,
+    cfg: Config,
+    progress: Progress | None = None,
+    npz: str | Path | None = None,
+    max_seconds: float | None = None,
     trust_code: bool = False,
 ) -> dict[str, Any]:
     """Distil the teacher into the agent on the training latents; save it to ``agent.path``
@@ -361,7 +403,9 @@ def train_agent_from_config(
     ae = load_autoencoder_from_config(cfg)
     latents = compute_latents(ae, stacks)
     feature_dim = tf.feature_dim or int(cfg.get("agent.feature_dim", 256))
-    agent = Agent(latents.shape[1], feature_dim, logits.shape[1], tf.classifier, torch.Generator().manual_seed(int(cfg.get("seed"))))
+    agent = Agent(
+        latents.shape[1], feature_dim, logits.shape[1], tf.classifier, torch.Generator().manual_seed(int(cfg.get("seed")))
+    )
     tcfg = _train_cfg(cfg.section("training.agent", {}), cfg.source, "training.agent")
     if max_seconds is not None:
         import dataclasses

@@ -8,7 +8,7 @@ noise); the retinal follow-up trained it with TRADES at L2 ``eps = 0.25``. All r
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -187,8 +187,15 @@ def robust_accuracy(
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             with torch.no_grad():
                 clean += int((model(xb).argmax(1) == yb).sum())
-            xa = l2_pgd(model, xb, lambda lo, yb=yb: F.cross_entropy(lo, yb, reduction="none"), eps, steps,
-                        clamp=clamp, generator=generator)
+            xa = l2_pgd(
+                model,
+                xb,
+                lambda lo, yb=yb: F.cross_entropy(lo, yb, reduction="none"),
+                eps,
+                steps,
+                clamp=clamp,
+                generator=generator,
+            )
             with torch.no_grad():
                 adv += int((model(xa).argmax(1) == yb).sum())
     finally:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping, Sequence
 from copy import deepcopy
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.transforms import Compose, CropForeground, Invertd, InvertibleTransform, MapTransform
 from monai.transforms.utils import convert_applied_interp_mode
 from monai.utils import TraceKeys
-from monai.transforms import Compose, CropForeground, InvertibleTransform, Invertd, MapTransform
 
 __all__ = ["SquareCropd", "square_box", "invert_with_transform", "run_transform"]
 

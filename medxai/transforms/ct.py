@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,9 +210,7 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(~mask, structure=_inplane_structure())
     if count == 0:
         return mask.astype(bool, copy=True)
-    border = np.unique(
-        np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()])
-    )
+    border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]))
     touches = np.zeros(count + 1, dtype=bool)
     touches[border] = True
     touches[0] = False
@@ -231,7 +230,8 @@ def segment_lungs(
     component above ``body_threshold``, holes filled slice by slice; lung candidates = below
     ``lung_threshold`` inside the body, minus air components that touch the in-plane border of the
     volume; a small in-plane opening; the largest ``max_components`` components; a small in-plane
-    closing; holes (vessels) filled slice by slice.  The z borders are not treated as "outside" because scans often cut through lungs.
+    closing; holes (vessels) filled slice by slice.  The z borders are not treated as "outside" because scans
+    often cut through lungs.
 
     Parameters
     ----------
@@ -262,11 +262,7 @@ def segment_lungs(
     air = hu < lung_threshold
     labels, count = ndimage.label(air, structure=conn3)
     if count:
-        border = np.unique(
-            np.concatenate(
-                [labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]
-            )
-        )
+        border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]))
         outside = np.zeros(count + 1, dtype=bool)
         outside[border[border > 0]] = True
         air &= ~outside[labels]
@@ -287,9 +283,7 @@ def segment_lungs(
 def _meta_like(array: np.ndarray | torch.Tensor, ref: MetaTensor) -> MetaTensor:
     """A MetaTensor with ``ref``'s affine, meta and applied operations (copied)."""
     # the affine travels inside meta; passing it separately would make MetaTensor warn
-    return MetaTensor(
-        torch.as_tensor(array), meta=deepcopy(dict(ref.meta)), applied_operations=deepcopy(ref.applied_operations)
-    )
+    return MetaTensor(torch.as_tensor(array), meta=deepcopy(dict(ref.meta)), applied_operations=deepcopy(ref.applied_operations))
 
 
 def _require_metatensor(img: Any, key: Hashable, ndim: int) -> MetaTensor:
@@ -300,8 +294,7 @@ def _require_metatensor(img: Any, key: Hashable, ndim: int) -> MetaTensor:
         )
     if img.ndim != ndim:
         raise ValueError(
-            f"data[{key!r}] must have {ndim} dims (C, X, Y, Z), got shape {tuple(img.shape)}; "
-            "pass a channel-first 3D volume."
+            f"data[{key!r}] must have {ndim} dims (C, X, Y, Z), got shape {tuple(img.shape)}; pass a channel-first 3D volume."
         )
     return img
 
@@ -504,8 +497,7 @@ class SelectLungSlicesd(MapTransform, InvertibleTransform):
         now_idx = [int(round(apex + f * (base - apex))) for f in self.fractions]
         if len(set(now_idx)) < len(now_idx):
             warnings.warn(
-                f"lung extent spans only {z_hi - z_lo + 1} slices; fractions {self.fractions} give repeated "
-                f"slices {now_idx}.",
+                f"lung extent spans only {z_hi - z_lo + 1} slices; fractions {self.fractions} give repeated slices {now_idx}.",
                 stacklevel=2,
             )
         src_affine = np.asarray(lung.meta.get(SOURCE_AFFINE, affine), dtype=np.float64)
@@ -564,8 +556,7 @@ def ct_input_dict(
     arr = np.asarray(array_zyx)
     if arr.ndim != 3:
         raise ValueError(
-            f"array_zyx must be 3D with shape (z, y, x), got ndim={arr.ndim} shape={arr.shape}; "
-            "pass a single CT volume."
+            f"array_zyx must be 3D with shape (z, y, x), got ndim={arr.ndim} shape={arr.shape}; pass a single CT volume."
         )
     d: dict[str, MetaTensor] = {"image": volume_to_metatensor(arr, spacing_xyz, origin_lps, direction_lps)}
     for key, lab in (labels or {}).items():

@@ -15,9 +15,10 @@ Arrays are row-major: spatial axes are (rows, columns) like the photo, not MONAI
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -312,9 +313,7 @@ def fundus_transforms(
     if labels:
         steps.append(EnsureChannelFirstd(keys=labels, channel_dim="no_channel"))
     steps += [
-        FundusFOVd(
-            keys=image_key, margin=cfg.margin, threshold_abs=cfg.threshold_abs, threshold_rel=cfg.threshold_rel
-        ),
+        FundusFOVd(keys=image_key, margin=cfg.margin, threshold_abs=cfg.threshold_abs, threshold_rel=cfg.threshold_rel),
         SquareCropd(keys=spatial_keys, box_key="fov_box"),
         Resized(
             keys=spatial_keys,
@@ -360,9 +359,7 @@ def invert_fundus(
     if heat.ndim not in (2, 3):
         raise ValueError(f"heatmap must be (S, S) or (C, S, S), got shape {tuple(heat.shape)}.")
     squeeze = heat.ndim == 2
-    inv = invert_with_transform(
-        heat[None] if squeeze else heat, data, transform, image_key=image_key, nearest=nearest
-    )
+    inv = invert_with_transform(heat[None] if squeeze else heat, data, transform, image_key=image_key, nearest=nearest)
     out = inv.detach().cpu().numpy().astype(np.float32)
     return out[0] if squeeze else out
 
@@ -391,8 +388,6 @@ class FundusTransform:
             )
         return run_transform(self.transform, fundus_input_dict(rgb, labels))
 
-    def invert(
-        self, heatmap: np.ndarray | torch.Tensor, data: Mapping[Hashable, Any], nearest: bool = False
-    ) -> np.ndarray:
+    def invert(self, heatmap: np.ndarray | torch.Tensor, data: Mapping[Hashable, Any], nearest: bool = False) -> np.ndarray:
         """See :func:`invert_fundus`."""
         return invert_fundus(heatmap, data, self.transform, nearest=nearest)

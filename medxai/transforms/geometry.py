@@ -16,7 +16,7 @@ MONAI has no reader for "arrays plus DICOM geometry", so these two small convert
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,9 +39,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def _as_vector(value: Sequence[float] | np.ndarray, name: str, length: int = 3) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != (length,) or not np.all(np.isfinite(arr)):
-        raise ValueError(
-            f"{name} must be {length} finite numbers, got {value!r}; pass e.g. a tuple of {length} floats."
-        )
+        raise ValueError(f"{name} must be {length} finite numbers, got {value!r}; pass e.g. a tuple of {length} floats.")
     return arr
 
 
@@ -160,14 +158,10 @@ def metatensor_to_volume_arrays(
     data = mt.detach().cpu().numpy()
     if data.ndim == 4:
         if data.shape[0] != 1:
-            raise ValueError(
-                f"mt must have one channel, got shape {tuple(data.shape)}; select a channel first (mt[c:c+1])."
-            )
+            raise ValueError(f"mt must have one channel, got shape {tuple(data.shape)}; select a channel first (mt[c:c+1]).")
         data = data[0]
     if data.ndim != 3:
-        raise ValueError(
-            f"mt must have shape (1, X, Y, Z) or (X, Y, Z), got {tuple(mt.shape)}; pass a single 3D volume."
-        )
+        raise ValueError(f"mt must have shape (1, X, Y, Z) or (X, Y, Z), got {tuple(mt.shape)}; pass a single 3D volume.")
     affine = np.asarray(mt.affine.detach().cpu().numpy(), dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"mt.affine must be 4x4 for a 3D volume, got shape {affine.shape}.")

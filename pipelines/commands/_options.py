@@ -12,7 +12,8 @@ __all__ = ["trust_code_option", "skip_unreadable_option"]
 def trust_code_option(what: str = "model classes / MONAI bundle expressions in the config") -> Any:
     """``--trust-code``: load ``what`` even outside the allow-list (docs/trust.md)."""
     return typer.Option(
-        False, "--trust-code",
+        False,
+        "--trust-code",
         help=f"Import {what} even outside the allow-list (torch.nn, monai.networks, medxai); only for configs and "
         "models from a source you trust (docs/trust.md).",
     )
@@ -21,7 +22,8 @@ def trust_code_option(what: str = "model classes / MONAI bundle expressions in t
 def skip_unreadable_option(kept_in: str) -> Any:
     """``--skip-unreadable``: read the rest of a DICOM folder; the skipped files are listed in ``kept_in``."""
     return typer.Option(
-        False, "--skip-unreadable",
+        False,
+        "--skip-unreadable",
         help="Leave out DICOM files that cannot be read (empty, cut short, no permission) instead of stopping; "
         f"they are listed in {kept_in}.",
     )

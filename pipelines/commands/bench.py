@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,11 +14,11 @@ def register(app: typer.Typer) -> None:
     def bench_cmd(
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (results.json, report.html, figures/)."),
         quick: bool = typer.Option(False, "--quick", help="Tiny models and few cases: checks the whole path in minutes."),
-        models: Optional[Path] = typer.Option(
+        models: Path | None = typer.Option(
             None, "--models", help="Model cache: models found there are loaded, missing ones trained there (default OUT/models)."
         ),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Bench config (default configs/bench.yaml)."),
-        only: Optional[str] = typer.Option(None, "--only", help="Run one half: ct or fundus."),
+        config: Path | None = typer.Option(None, "--config", "-c", help="Bench config (default configs/bench.yaml)."),
+        only: str | None = typer.Option(None, "--only", help="Run one half: ct or fundus."),
         pretrained: bool = typer.Option(
             False, "--pretrained", help="Start from the shipped phantom models instead of training the big ones (see README)."
         ),
@@ -33,8 +32,16 @@ def register(app: typer.Typer) -> None:
         from pipelines.commands._progress import progress_bars
 
         with progress_bars() as progress:
-            results = run_bench(out, quick=quick, models_dir=models, config=config, only=only, pretrained=pretrained,
-                                progress=progress, trust_code=trust_code)
+            results = run_bench(
+                out,
+                quick=quick,
+                models_dir=models,
+                config=config,
+                only=only,
+                pretrained=pretrained,
+                progress=progress,
+                trust_code=trust_code,
+            )
         console = Console(highlight=False)
         for part, block in results.items():  # every half the bench ran, every method it measured
             if part in ("config", "methods", "models") or not isinstance(block, dict):

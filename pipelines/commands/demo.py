@@ -28,14 +28,19 @@ def register(app: typer.Typer) -> None:
         ct, fu = result["results"]["ct"], result["results"]["fundus"]
         m = ct["models"]
         console.print("[bold]Checks against the planted truth[/]:")
-        console.print(f"  CT teacher P(death within a year): query {m['teacher_p_query']:.3f}, "
-                      f"less likely {m['teacher_p_less_likely']:.3f}, more likely {m['teacher_p_more_likely']:.3f}")
-        console.print(f"  CT counterfactual change vs planted fibrosis: pixel AUROC {ct['diffexplainer']['loc_auroc']:.3f} "
-                      "(0.5 = chance)")
+        console.print(
+            f"  CT teacher P(death within a year): query {m['teacher_p_query']:.3f}, "
+            f"less likely {m['teacher_p_less_likely']:.3f}, more likely {m['teacher_p_more_likely']:.3f}"
+        )
+        console.print(
+            f"  CT counterfactual change vs planted fibrosis: pixel AUROC {ct['diffexplainer']['loc_auroc']:.3f} (0.5 = chance)"
+        )
         f = fu["models"]
-        console.print(f"  fundus classifier P(healthy): query {f['classifier_p_healthy_query']:.3f}, "
-                      f"counterfactual {f['classifier_p_healthy_counterfactual']:.3f}; "
-                      f"change vs planted lesions: AUROC {fu['dvce']['loc_auroc']:.3f}")
+        console.print(
+            f"  fundus classifier P(healthy): query {f['classifier_p_healthy_query']:.3f}, "
+            f"counterfactual {f['classifier_p_healthy_counterfactual']:.3f}; "
+            f"change vs planted lesions: AUROC {fu['dvce']['loc_auroc']:.3f}"
+        )
         console.print("[bold]Written[/]:")
         for key, value in result["written"].items():
             console.print(f"  {key}: {escape(value)}")

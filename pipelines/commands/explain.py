@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
     def explain_cmd(
         config: Path | None = typer.Option(None, "--config", "-c", help="Config, e.g. configs/ct_prognosis.yaml."),
         source: Path | None = typer.Option(
-            None, "--input", "-i",
+            None,
+            "--input",
+            "-i",
             help="DICOM folder (each CT series is one case), a CT DICOM file or .nii.gz/.nrrd volume, or a fundus "
             "photograph (.jpg/.png/DICOM), as the config's input says.",
         ),
@@ -35,7 +37,8 @@ def register(app: typer.Typer) -> None:
         decode_steps: int | None = typer.Option(None, "--decode-steps", help="Override diffexplainer.decode_steps."),
         encode_steps: int | None = typer.Option(None, "--encode-steps", help="Override diffexplainer.encode_steps."),
         overwrite: bool = typer.Option(
-            False, "--overwrite",
+            False,
+            "--overwrite",
             help="Replace an existing explanation of the same case and method (once the new one is complete).",
         ),
         no_dicom: bool = typer.Option(
@@ -43,7 +46,8 @@ def register(app: typer.Typer) -> None:
         ),
         trust_code: bool = trust_code_option(),
         force: bool = typer.Option(
-            False, "--force",
+            False,
+            "--force",
             help="Explain even when the input fails a check of what the models were trained for (modality, field of "
             "view, lung volume, ...); the failed checks are kept in the output's input_check.",
         ),
@@ -59,8 +63,10 @@ def register(app: typer.Typer) -> None:
             return
         missing = [opt for opt, v in (("--config", config), ("--input", source), ("--out", out)) if v is None]
         if missing:
-            raise ValueError(f"missing option(s) {', '.join(missing)}; e.g. medxai explain -c configs/ct_prognosis.yaml "
-                             "-i DICOM_DIR -o OUT (or medxai explain --list-methods).")
+            raise ValueError(
+                f"missing option(s) {', '.join(missing)}; e.g. medxai explain -c configs/ct_prognosis.yaml "
+                "-i DICOM_DIR -o OUT (or medxai explain --list-methods)."
+            )
         from pipelines.commands._progress import progress_bars
         from pipelines.explain import run_explain
 
@@ -71,8 +77,17 @@ def register(app: typer.Typer) -> None:
             overrides["diffexplainer.encode_steps"] = encode_steps
         with progress_bars() as progress:
             result = run_explain(
-                config, source, out, method=method, overrides=overrides, trust_code=trust_code,  # type: ignore[arg-type]
-                force=force, skip_unreadable=skip_unreadable, overwrite=overwrite, progress=progress, dicom=not no_dicom,
+                config,
+                source,
+                out,
+                method=method,
+                overrides=overrides,
+                trust_code=trust_code,  # type: ignore[arg-type]
+                force=force,
+                skip_unreadable=skip_unreadable,
+                overwrite=overwrite,
+                progress=progress,
+                dicom=not no_dicom,
             )
         for case in result.cases:
             ids = " / ".join(escape(str(v)) for v in (case.patient_id, case.series_instance_uid) if v)

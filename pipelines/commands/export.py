@@ -62,15 +62,34 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:  # the renderer's ranges, named as the user typed them
             raise ValueError(f"--alpha / --threshold: {e}") from None
         res = export_explanation(
-            source, heatmap, out, method=method, target=target, score_before=score_before,
-            score_after=score_after, counterfactual=counterfactual, series_uid=series, multiframe=multiframe,
-            slices=slices, window=window, colormap=colormap, alpha=alpha, overlay_threshold=threshold,
-            segmentation=not no_seg, slicer=not no_slicer, overwrite=overwrite, skip_unreadable=skip_unreadable,
+            source,
+            heatmap,
+            out,
+            method=method,
+            target=target,
+            score_before=score_before,
+            score_after=score_after,
+            counterfactual=counterfactual,
+            series_uid=series,
+            multiframe=multiframe,
+            slices=slices,
+            window=window,
+            colormap=colormap,
+            alpha=alpha,
+            overlay_threshold=threshold,
+            segmentation=not no_seg,
+            slicer=not no_slicer,
+            overwrite=overwrite,
+            skip_unreadable=skip_unreadable,
         )
         c = Console(highlight=False)
         c.print(f"export folder: {escape(str(res.out_dir))}")
         c.print(f"overlay SC: {len(res.overlay_files)} file(s)  counterfactual SC: {len(res.counterfactual_files)} file(s)")
-        for label, p in (("parametric map", res.parametric_map), ("segmentation", res.segmentation),
-                         ("slicer bundle", res.slicer_bundle), ("summary", res.summary)):
+        for label, p in (
+            ("parametric map", res.parametric_map),
+            ("segmentation", res.segmentation),
+            ("slicer bundle", res.slicer_bundle),
+            ("summary", res.summary),
+        ):
             if p is not None:
                 c.print(f"{label}: {escape(str(p))}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,15 +15,15 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(
             ..., help="DICOM folder (searched recursively), DICOM file, .nii.gz/.nrrd, or a fundus .jpg/.png."
         ),
-        out: Optional[Path] = typer.Option(
+        out: Path | None = typer.Option(
             None, "-o", "--out", help="Output .nii.gz or .nrrd (volumes; NIfTI in RAS, NRRD in LPS) or .png (photos)."
         ),
-        series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
+        series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID when the folder has several."),
         allow_gaps: bool = typer.Option(
             False, "--allow-gaps", help="Accept missing slices: interpolate over the gap and warn loudly."
         ),
         skip_unreadable: bool = skip_unreadable_option("a warning kept with the output (printed, and in the NRRD/NIfTI header)"),
-        padding_value: Optional[float] = typer.Option(
+        padding_value: float | None = typer.Option(
             None,
             "--padding-value",
             metavar="HU",

@@ -9,14 +9,16 @@ Credentials: ``--auth-env VAR`` names an environment variable holding ``user:pas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
 __all__ = ["register"]
 
-_AUTH_HELP = ("Name of an environment variable holding 'user:password' (basic auth) or 'Bearer <token>' / a bare "
-              "token. Default: credentials in the URL, else ~/.netrc ($NETRC) for the host.")
+_AUTH_HELP = (
+    "Name of an environment variable holding 'user:password' (basic auth) or 'Bearer <token>' / a bare "
+    "token. Default: credentials in the URL, else ~/.netrc ($NETRC) for the host."
+)
 _CA_HELP = "PEM file of the CA(s) that signed the PACS certificate (default: the system's trusted CAs)."
 _CERT_HELP = "PEM client certificate, for a PACS that asks for one (the key inside it, or --client-key)."
 _KEY_HELP = "PEM private key of --client-cert (unencrypted)."
@@ -29,23 +31,26 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _http_options(auth_env: Optional[str], ca_bundle: Optional[Path], client_cert: Optional[Path],
-                  client_key: Optional[Path]) -> dict[str, Any]:
+def _http_options(
+    auth_env: str | None, ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None
+) -> dict[str, Any]:
     from dicom_io.pacs import TlsFiles, auth_from_env
 
     tls = TlsFiles(ca_bundle, client_cert, client_key)
     return {"auth": auth_from_env(auth_env) if auth_env else None, "tls": None if tls.is_empty else tls}
 
 
-def _dimse_tls(tls: bool, ca_bundle: Optional[Path], client_cert: Optional[Path], client_key: Optional[Path]) -> Any:
+def _dimse_tls(tls: bool, ca_bundle: Path | None, client_cert: Path | None, client_key: Path | None) -> Any:
     from dicom_io.pacs import TlsFiles
 
     files = TlsFiles(ca_bundle, client_cert, client_key)
     if not tls:
         if not files.is_empty:
             # the files would silently do nothing over plain TCP
-            raise ValueError("--ca-bundle / --client-cert / --client-key need --tls for DIMSE; add --tls (and the "
-                             "PACS's TLS port) or drop them.")
+            raise ValueError(
+                "--ca-bundle / --client-cert / --client-key need --tls for DIMSE; add --tls (and the "
+                "PACS's TLS port) or drop them."
+            )
         return None
     return files
 
@@ -58,14 +63,14 @@ def register(app: typer.Typer) -> None:
     def pull_cmd(
         url: str = typer.Argument(..., help="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web"),
         out: Path = typer.Option(..., "-o", "--out", help="Local folder (OUT/<study>/<series>/<sop>.dcm)."),
-        study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID."),
-        series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID."),
-        query: List[str] = typer.Option([], "--query", "-q", help="QIDO filter KEYWORD=VALUE (repeatable)."),
+        study: str | None = typer.Option(None, "--study", help="StudyInstanceUID."),
+        series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID."),
+        query: list[str] = typer.Option([], "--query", "-q", help="QIDO filter KEYWORD=VALUE (repeatable)."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
-        auth_env: Optional[str] = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
-        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP),
-        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP),
-        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
+        auth_env: str | None = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
+        ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help=_CA_HELP),
+        client_cert: Path | None = typer.Option(None, "--client-cert", help=_CERT_HELP),
+        client_key: Path | None = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Search (QIDO-RS) and retrieve (WADO-RS) series into a local folder."""
         from dicom_io.pacs import pull
@@ -83,13 +88,14 @@ def register(app: typer.Typer) -> None:
     @pacs.command("push")
     def push_cmd(
         url: str = typer.Argument(..., help="DICOMweb base URL."),
-        files: List[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively; unfinished "
-                                                     "'.*.partial*' outputs are skipped)."),
+        files: list[Path] = typer.Argument(
+            ..., help="DICOM files or folders (searched recursively; unfinished '.*.partial*' outputs are skipped)."
+        ),
         timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request."),
-        auth_env: Optional[str] = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
-        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP),
-        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP),
-        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
+        auth_env: str | None = typer.Option(None, "--auth-env", metavar="VAR", help=_AUTH_HELP),
+        ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help=_CA_HELP),
+        client_cert: Path | None = typer.Option(None, "--client-cert", help=_CERT_HELP),
+        client_key: Path | None = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Store files with STOW-RS."""
         from dicom_io.pacs import push, redact_url
@@ -101,15 +107,14 @@ def register(app: typer.Typer) -> None:
     @pacs.command("store")
     def store_cmd(
         address: str = typer.Argument(..., help="HOST:PORT of the DICOM (DIMSE) service."),
-        files: List[Path] = typer.Argument(..., help="DICOM files or folders (unfinished '.*.partial*' outputs "
-                                                     "are skipped)."),
+        files: list[Path] = typer.Argument(..., help="DICOM files or folders (unfinished '.*.partial*' outputs are skipped)."),
         aet: str = typer.Option("ANY-SCP", "--aet", help="Called AE title (the PACS)."),
         calling_aet: str = typer.Option("MEDXAI", "--calling-aet", help="Our AE title."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds per network step."),
         tls: bool = typer.Option(False, "--tls", help="Associate over TLS (DICOM TLS port of the PACS)."),
-        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
-        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
-        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
+        ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
+        client_cert: Path | None = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
+        client_key: Path | None = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """Send files with C-STORE (PACS without DICOMweb)."""
         from dicom_io.pacs import c_store
@@ -126,9 +131,9 @@ def register(app: typer.Typer) -> None:
         calling_aet: str = typer.Option("MEDXAI", "--calling-aet", help="Our AE title."),
         timeout: float = typer.Option(10.0, "--timeout", help="Seconds."),
         tls: bool = typer.Option(False, "--tls", help="Associate over TLS (DICOM TLS port of the PACS)."),
-        ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
-        client_cert: Optional[Path] = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
-        client_key: Optional[Path] = typer.Option(None, "--client-key", help=_KEY_HELP),
+        ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help=_CA_HELP + " Needs --tls."),
+        client_cert: Path | None = typer.Option(None, "--client-cert", help=_CERT_HELP + " Needs --tls."),
+        client_key: Path | None = typer.Option(None, "--client-key", help=_KEY_HELP),
     ) -> None:
         """C-ECHO (verification)."""
         from dicom_io.pacs import c_echo

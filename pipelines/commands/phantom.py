@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(20, "-n", help="Number of cases."),
         seed: int = typer.Option(0, "--seed", help="Cohort seed; case i uses SeedSequence([seed, i])."),
         shortcut: float = typer.Option(
-            0.0, "--shortcut", help="Probability in [0, 1] that the shortcut marker follows the label (a biased split).",
+            0.0,
+            "--shortcut",
+            help="Probability in [0, 1] that the shortcut marker follows the label (a biased split).",
         ),
         size: str = typer.Option("test", "--size", help="Phantom configuration: test (small) or benchmark."),
         compression: str = typer.Option("none", "--compression", help="CT transfer syntax: none, rle, jpeg-ls, jpeg2000."),
@@ -37,8 +39,7 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task(f"{kind.value} phantoms", total=n)
             step = lambda k: bar.advance(task, k)  # noqa: E731
             if kind is Kind.ct:
-                root = write_ct_cohort(out, n, seed, config=size, shortcut=shortcut, compression=compression,
-                                       progress=step)
+                root = write_ct_cohort(out, n, seed, config=size, shortcut=shortcut, compression=compression, progress=step)
             else:
                 root = write_fundus_cohort(out, n, seed, config=size, shortcut=shortcut, progress=step)
         Console(highlight=False).print(f"wrote {n} {kind.value} phantom case(s) and labels.csv to {escape(str(root))}")

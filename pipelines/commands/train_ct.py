@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
-from pipelines.commands._options import trust_code_option
-
 from pipelines.commands._groups import get_train_app
+from pipelines.commands._options import trust_code_option
 
 _CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help="CT prognosis config.")
 _DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
@@ -26,7 +26,7 @@ _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides tr
 _TRUST = trust_code_option("the teacher class_path / evaluate MONAI bundle expressions")
 
 
-def evaluate_ct(cfg: Any, n_cases: Optional[int] = None, progress: Any = None, trust_code: bool = False) -> dict[str, Any]:
+def evaluate_ct(cfg: Any, n_cases: int | None = None, progress: Any = None, trust_code: bool = False) -> dict[str, Any]:
     """Explain the held-out phantom cohort with the config's DiffExplainer and compute every
     counterfactual metric (the targets); ``trust_code``: see :func:`pipelines.models.load_black_box`."""
     import numpy as np
@@ -69,7 +69,7 @@ def evaluate_ct(cfg: Any, n_cases: Optional[int] = None, progress: Any = None, t
     }
 
 
-def _run(stages: list[str], config: Path, data: Optional[Path], minutes: Optional[float], trust_code: bool = False) -> dict[str, Any]:
+def _run(stages: list[str], config: Path, data: Path | None, minutes: float | None, trust_code: bool = False) -> dict[str, Any]:
     from rich.console import Console
     from rich.markup import escape
 
@@ -102,30 +102,38 @@ def register(app: typer.Typer) -> None:
 
     @train.command("teacher")
     def teacher_cmd(
-        config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES, trust_code: bool = _TRUST
+        config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES, trust_code: bool = _TRUST
     ) -> None:
         """Train the black-box teacher classifier (kind class_path) on four-slice stacks."""
         _run(["teacher"], config, data, minutes, trust_code)
 
     @train.command("autoencoder")
-    def autoencoder_cmd(config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES) -> None:
+    def autoencoder_cmd(config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES) -> None:
         """Train the diffusion autoencoder on every slice of the stacks (EMA weights saved)."""
         _run(["autoencoder"], config, data, minutes)
 
     @train.command("agent")
     def agent_cmd(
-        config: Path = _CONFIG, data: Optional[Path] = _DATA, minutes: Optional[float] = _MINUTES, trust_code: bool = _TRUST
+        config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES, trust_code: bool = _TRUST
     ) -> None:
         """Distil the teacher into the two-layer linear agent on DiffAE latents."""
         _run(["agent"], config, data, minutes, trust_code)
 
     @train.command("all")
     def all_cmd(
-        config: Path = _CONFIG, data: Optional[Path] = _DATA,
-        evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards."), trust_code: bool = _TRUST,
+        config: Path = _CONFIG,
+        data: Path | None = _DATA,
+        evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards."),
+        trust_code: bool = _TRUST,
     ) -> None:
         """Teacher, autoencoder and agent in one go (CPU default), then the held-out metrics."""
-        _run(["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []), config, data, None, trust_code)
+        _run(
+            ["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []),
+            config,
+            data,
+            None,
+            trust_code,
+        )
 
     @train.command("evaluate")
     def evaluate_cmd(config: Path = _CONFIG, trust_code: bool = _TRUST) -> None:

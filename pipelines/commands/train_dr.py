@@ -7,7 +7,6 @@ on fundus phantoms unless ``--data`` names an ``.npz`` written by ``StackSet.sav
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,29 +25,39 @@ def register(app: typer.Typer) -> None:
     def train_diffusion_cmd(
         config: Path = typer.Option(Path("configs/ddpm_fundus_cpu64.yaml"), "--config", "-c", help="DDPM config (YAML)."),
         out: Path = typer.Option(..., "-o", "--out", help="Weights file (.safetensors; a .json sidecar is written beside it)."),
-        data: Optional[Path] = typer.Option(None, "--data", help="StackSet .npz (x, y); default: fundus phantoms."),
-        n: Optional[int] = typer.Option(None, "--n", help="Number of phantom images (default: data.n of the config)."),
-        seconds: Optional[float] = typer.Option(None, "--seconds", help="Wall-clock budget (overrides training.max_seconds)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Maximum steps (overrides training.steps)."),
-        init: Optional[Path] = typer.Option(None, "--init", help="Continue from these DDPM weights (same architecture)."),
+        data: Path | None = typer.Option(None, "--data", help="StackSet .npz (x, y); default: fundus phantoms."),
+        n: int | None = typer.Option(None, "--n", help="Number of phantom images (default: data.n of the config)."),
+        seconds: float | None = typer.Option(None, "--seconds", help="Wall-clock budget (overrides training.max_seconds)."),
+        steps: int | None = typer.Option(None, "--steps", help="Maximum steps (overrides training.steps)."),
+        init: Path | None = typer.Option(None, "--init", help="Continue from these DDPM weights (same architecture)."),
     ) -> None:
         """Train the unconditional fundus diffusion model (DDPM) that DVCE denoises with."""
         hist = train_diffusion(config, out, data=data, n=n, seconds=seconds, steps=steps, init=init)
-        typer.echo(f"wrote {out} ({hist['steps']} steps in {hist['seconds']:.0f} s, loss {hist['loss_first']:.4f} -> {hist['loss_last']:.4f})")
+        typer.echo(
+            f"wrote {out} ({hist['steps']} steps in {hist['seconds']:.0f} s, "
+            f"loss {hist['loss_first']:.4f} -> {hist['loss_last']:.4f})"
+        )
 
     @train.command("classifier")
     def train_classifier_cmd(
         config: Path = typer.Option(Path("configs/dr_fundus.yaml"), "--config", "-c", help="DR config (YAML)."),
         robust: bool = typer.Option(False, "--robust", help="Adversarial training (train.robust: TRADES or PGD, L2)."),
-        out: Optional[Path] = typer.Option(None, "-o", "--out", help="Weights file; default: the config's (robust_)classifier.path."),
-        data: Optional[Path] = typer.Option(None, "--data", help="StackSet .npz (x, y); default: fundus phantoms."),
-        n: Optional[int] = typer.Option(None, "--n", help="Number of phantom images (default: train.data.n)."),
-        seconds: Optional[float] = typer.Option(None, "--seconds", help="Wall-clock budget."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Maximum steps."),
+        out: Path | None = typer.Option(
+            None, "-o", "--out", help="Weights file; default: the config's (robust_)classifier.path."
+        ),
+        data: Path | None = typer.Option(None, "--data", help="StackSet .npz (x, y); default: fundus phantoms."),
+        n: int | None = typer.Option(None, "--n", help="Number of phantom images (default: train.data.n)."),
+        seconds: float | None = typer.Option(None, "--seconds", help="Wall-clock budget."),
+        steps: int | None = typer.Option(None, "--steps", help="Maximum steps."),
         trust_code: bool = trust_code_option("the classifier's class_path"),
     ) -> None:
         """Train the DR classifier (the black box) or, with --robust, the robust classifier DVCE guides with."""
-        hist = train_dr_classifier(config, out, robust=robust, data=data, n=n, seconds=seconds, steps=steps, trust_code=trust_code)
+        hist = train_dr_classifier(
+            config, out, robust=robust, data=data, n=n, seconds=seconds, steps=steps, trust_code=trust_code
+        )
         val = hist.get("validation") or {}
         extra = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float))
-        typer.echo(f"wrote {hist['out']} ({hist['steps']} steps in {hist['seconds']:.0f} s; train accuracy {hist['train_accuracy']:.3f}{'; ' + extra if extra else ''})")
+        typer.echo(
+            f"wrote {hist['out']} ({hist['steps']} steps in {hist['seconds']:.0f} s; "
+            f"train accuracy {hist['train_accuracy']:.3f}{'; ' + extra if extra else ''})"
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -115,10 +115,10 @@ def register(app: typer.Typer) -> None:
             "{}", "--classifier-kwargs", help='JSON constructor arguments, e.g. \'{"in_channels": 4, "num_classes": 2}\'.'
         ),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder for explainer.safetensors + explainer.json."),
-        data: Optional[Path] = typer.Option(
+        data: Path | None = typer.Option(
             None, "--data", help="Folder with images.npy/labels.npy (or .pt), or an .npz / .pt with images and labels."
         ),
-        phantom: Optional[str] = typer.Option(None, "--phantom", help="Train on phantoms instead: 'ct' or 'fundus'."),
+        phantom: str | None = typer.Option(None, "--phantom", help="Train on phantoms instead: 'ct' or 'fundus'."),
         n: int = typer.Option(64, "--n", help="Number of phantom cases."),
         size: int = typer.Option(64, "--size", help="Phantom image size (pixels)."),
         channels: str = typer.Option("16,32,64", "--channels", help="Explainer UNet widths."),
@@ -126,8 +126,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size"),
         epochs: int = typer.Option(50, "--epochs", help="Maximum epochs."),
         patience: int = typer.Option(5, "--patience", help="Early-stopping patience in epochs."),
-        seconds: Optional[float] = typer.Option(None, "--seconds", help="Wall-clock budget for training."),
-        multilabel: Optional[bool] = typer.Option(
+        seconds: float | None = typer.Option(None, "--seconds", help="Wall-clock budget for training."),
+        multilabel: bool | None = typer.Option(
             None, "--multilabel/--single-label", help="BCE on multi-hot labels or CE; default from the label shape."
         ),
         seed: int = typer.Option(0, "--seed"),
@@ -168,15 +168,25 @@ def register(app: typer.Typer) -> None:
         if k == 1 and labels.ndim == 1:
             labels, is_multi = labels.float()[:, None], True
         config = NNExplainerConfig(
-            num_classes=k, in_channels=int(images.shape[1]), spatial_dims=images.ndim - 2,
-            channels=_parse_ints(channels, "--channels"), strides=(2,) * (len(_parse_ints(channels, "--channels")) - 1),
-            multilabel=bool(is_multi), lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience,
-            max_seconds=seconds, seed=seed,
+            num_classes=k,
+            in_channels=int(images.shape[1]),
+            spatial_dims=images.ndim - 2,
+            channels=_parse_ints(channels, "--channels"),
+            strides=(2,) * (len(_parse_ints(channels, "--channels")) - 1),
+            multilabel=bool(is_multi),
+            lr=lr,
+            batch_size=batch_size,
+            max_epochs=epochs,
+            patience=patience,
+            max_seconds=seconds,
+            seed=seed,
         )
         net, history = train_nn_explainer(classifier, (images, labels), config)
         extra = {
             "classifier": {
-                "class_path": classifier_class, "weights": str(classifier_weights), "kwargs": kwargs,
+                "class_path": classifier_class,
+                "weights": str(classifier_weights),
+                "kwargs": kwargs,
                 "fingerprint": state_fingerprint(classifier),
             },
             "source": source,

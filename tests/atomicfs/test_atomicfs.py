@@ -98,9 +98,9 @@ def test_stale_partials_of_a_killed_run_are_removed_by_the_next_run(tmp_path: Pa
     _run_killed(f"""
         import os, signal
         from atomicfs import atomic_dir, atomic_path
-        with atomic_path({str(tmp_path / 'vol.nrrd')!r}) as t:
+        with atomic_path({str(tmp_path / "vol.nrrd")!r}) as t:
             t.write_bytes(b"half")
-            with atomic_dir({str(tmp_path / 'case1')!r}) as d:
+            with atomic_dir({str(tmp_path / "case1")!r}) as d:
                 (d / "half.dcm").write_bytes(b"half")
                 os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -122,7 +122,7 @@ def test_a_partial_left_after_this_process_wrote_there_is_still_found(tmp_path: 
     _run_killed(f"""
         import os, signal
         from atomicfs import atomic_path
-        with atomic_path({str(tmp_path / 'f1.dcm')!r}) as t:
+        with atomic_path({str(tmp_path / "f1.dcm")!r}) as t:
             t.write_bytes(b"half")
             os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -136,16 +136,20 @@ def test_only_our_own_stale_partials_for_that_name_are_removed(tmp_path: Path) -
     dead = _dead_pid()
     host = atomicfs._HOST
     keep = [
-        ".case1.bak",                                   # hidden, not a partial
-        "case1.partial",                                # not hidden
-        f".case2.p{dead}h{host}r000000.partial",        # another final name
+        ".case1.bak",  # hidden, not a partial
+        "case1.partial",  # not hidden
+        f".case2.p{dead}h{host}r000000.partial",  # another final name
         f".case1.nii.gz.p{dead}h{host}r000000.partial.nii.gz",  # a partial of 'case1.nii.gz', not of 'case1'
         f".case1.p{os.getpid()}h{host}r000000.partial",  # this process is alive
-        ".case1.abcd1234.partial",                      # an older medxai's name, but fresh
+        ".case1.abcd1234.partial",  # an older medxai's name, but fresh
         f".case1.p{dead}h{'0' * 6 if host != '0' * 6 else '1' * 6}r000000.partial",  # another host, fresh
     ]
-    gone = [f".case1.p{dead}h{host}r0a0b0c.partial", f".case1.p{dead}h{host}r0a0b0d.partial-old",
-            ".case1.old", ".case1.zz_9yy8x.partial"]
+    gone = [
+        f".case1.p{dead}h{host}r0a0b0c.partial",
+        f".case1.p{dead}h{host}r0a0b0d.partial-old",
+        ".case1.old",
+        ".case1.zz_9yy8x.partial",
+    ]
     for n in keep + gone:
         (tmp_path / n).mkdir()
         (tmp_path / n / "f").write_text("x")
@@ -165,7 +169,7 @@ def test_a_running_writers_partial_is_left_alone(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
         from atomicfs import atomic_dir
-        with atomic_dir({str(tmp_path / 'case1')!r}) as d:
+        with atomic_dir({str(tmp_path / "case1")!r}) as d:
             (d / "f").write_text("x")
             print(d.name, flush=True)
             sys.stdin.readline()

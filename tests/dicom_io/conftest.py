@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from dicom_fixtures import ct_like
+
 from dicom_io import StudyInfo, Volume, write_ct_series
 
 

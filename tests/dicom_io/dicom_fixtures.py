@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 
-
 def rotation(axis: str, degrees: float) -> np.ndarray:
     """(3, 3) rotation matrix about a patient axis."""
     t = np.radians(degrees)
@@ -35,9 +34,7 @@ def ct_like(shape: tuple[int, int, int] = (12, 64, 64), seed: int = 0) -> np.nda
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()
-    }
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def pydicom_file(name: str) -> str:

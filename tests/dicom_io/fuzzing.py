@@ -26,9 +26,9 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pydicom
@@ -52,9 +52,7 @@ __all__ = [
 ]
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_ALL_VRS = (
-    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
-).split()
+_ALL_VRS = (b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV").split()
 _PIXEL_DATA = 0x7FE00010
 _ITEM_TAG = {"<": b"\xfe\xff\x00\xe0", ">": b"\xff\xfe\xe0\x00"}
 
@@ -161,7 +159,10 @@ def seed_inputs(workdir: str | os.PathLike[str]) -> list[SeedInput]:
         folder = Path(workdir) / f"phantom-{compression}"
         info = StudyInfo(uid_seed=f"fuzz-{compression}", study_date="20240101", study_time="120000")
         paths = write_ct_series(
-            vol, folder, info, compression=compression,
+            vol,
+            folder,
+            info,
+            compression=compression,
             rescale=[(1.0, -1024.0), (1.0, -1024.0), (0.5, -1024.0), (1.0, -1000.0), (2.0, -1024.0)],
         )
         files = tuple((p.name, _fixed_clock(p.read_bytes())) for p in paths)
@@ -458,14 +459,17 @@ def pydicom_volume(paths: Sequence[str]) -> OracleVolume:
             sfg = ds.get("SharedFunctionalGroupsSequence")
             for i in range(n):
                 if pfg is not None or sfg is not None:
-                    def group(seq: str) -> Dataset | None:
+
+                    def group(seq: str, pfg: object = pfg, sfg: object = sfg, i: int = i) -> Dataset | None:
                         for owner in ((pfg[i] if pfg is not None else None), (sfg[0] if sfg else None)):
                             if owner is not None and owner.get(seq):
                                 return owner.get(seq)[0]
                         return None
 
-                    pos, ori, pvt = group("PlanePositionSequence"), group("PlaneOrientationSequence"), group(
-                        "PixelValueTransformationSequence"
+                    pos, ori, pvt = (
+                        group("PlanePositionSequence"),
+                        group("PlaneOrientationSequence"),
+                        group("PixelValueTransformationSequence"),
                     )
                     if pos is None or ori is None:
                         raise OracleError("frame without plane position / orientation")
@@ -477,7 +481,7 @@ def pydicom_volume(paths: Sequence[str]) -> OracleVolume:
                 slices.append((values, ~pad[i], _floats(ipp, 3), _floats(iop, 6)))
     except OracleError:
         raise
-    except BaseException as e:  # noqa: BLE001 - whatever pydicom raises means "pydicom cannot decode it"
+    except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit, _Hang)):
             raise
         # (includes pyo3's PanicException, a BaseException, from a Rust decoder on damaged data)
@@ -603,7 +607,7 @@ def run_case(case: Case, workdir: str | os.PathLike[str], time_limit_s: float = 
                 direct = e
     except _Hang as e:
         failure, detail = "hang", str(e)
-    except BaseException as e:  # noqa: BLE001 - anything escaping main() is the finding
+    except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
             raise
         failure, detail = "uncaught", f"{type(e).__name__}: {e}"

@@ -47,8 +47,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     z, y, x = np.mgrid[0:8, 0:64, 0:64]
     hu = np.where((x - 32) ** 2 + (y - 32) ** 2 < 500, 40.0, -850.0).astype(np.float32)
     vol = Volume(hu, (0.7, 0.7, 2.5), (-22.0, -30.0, 100.0))
-    info = StudyInfo(patient_id=HOSTILE_ID, patient_name="Test^Patient", series_description=HOSTILE_DESC,
-                     study_description="export test", accession_number="ACC1", series_number=3)
+    info = StudyInfo(
+        patient_id=HOSTILE_ID,
+        patient_name="Test^Patient",
+        series_description=HOSTILE_DESC,
+        study_description="export test",
+        accession_number="ACC1",
+        series_number=3,
+    )
     files = write_ct_series(vol, root / "src", info)
     ct = read_series(root / "src")
     heat = _blob(ct.shape)
@@ -67,8 +73,7 @@ def _dciodvfy_errors(path: Path) -> tuple[list[str], list[str]]:
 
 def _frames(study: dict, idx: list[int]) -> np.ndarray:
     leg = Legend("TestMethod", "score up", 0.1, 0.9)
-    return np.stack([render_overlay(study["ct"].array[k], study["heat"][k], leg, vmin=0, vmax=1, min_width=128)
-                     for k in idx])
+    return np.stack([render_overlay(study["ct"].array[k], study["heat"][k], leg, vmin=0, vmax=1, min_width=128) for k in idx])
 
 
 def test_render_overlay_shapes_and_window() -> None:
@@ -91,8 +96,13 @@ def test_secondary_capture_valid_in_source_study(study: dict, tmp_path: Path, mu
     idx = [3, 4, 5]
     src = [study["headers"][k] for k in idx]
     files = write_secondary_capture(
-        _frames(study, idx), src, tmp_path, source_frames=[study["ct"].source.frames[k] for k in idx],
-        derivation_description="test", multiframe=multiframe, slice_locations=[1.0, 2.0, 3.0],
+        _frames(study, idx),
+        src,
+        tmp_path,
+        source_frames=[study["ct"].source.frames[k] for k in idx],
+        derivation_description="test",
+        multiframe=multiframe,
+        slice_locations=[1.0, 2.0, 3.0],
     )
     assert len(files) == (1 if multiframe else 3)
     for f in files:
@@ -129,8 +139,9 @@ def test_parametric_map_valid_and_dcmqi_geometry(study: dict, tmp_path: Path) ->
         pytest.skip("dcmqi (paramap2itkimage) not installed: pip install dcmqi")
     out = tmp_path / "dcmqi"
     out.mkdir()
-    r = subprocess.run([tool, "--inputDICOM", str(pm), "--outputDirectory", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [tool, "--inputDICOM", str(pm), "--outputDirectory", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     import SimpleITK as sitk
 
@@ -169,11 +180,18 @@ def test_photo_sc_from_jpeg_is_marked_unlinked(tmp_path: Path) -> None:
 
 def test_slicer_bundle(study: dict, tmp_path: Path) -> None:
     ct = study["ct"]
-    bundle = write_slicer_bundle(ct, tmp_path / "b", heatmaps={"grad/cam": study["heat"]},
-                                 counterfactuals={"cf": ct.array + 5.0}, info={"method": "m"})
+    bundle = write_slicer_bundle(
+        ct, tmp_path / "b", heatmaps={"grad/cam": study["heat"]}, counterfactuals={"cf": ct.array + 5.0}, info={"method": "m"}
+    )
     names = sorted(p.name for p in bundle.iterdir())
-    assert names == ["counterfactual_cf.nrrd", "ct.nrrd", "heatmap_grad_cam.nrrd", "load_in_slicer.py",
-                     "manifest.json", "medxai_colors.ctbl"]
+    assert names == [
+        "counterfactual_cf.nrrd",
+        "ct.nrrd",
+        "heatmap_grad_cam.nrrd",
+        "load_in_slicer.py",
+        "manifest.json",
+        "medxai_colors.ctbl",
+    ]
     for f in ("ct.nrrd", "heatmap_grad_cam.nrrd", "counterfactual_cf.nrrd"):
         v = read_nrrd(bundle / f)
         assert v.shape == ct.shape
@@ -218,9 +236,28 @@ def test_export_job_cli(study: dict, tmp_path: Path) -> None:
     heat_path = write_nifti(ct.replace(array=study["heat"], source=None), tmp_path / "heat.nii.gz")
     cf_path = write_nifti(ct.replace(array=ct.array + 200.0 * study["heat"], source=None), tmp_path / "cf.nii.gz")
     out = tmp_path / "out"
-    code = main(["export", "--source", str(study["root"] / "src"), "--heatmap", str(heat_path), "-o", str(out),
-                 "--counterfactual", str(cf_path), "--method", "Grad/CAM", "--target", "malignancy up",
-                 "--score-before", "0.12", "--score-after", "0.87", "--multiframe"])
+    code = main(
+        [
+            "export",
+            "--source",
+            str(study["root"] / "src"),
+            "--heatmap",
+            str(heat_path),
+            "-o",
+            str(out),
+            "--counterfactual",
+            str(cf_path),
+            "--method",
+            "Grad/CAM",
+            "--target",
+            "malignancy up",
+            "--score-before",
+            "0.12",
+            "--score-after",
+            "0.87",
+            "--multiframe",
+        ]
+    )
     assert code == 0
     assert _hashes(study["files"]) == before
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -241,16 +278,28 @@ def test_export_job_cli(study: dict, tmp_path: Path) -> None:
             errors, _ = _dciodvfy_errors(f)
             assert errors == [], (f, errors)
     if shutil.which("dcentvfy"):
-        r = subprocess.run(["dcentvfy", *map(str, study["files"]), *map(str, dicoms)],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            ["dcentvfy", *map(str, study["files"]), *map(str, dicoms)], capture_output=True, text=True, timeout=120
+        )
         text = r.stdout + r.stderr
         assert "Error" not in text, text
     ds = [pydicom.dcmread(f) for f in dicoms]
     assert {d.StudyInstanceUID for d in ds} == {study["headers"][0].StudyInstanceUID}
     assert len({d.SeriesInstanceUID for d in ds}) == 4
     # single-frame variant, only non-zero slices, no SEG/slicer
-    code = main(["export", "--source", str(study["root"] / "src"), "--heatmap", str(heat_path), "-o",
-                 str(tmp_path / "out2"), "--no-seg", "--no-slicer"])
+    code = main(
+        [
+            "export",
+            "--source",
+            str(study["root"] / "src"),
+            "--heatmap",
+            str(heat_path),
+            "-o",
+            str(tmp_path / "out2"),
+            "--no-seg",
+            "--no-slicer",
+        ]
+    )
     assert code == 0
     sc = sorted((tmp_path / "out2").rglob("SC_overlay*/*.dcm"))
     assert len(sc) == int((study["heat"].reshape(8, -1).max(axis=1) > 1e-3).sum())
@@ -285,8 +334,9 @@ def test_fundus_export_jpeg_then_dicom_source(tmp_path: Path) -> None:
     assert ds1.PatientID == "MEDXAI-UNLINKED" and first[0].relative_to(tmp_path / "o1").parts[0].startswith("MEDXAI-UNLINKED_")
     # use that DICOM as a DICOM-sourced photo: the next SC joins its study and references it
     dphoto = read_photo(first[0])
-    second = export_photo_explanation(dphoto, np.zeros(dphoto.shape, np.float32) + 0.5, tmp_path / "o2",
-                                      method="RISE", target="DR grade 2")
+    second = export_photo_explanation(
+        dphoto, np.zeros(dphoto.shape, np.float32) + 0.5, tmp_path / "o2", method="RISE", target="DR grade 2"
+    )
     ds2 = pydicom.dcmread(second[0])
     assert ds2.StudyInstanceUID == ds1.StudyInstanceUID and ds2.SeriesInstanceUID != ds1.SeriesInstanceUID
     assert ds2.SourceImageSequence[0].ReferencedSOPInstanceUID == ds1.SOPInstanceUID

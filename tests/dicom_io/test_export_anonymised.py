@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from dicom_io import StudyInfo, Volume, write_ct_series, write_photo_dicom
+from dicom_io.errors import DicomIOError
 from dicom_io.export import (
     TYPE2_PATIENT_STUDY,
     Legend,
@@ -23,15 +24,23 @@ from dicom_io.export import (
     write_secondary_capture,
     write_segmentation,
 )
-from dicom_io.errors import DicomIOError
 
 needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
 
 #: Type 2 (and 2C) attributes of the Patient, General Study, General Series and General Equipment modules.
 TYPE2 = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",  # Patient
-    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",  # General Study
-    "SeriesNumber", "Laterality", "PatientPosition",  # General Series
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",  # Patient
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",  # General Study
+    "SeriesNumber",
+    "Laterality",
+    "PatientPosition",  # General Series
     "Manufacturer",  # General Equipment
 )
 
@@ -68,11 +77,22 @@ def _check(path: Path, study_uid: str) -> None:
 def anonymised(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
     z, y, x = np.mgrid[0:4, 0:32, 0:32]
     hu = np.where((x - 16) ** 2 + (y - 16) ** 2 < 100, 40.0, -850.0).astype(np.float32)
-    info = StudyInfo(patient_id="REAL-ID", patient_name="Real^Name", patient_birth_date="19500101",
-                     study_date="20240101", study_time="101010", accession_number="ACC", series_number=7)
+    info = StudyInfo(
+        patient_id="REAL-ID",
+        patient_name="Real^Name",
+        patient_birth_date="19500101",
+        study_date="20240101",
+        study_time="101010",
+        accession_number="ACC",
+        series_number=7,
+    )
     files = write_ct_series(Volume(hu, (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), tmp_path / "src", info)
-    photo = write_photo_dicom(np.full((24, 32, 3), 90, np.uint8), tmp_path / "photo" / "eye.dcm",
-                              StudyInfo(patient_id="REAL-ID", study_date="20240101"), laterality="L")
+    photo = write_photo_dicom(
+        np.full((24, 32, 3), 90, np.uint8),
+        tmp_path / "photo" / "eye.dcm",
+        StudyInfo(patient_id="REAL-ID", study_date="20240101"),
+        laterality="L",
+    )
     _deidentify([*files, photo], request.param)
     heat = np.zeros(hu.shape, np.float32)
     heat[1:3, 10:20, 10:20] = 1.0
@@ -84,8 +104,12 @@ def test_writers_export_anonymised_source(anonymised: dict) -> None:
     headers = read_source_headers(anonymised["files"])
     study = str(headers[0].StudyInstanceUID)
     out: Path = anonymised["out"]
-    frames = np.stack([render_overlay(anonymised["hu"][k], anonymised["heat"][k], Legend("m", "t", 0.9, 0.1),
-                                      min_width=64) for k in range(len(headers))])
+    frames = np.stack(
+        [
+            render_overlay(anonymised["hu"][k], anonymised["heat"][k], Legend("m", "t", 0.9, 0.1), min_width=64)
+            for k in range(len(headers))
+        ]
+    )
     written = [
         *write_secondary_capture(frames, headers, out / "sc"),
         *write_secondary_capture(frames, headers, out / "scmf", multiframe=True),
@@ -125,8 +149,16 @@ def test_export_job_on_anonymised_source(anonymised: dict) -> None:
     """The whole export job (SC, PM, SEG) completes on a de-identified series and writes valid objects."""
     from pipelines.export import export_explanation
 
-    res = export_explanation(Path(anonymised["files"][0]).parent, anonymised["heat"], anonymised["out"],
-                             method="RISE", target="t", score_before=0.8, score_after=0.2, slicer=False)
+    res = export_explanation(
+        Path(anonymised["files"][0]).parent,
+        anonymised["heat"],
+        anonymised["out"],
+        method="RISE",
+        target="t",
+        score_before=0.8,
+        score_after=0.2,
+        slicer=False,
+    )
     files = res.dicom_files()
     assert res.overlay_files and res.parametric_map and res.segmentation
     study = str(pydicom.dcmread(anonymised["files"][0]).StudyInstanceUID)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import pydicom_file, pydicom_series_dir
 
 import dicom_io.dicom_series as series_mod
-from dicom_fixtures import pydicom_file, pydicom_series_dir
 from dicom_io import read_series
 from dicom_io.fastheader import scan_header
 
@@ -75,9 +75,26 @@ def test_ingest_benchmark_script_runs(tmp_path: Path) -> None:
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "ingest.py"
     out = tmp_path / "r.json"
     r = subprocess.run(
-        [sys.executable, str(bench), "--slices", "6", "--size", "64", "--repeats", "1", "--no-monai",
-         "--process-repeats", "1", "--phantom-size", "test", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(bench),
+            "--slices",
+            "6",
+            "--size",
+            "64",
+            "--repeats",
+            "1",
+            "--no-monai",
+            "--process-repeats",
+            "1",
+            "--phantom-size",
+            "test",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -12,17 +12,16 @@ from __future__ import annotations
 import io
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_fixtures import ct_like, pydicom_file
-from dicom_io import DicomIOError, StudyInfo, UnreadableFileError, UnsupportedInputError, Volume, read_image
-from dicom_io import write_ct_series
 from fuzzing import MUTATORS, Outcome, element_index, make_cases, run_case, seed_inputs
+
+from dicom_io import DicomIOError, StudyInfo, UnreadableFileError, UnsupportedInputError, Volume, read_image, write_ct_series
 from pipelines.cli import main
 
 # Damaged headers make pydicom warn on almost every input; the verdicts are what is tested.
@@ -187,7 +186,10 @@ FOUND: list[tuple[str, str, Callable[[bytes], bytes], type[DicomIOError]]] = [
 
 @pytest.mark.parametrize("source, mutate, error", [f[1:] for f in FOUND], ids=[f[0] for f in FOUND])
 def test_damage_found_by_the_fuzzer_is_an_error_naming_the_file(
-    source: str, mutate: Callable[[bytes], bytes], error: type[DicomIOError], tmp_path: Path,
+    source: str,
+    mutate: Callable[[bytes], bytes],
+    error: type[DicomIOError],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = tmp_path / "in"

@@ -10,17 +10,17 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import nrrd
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import pydicom_file, pydicom_series_dir
 from pydicom.uid import ImplicitVRLittleEndian
 
 import dicom_io.dicom_series as series_mod
-from dicom_fixtures import pydicom_file, pydicom_series_dir
 from dicom_io import (
     SeriesSelectionError,
     StudyInfo,
@@ -305,7 +305,9 @@ def test_cli_ingest_writes_padding_as_air(make_series, tmp_path: Path, capsys, s
 def two_series(make_series: Callable[..., tuple[Path, Volume]], folder: Path, first: str, second: str) -> None:
     make_series(folder=folder / "a", shape=(3, 16, 16), info=StudyInfo(series_description=first, uid_seed="a"))
     make_series(
-        folder=folder / "b", shape=(3, 16, 16), seed=1,
+        folder=folder / "b",
+        shape=(3, 16, 16),
+        seed=1,
         info=StudyInfo(series_description=second, uid_seed="b", series_number=2),
     )
 

@@ -128,8 +128,9 @@ def test_legend_states_method_step_and_probabilities() -> None:
     assert "Step" in leg.describe() and "P(target)" in leg.describe()
 
 
-@pytest.mark.parametrize("kw", [{"score_before": 2.3}, {"score_after": -0.1}, {"score_before": float("nan")},
-                                {"score_after": "high"}])
+@pytest.mark.parametrize(
+    "kw", [{"score_before": 2.3}, {"score_after": -0.1}, {"score_before": float("nan")}, {"score_after": "high"}]
+)
 def test_legend_rejects_scores_that_are_not_probabilities(kw: dict) -> None:
     with pytest.raises(ValueError, match=r"probabilit(y|ies)|softmax"):
         Legend("m", "t", **kw)
@@ -143,10 +144,17 @@ def test_colour_scale_is_stated() -> None:
     assert "> 0 autumn" in signed and "< 0 winter" in signed and "not tinted" in signed
 
 
-@pytest.mark.parametrize(("kw", "name"), [({"alpha": 0.0}, "alpha"), ({"alpha": 1.5}, "alpha"),
-                                          ({"threshold": 1.0}, "threshold"), ({"threshold": -0.1}, "threshold"),
-                                          ({"colormap": "inferno"}, "colormap 'inferno'"),
-                                          ({"colormap": "no-such-map"}, "colormap")])
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"threshold": 1.0}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"colormap": "inferno"}, "colormap 'inferno'"),
+        ({"colormap": "no-such-map"}, "colormap"),
+    ],
+)
 def test_render_options_are_validated(kw: dict, name: str) -> None:
     img = np.zeros((4, 4))
     heat = np.ones((4, 4))

@@ -16,8 +16,8 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -57,9 +57,11 @@ def test_redact_url(url: str, shown: str) -> None:
 
 
 def test_redact_text_masks_urls_paths_and_literals() -> None:
-    text = ("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
-            "/dicom-web/series?access_token=abc123&limit=2 (Caused by x); see http://bob:hunter22@h/p; "
-            f"and {PASSWORD}")
+    text = (
+        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+        "/dicom-web/series?access_token=abc123&limit=2 (Caused by x); see http://bob:hunter22@h/p; "
+        f"and {PASSWORD}"
+    )
     out = redact_text(text, secrets=[PASSWORD])
     assert "abc123" not in out and "hunter22" not in out and PASSWORD not in out
     assert "access_token=***&limit=2" in out and "http://bob:***@h/p" in out and "port=9" in out
@@ -78,7 +80,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     status = 200
     seen: list
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         self.seen.append(self.headers.get("Authorization"))
         body = b"[]" if self.status == 200 else b""
         self.send_response(self.status)
@@ -180,8 +182,9 @@ def test_auth_env_errors_name_the_variable_not_its_value(monkeypatch: pytest.Mon
     assert "pw1234" not in str(e.value)
 
 
-def test_refusing_server_never_shows_password(server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_refusing_server_never_shows_password(
+    server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url, seen = server(status=401)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(PacsError, match="HTTP 401") as e:
@@ -213,8 +216,9 @@ def _one_dicom(tmp_path: Path) -> Path:
     return write_ct_series(vol, tmp_path / "one", StudyInfo())[0]
 
 
-def test_cli_error_never_shows_password_or_token(server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_cli_error_never_shows_password_or_token(
+    server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from pipelines.cli import main
 
     url, seen = server(status=401)
@@ -243,17 +247,65 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=medxai test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                                       f"{ext}\nauthorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN=medxai test {name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=medxai test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            f"{ext}\nauthorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+        )
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=medxai test {name}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     (d / "client-combined.pem").write_text((d / "client.pem").read_text() + (d / "client.key").read_text())
     return {p.stem: p for p in d.glob("*.pem")} | {"client.key": d / "client.key", "server.key": d / "server.key"}
 
@@ -308,8 +360,7 @@ def tls_scp(pki: dict[str, Path]) -> Iterator:
         ae = AE(ae_title="TLS-SCP")
         ae.add_supported_context(Verification)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-        srv = ae.start_server(("127.0.0.1", 0), block=False,
-                              ssl_context=_server_context(pki, require_client_cert))
+        srv = ae.start_server(("127.0.0.1", 0), block=False, ssl_context=_server_context(pki, require_client_cert))
         servers.append(srv)
         return srv.server_address[1]
 
@@ -322,8 +373,7 @@ def test_dimse_c_echo_over_tls(tls_scp, pki: dict[str, Path]) -> None:
     port = tls_scp(require_client_cert=True)
     tls = TlsFiles(pki["ca"], pki["client"], pki["client.key"])
     assert c_echo("127.0.0.1", port, called_aet="TLS-SCP", timeout=5, tls=tls) == 0
-    assert c_echo("127.0.0.1", port, called_aet="TLS-SCP", timeout=5,
-                  tls=TlsFiles(pki["ca"], pki["client-combined"])) == 0
+    assert c_echo("127.0.0.1", port, called_aet="TLS-SCP", timeout=5, tls=TlsFiles(pki["ca"], pki["client-combined"])) == 0
     with pytest.raises(PacsError, match="dicoms://TLS-SCP@127.0.0.1.*TLS handshake"):
         c_echo("127.0.0.1", port, called_aet="TLS-SCP", timeout=5, tls=True)  # system CAs: unknown CA
     with pytest.raises(PacsError, match="TLS handshake"):
@@ -335,8 +385,7 @@ def test_cli_echo_tls_options(tls_scp, pki: dict[str, Path], capsys: pytest.Capt
 
     port = tls_scp(require_client_cert=False)
     addr = f"127.0.0.1:{port}"
-    assert main(["pacs", "echo", addr, "--aet", "TLS-SCP", "--timeout", "5", "--tls", "--ca-bundle",
-                 str(pki["ca"])]) == 0
+    assert main(["pacs", "echo", addr, "--aet", "TLS-SCP", "--timeout", "5", "--tls", "--ca-bundle", str(pki["ca"])]) == 0
     assert "C-ECHO ok (TLS)" in capsys.readouterr().out
     assert main(["pacs", "echo", addr, "--aet", "TLS-SCP", "--ca-bundle", str(pki["ca"])]) == 2
     assert "need --tls" in capsys.readouterr().err

@@ -13,8 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from dicom_fixtures import file_hashes, pydicom_file, pydicom_series_dir, rotation
+
 from dicom_io import (
     GeometryError,
     MissingSliceError,
@@ -116,9 +116,7 @@ def test_enhanced_ct_uses_per_frame_geometry() -> None:
     ds = pydicom.dcmread(p)
     v = read_image(p)
     assert v.shape == (2, 512, 512)
-    positions = sorted(
-        float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence
-    )
+    positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence)
     assert sorted(world_of_slices(v)[:, 2].tolist()) == pytest.approx(positions)
     assert v.spacing == pytest.approx((0.388672, 0.388672, 10.0))
     # Row direction is -x in this file: the slice normal (row x col) is -z, so slices run inferiorly.
@@ -247,9 +245,7 @@ def test_duplicate_positions_are_an_error(make_series, tmp_path: Path) -> None:
 def test_two_series_in_one_folder(make_series, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     make_series(folder=folder / "a", info=StudyInfo(series_description="lung", uid_seed="a", series_number=2))
-    _, vol_b = make_series(
-        folder=folder / "b", seed=1, info=StudyInfo(series_description="soft", uid_seed="b", series_number=3)
-    )
+    _, vol_b = make_series(folder=folder / "b", seed=1, info=StudyInfo(series_description="soft", uid_seed="b", series_number=3))
     with pytest.raises(SeriesSelectionError) as e:
         read_series(folder)
     assert "'lung'" in str(e.value) and "'soft'" in str(e.value) and "12 slice(s)" in str(e.value)

@@ -9,11 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dicom_fixtures import ct_like, pydicom_file, rotation
-from dicom_io import Photo, Volume, read_image, read_photo, write_nifti, write_nrrd, write_volume
+
 from atomicfs import atomic_path
-from dicom_io import safe_filename
+from dicom_io import Photo, Volume, read_image, read_photo, safe_filename, write_nifti, write_nrrd, write_volume
 from dicom_io.errors import UnreadableFileError
 
 
@@ -58,8 +57,12 @@ def test_ras_nrrd_is_converted(tmp_path: Path) -> None:
     import nrrd
 
     data = np.arange(24, dtype=np.float32).reshape(4, 3, 2)  # (x, y, z)
-    nrrd.write(str(tmp_path / "r.nrrd"), data, {"space": "right-anterior-superior",
-               "space directions": np.eye(3), "space origin": np.array([1.0, 2.0, 3.0])}, index_order="F")
+    nrrd.write(
+        str(tmp_path / "r.nrrd"),
+        data,
+        {"space": "right-anterior-superior", "space directions": np.eye(3), "space origin": np.array([1.0, 2.0, 3.0])},
+        index_order="F",
+    )
     v = read_image(tmp_path / "r.nrrd")
     # RAS (1, 2, 3) is LPS (-1, -2, 3); +i points to RAS right = LPS -x
     assert np.allclose(v.origin, (-1, -2, 3)) and np.allclose(v.direction[:, 0], [-1, 0, 0])
@@ -82,8 +85,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("../../etc/passwd", "etc_passwd"), ("..", "unnamed"), ("a/b\\c", "a_b_c"), ("Doe^John", "Doe_John"),
-     ("\x00\n", "unnamed"), (".hidden", "hidden")],
+    [
+        ("../../etc/passwd", "etc_passwd"),
+        ("..", "unnamed"),
+        ("a/b\\c", "a_b_c"),
+        ("Doe^John", "Doe_John"),
+        ("\x00\n", "unnamed"),
+        (".hidden", "hidden"),
+    ],
 )
 def test_safe_filename(value: str, expected: str) -> None:
     assert safe_filename(value) == expected
@@ -123,10 +132,10 @@ def test_truncated_jpeg_is_an_error(tmp_path: Path) -> None:
 def test_ophthalmic_photography_jpeg_baseline(tmp_path: Path) -> None:
     """An OP 8-bit object carrying the real retina.jpg as JPEG baseline (as fundus cameras write them)."""
     import skimage
+    from PIL import Image
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, OphthalmicPhotography8BitImageStorage, generate_uid
-    from PIL import Image
 
     jpg = Path(skimage.__file__).parent / "data" / "retina.jpg"
     with Image.open(jpg) as im:

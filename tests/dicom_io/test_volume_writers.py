@@ -10,8 +10,8 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dicom_fixtures import rotation
+
 from dicom_io import Volume, read_image, write_nifti, write_volume
 from pipelines.cli import EXIT_BAD_INPUT, main
 
@@ -25,8 +25,14 @@ def _volume(tilt: bool) -> Volume:
     if tilt:  # gantry tilt: the slice axis is sheared, not orthogonal to the rows and columns
         k = direction[:, 2] + 0.3 * direction[:, 1]
         direction = np.column_stack([direction[:, 0], direction[:, 1], k / np.linalg.norm(k)])
-    return Volume(arr, (0.71, 0.83, 2.5), (-12.5, 40.25, 7.0), direction,
-                  warnings=("GAP ACCEPTED: test",), notes=("12 voxels of PixelPaddingValue -2000 set to -1000 HU",))
+    return Volume(
+        arr,
+        (0.71, 0.83, 2.5),
+        (-12.5, 40.25, 7.0),
+        direction,
+        warnings=("GAP ACCEPTED: test",),
+        notes=("12 voxels of PixelPaddingValue -2000 set to -1000 HU",),
+    )
 
 
 def _sitk_world(img: sitk.Image, ijk: tuple[int, int, int]) -> np.ndarray:
@@ -86,8 +92,11 @@ def test_cli_no_compression(tmp_path: Path, capsys) -> None:
 
     rng = np.random.default_rng(0)
     src = tmp_path / "ct"
-    write_ct_series(Volume(np.rint(rng.normal(-500, 200, (4, 16, 16))).astype(np.float32), (0.8, 0.8, 2.0),
-                           (0.0, 0.0, 0.0)), src, StudyInfo(uid_seed="nc"))
+    write_ct_series(
+        Volume(np.rint(rng.normal(-500, 200, (4, 16, 16))).astype(np.float32), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0)),
+        src,
+        StudyInfo(uid_seed="nc"),
+    )
     assert main(["ingest", str(src), "-o", str(tmp_path / "raw.nrrd"), "--no-compression"]) == 0
     assert nrrd.read_header(str(tmp_path / "raw.nrrd"))["encoding"] == "raw"
     capsys.readouterr()
@@ -110,8 +119,12 @@ def test_nifti_bytes_equal_nibabels_own_writer(tmp_path: Path, dtype: type) -> N
     img.set_sform(v.affine_ras, code=1)
     img.set_qform(v.affine_ras, code=1)
     img.header.set_xyzt_units("mm")
-    img.header.extensions.append(nib.nifti1.Nifti1Extension(
-        6, b'{"medxai_warnings": ["GAP ACCEPTED: test"], "medxai_notes": '
-           b'["12 voxels of PixelPaddingValue -2000 set to -1000 HU"]}'))
+    img.header.extensions.append(
+        nib.nifti1.Nifti1Extension(
+            6,
+            b'{"medxai_warnings": ["GAP ACCEPTED: test"], "medxai_notes": '
+            b'["12 voxels of PixelPaddingValue -2000 set to -1000 HU"]}',
+        )
+    )
     nib.save(img, str(tmp_path / "ref.nii"))
     assert gzip.decompress(p.read_bytes()) == (tmp_path / "ref.nii").read_bytes()

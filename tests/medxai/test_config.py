@@ -31,7 +31,9 @@ def _write(path: Path, data: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------ relative paths
-def test_shipped_config_paths_are_relative_to_the_config_file_from_any_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_config_paths_are_relative_to_the_config_file_from_any_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(CT, CT_PROGNOSIS_SCHEMA)
     assert cfg.path("run_dir") == REPO / "runs" / "ct_prognosis"
@@ -155,13 +157,19 @@ def test_shipped_configs_follow_the_conventions() -> None:
     assert not ct.has("explainer") and not ct.has("type") and not dr.has("dvce.target_class")
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"type": "diffexplainer_ct"}, r"'type: diffexplainer_ct' is no longer read; write 'input: ct_stack' and 'method: diffexplainer'"),
-    ({"type": "dvce_fundus"}, r"write 'input: fundus' and 'method: dvce'"),
-    ({"explainer": {"target_class": 1}}, r"section 'explainer' was renamed 'diffexplainer'"),
-    ({"dvce": {"target_class": 0, "num_steps": 3}}, r"'dvce\.target_class' moved to the top level; write 'target_class: 0'"),
-    ({"diffexplainer": {"target_class": 1}}, r"'diffexplainer\.target_class' moved to the top level"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (
+            {"type": "diffexplainer_ct"},
+            r"'type: diffexplainer_ct' is no longer read; write 'input: ct_stack' and 'method: diffexplainer'",
+        ),
+        ({"type": "dvce_fundus"}, r"write 'input: fundus' and 'method: dvce'"),
+        ({"explainer": {"target_class": 1}}, r"section 'explainer' was renamed 'diffexplainer'"),
+        ({"dvce": {"target_class": 0, "num_steps": 3}}, r"'dvce\.target_class' moved to the top level; write 'target_class: 0'"),
+        ({"diffexplainer": {"target_class": 1}}, r"'diffexplainer\.target_class' moved to the top level"),
+    ],
+)
 def test_the_old_layout_is_refused_with_the_fix(tmp_path: Path, data: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(_write(tmp_path / "old.yaml", data))
@@ -177,12 +185,15 @@ def test_schema_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load_config(_write(tmp_path / "bad.yaml", base), DR_FUNDUS_SCHEMA)
 
 
-@pytest.mark.parametrize("key, new", [
-    ("explainer.encode_steps", "'diffexplainer.encode_steps'"),
-    ("explainer.target_class", "'target_class'"),
-    ("dvce.target_class", "'target_class'"),
-    ("type", "'input / method'"),
-])
+@pytest.mark.parametrize(
+    "key, new",
+    [
+        ("explainer.encode_steps", "'diffexplainer.encode_steps'"),
+        ("explainer.target_class", "'target_class'"),
+        ("dvce.target_class", "'target_class'"),
+        ("type", "'input / method'"),
+    ],
+)
 def test_overrides_in_the_old_layout_are_refused(key: str, new: str) -> None:
     with pytest.raises(ConfigError, match=rf"x\.yaml: override '{key}' names the old config layout; use {new} instead"):
         Config({}, "x.yaml").with_overrides({key: 4})

@@ -107,9 +107,10 @@ def test_ct_masks_where_they_belong(ct_case):
     # emphysema holes are low density
     assert np.median(emph.hu[emph.masks["distractor"]]) < -900
     # fibrosis is denser than the healthy lung on average
-    assert np.mean(ct_case.hu[ct_case.masks["biomarker"]]) > np.mean(
-        ct_case.hu[ct_case.masks["lungs"] & ~ct_case.masks["biomarker"]]
-    ) + 100
+    assert (
+        np.mean(ct_case.hu[ct_case.masks["biomarker"]])
+        > np.mean(ct_case.hu[ct_case.masks["lungs"] & ~ct_case.masks["biomarker"]]) + 100
+    )
 
 
 def test_ct_biomarker_basal_and_subpleural():
@@ -151,9 +152,7 @@ def test_ct_marker_switch_changes_only_marker_region():
 
 def test_ct_label_model(ct_biased):
     for c in ct_biased:
-        assert c.risk == pytest.approx(
-            float(sigmoid(CT_TINY.label_intercept + CT_TINY.label_slope * c.extent))
-        )
+        assert c.risk == pytest.approx(float(sigmoid(CT_TINY.label_intercept + CT_TINY.label_slope * c.extent)))
         assert c.label in (0, 1)
     ext = np.array([c.extent for c in ct_biased])
     lab = np.array([c.label for c in ct_biased])
@@ -256,8 +255,12 @@ def test_fundus_lesion_masks_and_grades(fundus_cases):
         assert c.label == int(c.grade >= 2)
         assert c.extent == pytest.approx(m["lesions"].sum() / m["fov"].sum())
         assert (c.extent > 0) == (c.grade > 0)
-        for name, key in (("microaneurysms", "microaneurysms"), ("haemorrhages", "haemorrhages"),
-                          ("cotton_wool", "cotton_wool"), ("exudates", "exudate_clusters")):
+        for name, key in (
+            ("microaneurysms", "microaneurysms"),
+            ("haemorrhages", "haemorrhages"),
+            ("cotton_wool", "cotton_wool"),
+            ("exudates", "exudate_clusters"),
+        ):
             assert m[name].any() == (c.counts[key] > 0)
     # lesions look like lesions: haemorrhages dark red, exudates yellow
     c4 = fundus_cases[4]
@@ -276,8 +279,13 @@ def test_dr_grade_monotone_in_counts():
         assert 0 <= g <= 4
         for bumped in ((ma + 1, he, ex, cw), (ma, he + 1, ex, cw), (ma, he, ex + 1, cw), (ma, he, ex, cw + 1)):
             assert dr_grade(*bumped) >= g
-    assert [dr_grade(0, 0, 0, 0), dr_grade(3, 0, 0, 0), dr_grade(3, 2, 0, 0), dr_grade(0, 12, 0, 0),
-            dr_grade(0, 20, 0, 3)] == [0, 1, 2, 3, 4]
+    assert [dr_grade(0, 0, 0, 0), dr_grade(3, 0, 0, 0), dr_grade(3, 2, 0, 0), dr_grade(0, 12, 0, 0), dr_grade(0, 20, 0, 3)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
     with pytest.raises(ValueError, match="counts"):
         dr_grade(-1, 0, 0, 0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 from medxai.transforms import (
     LPS_TO_RAS,
@@ -20,7 +21,6 @@ from medxai.transforms import (
     metatensor_to_volume_arrays,
     volume_to_metatensor,
 )
-from monai.data import MetaTensor
 
 SPACING = (0.7, 0.7, 2.5)
 
@@ -55,18 +55,13 @@ def _phantom(shape=(40, 80, 96), lung_z=(6, 34), with_lungs=True, seed=0):
     lungs = np.zeros(shape, bool)
     if with_lungs:
         for side in (-1, 1):
-            lungs |= (
-                ((x - (cx + side * nx * 0.2)) / (nx * 0.15)) ** 2
-                + ((y - cy + 2) / (ny * 0.28)) ** 2
-                + ((z - zc) / zr) ** 2
-                <= 1
-            )
+            lungs |= ((x - (cx + side * nx * 0.2)) / (nx * 0.15)) ** 2 + ((y - cy + 2) / (ny * 0.28)) ** 2 + (
+                (z - zc) / zr
+            ) ** 2 <= 1
     vol[lungs] = -850.0
     vol[((x - cx) / (nx * 0.06)) ** 2 + ((y - (cy + ny * 0.3)) / (ny * 0.07)) ** 2 <= 1] = 400.0  # spine, posterior
     vol += np.random.default_rng(seed).normal(0.0, 20.0, shape).astype(np.float32)
-    lesion = (
-        ((x - (cx + nx * 0.2)) / (nx * 0.09)) ** 2 + ((y - cy) / (ny * 0.12)) ** 2 + ((z - zc) / (zr * 0.9)) ** 2 <= 1
-    )
+    lesion = ((x - (cx + nx * 0.2)) / (nx * 0.09)) ** 2 + ((y - cy) / (ny * 0.12)) ** 2 + ((z - zc) / (zr * 0.9)) ** 2 <= 1
     return vol, lungs, lesion.astype(np.uint8)
 
 

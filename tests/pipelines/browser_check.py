@@ -81,16 +81,27 @@ def images_in_chromium(html: Path, timeout: float = 60) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="medxai-chromium-") as profile:
             cmd = [
-                exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-extensions", "--allow-file-access-from-files",
-                f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri(),
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-extensions",
+                "--allow-file-access-from-files",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                copy.as_uri(),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     finally:
         copy.unlink(missing_ok=True)
     m = _RESULT.search(proc.stdout)
     if m is None:
-        raise RuntimeError(f"Chromium (exit {proc.returncode}) printed no probe result for {html}; "
-                           f"stderr tail:\n{proc.stderr[-2000:]}\nstdout tail:\n{proc.stdout[-1000:]}")
+        raise RuntimeError(
+            f"Chromium (exit {proc.returncode}) printed no probe result for {html}; "
+            f"stderr tail:\n{proc.stderr[-2000:]}\nstdout tail:\n{proc.stdout[-1000:]}"
+        )
     result = json.loads(htmlmod.unescape(m.group(1)))
     return {"n_images": int(result["n_images"]), "broken": list(result["broken"])}

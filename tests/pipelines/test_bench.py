@@ -134,19 +134,25 @@ def test_bad_bench_config_is_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("  rise_masks: 64\n", "methods: {rise: {n_masks: N}}"),
-    ("  ct_overrides: {explainer.encode_steps: 4}\n", "renamed 'diffexplainer'"),
-    ("  dr_overrides: {dvce.target_class: 0}\n", "moved to the top level"),
-    ("  methods: {no_such_method: {n: 1}}\n", "not registered"),
-])
-def test_old_or_unknown_bench_fields_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("  rise_masks: 64\n", "methods: {rise: {n_masks: N}}"),
+        ("  ct_overrides: {explainer.encode_steps: 4}\n", "renamed 'diffexplainer'"),
+        ("  dr_overrides: {dvce.target_class: 0}\n", "moved to the top level"),
+        ("  methods: {no_such_method: {n: 1}}\n", "not registered"),
+    ],
+)
+def test_old_or_unknown_bench_fields_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, message: str
+) -> None:
     # never silently ignored: an old field name would otherwise run the bench with other settings than asked
     configs = Path(__file__).resolve().parents[2] / "configs"
     cfg = tmp_path / "bench.yaml"
-    cfg.write_text(f"full:\n  ct_config: {configs / 'ct_prognosis.yaml'}\n  dr_config: {configs / 'dr_fundus.yaml'}\n"
-                   f"  ddpm_config: {configs / 'ddpm_fundus_cpu64.yaml'}\n{extra}")
+    cfg.write_text(
+        f"full:\n  ct_config: {configs / 'ct_prognosis.yaml'}\n  dr_config: {configs / 'dr_fundus.yaml'}\n"
+        f"  ddpm_config: {configs / 'ddpm_fundus_cpu64.yaml'}\n{extra}"
+    )
     assert main(["bench", "-c", str(cfg), "-o", str(tmp_path / "out")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err

@@ -23,9 +23,7 @@ def test_keyboard_interrupt_in_a_command_exits_130_with_one_line(tmp_path: Path,
     code = main(["ingest", str(tmp_path), "-o", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
     assert code == EXIT_INTERRUPTED == 130
-    assert [line for line in err.splitlines() if line.strip()] == [
-        "Interrupted; nothing half-written was left looking finished."
-    ]
+    assert [line for line in err.splitlines() if line.strip()] == ["Interrupted; nothing half-written was left looking finished."]
     assert not (tmp_path / "x.nii.gz").exists()
 
 
@@ -59,7 +57,9 @@ def test_sigint_to_a_running_medxai_process_exits_130(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(tmp_path), str(tmp_path / "x.nii.gz")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -55,9 +55,13 @@ def test_stack_from_dicom_and_heatmap_back_on_source_slices(tmp_path: Path, feet
         c_src = np.argwhere(mask_on_vol[k]).mean(axis=0)
         assert np.abs(c_back - c_src).max() < 1.0
     # ... and each stack channel names the DICOM instance it came from.
-    for j, k in enumerate(idx):
+    for k in idx:
         ref = vol.source.frames[k]
-        ds = pydicom.dcmread(next(f for f in vol.source.files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == ref.sop_instance_uid))
+        ds = pydicom.dcmread(
+            next(
+                f for f in vol.source.files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == ref.sop_instance_uid
+            )
+        )
         z_dicom = float(ds.ImagePositionPatient[2])
         assert z_dicom == pytest.approx((vol.affine_lps @ [0, 0, k, 1])[2], abs=1e-3)
     # lung-extent fractions: channels run from apex (superior) to base (inferior)

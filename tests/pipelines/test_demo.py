@@ -30,8 +30,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_demo_prints_where_everything_is(demo: tuple[Path, str]) -> None:
     out, printed = demo
-    for key in ("report", "secondary_captures", "slicer_bundle", "parametric_map", "counterfactual_series",
-                "fundus_explanation", "fundus_secondary_capture"):
+    for key in (
+        "report",
+        "secondary_captures",
+        "slicer_bundle",
+        "parametric_map",
+        "counterfactual_series",
+        "fundus_explanation",
+        "fundus_secondary_capture",
+    ):
         assert key in printed, key
     assert read_image(out / "real_ct" / "ct.nii.gz").shape == (5, 16, 16)
 

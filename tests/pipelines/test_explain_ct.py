@@ -21,8 +21,15 @@ from medxai.phantoms import ct_config, make_ct_case
 from medxai.training.checkpoint import save_weights
 from pipelines.cli import EXIT_BAD_INPUT, main
 
-NET = {"image_size": 32, "in_channels": 1, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "z_dim": 8,
-       "dropout": 0.0}
+NET = {
+    "image_size": 32,
+    "in_channels": 1,
+    "base_channels": 8,
+    "channel_mults": [1, 2],
+    "num_res_blocks": 1,
+    "z_dim": 8,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +46,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     agent = Agent(4 * NET["z_dim"], 16, 2, teacher.head)
     agent.set_latent_stats(torch.randn(16, 4 * NET["z_dim"], generator=torch.Generator().manual_seed(0)))
     save_agent(agent, root / "agent.safetensors")
-    (root / "diffae.yaml").write_text(yaml.safe_dump({
-        "network": NET,
-        "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
-        "training": {"steps": 10, "batch_size": 4, "lr": 1e-3},
-    }))
+    (root / "diffae.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "network": NET,
+                "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
+                "training": {"steps": 10, "batch_size": 4, "lr": 1e-3},
+            }
+        )
+    )
     config = {
         "input": "ct_stack",
         "method": "diffexplainer",
@@ -51,10 +62,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seed": 0,
         "run_dir": str(root / "run"),
         "stack": {"size": 32},
-        "teacher": {"kind": "class_path", "path": str(root / "teacher.safetensors"),
-                    "class_path": "medxai.networks.classifiers:TinyCNN",
-                    "init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 4},
-                    "num_classes": 2, "classifier_layer": "head"},
+        "teacher": {
+            "kind": "class_path",
+            "path": str(root / "teacher.safetensors"),
+            "class_path": "medxai.networks.classifiers:TinyCNN",
+            "init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 4},
+            "num_classes": 2,
+            "classifier_layer": "head",
+        },
         "autoencoder": {"config": "diffae.yaml", "path": str(root / "ae.safetensors")},
         "agent": {"path": str(root / "agent.safetensors")},
         "diffexplainer": {"step_sizes": [1.0, 2.0], "encode_steps": 4, "decode_steps": 4, "batch_size": 64},
@@ -69,8 +84,16 @@ def test_explain_writes_files_on_the_ct_grid(setup: dict, capsys: pytest.Capture
     text = capsys.readouterr().out
     assert "wrote" in text and "heatmap.nii.gz" in text and "P(class 1)" in text
     (case_dir,) = [p for p in out.glob("*/*/*") if not p.name.startswith(".")]
-    for name in ("heatmap.nii.gz", "difference_plus.nii.gz", "difference_minus.nii.gz", "counterfactuals.npz",
-                 "counterfactual_plus.nii.gz", "counterfactual_minus.nii.gz", "strip.png", "explanation.json"):
+    for name in (
+        "heatmap.nii.gz",
+        "difference_plus.nii.gz",
+        "difference_minus.nii.gz",
+        "counterfactuals.npz",
+        "counterfactual_plus.nii.gz",
+        "counterfactual_minus.nii.gz",
+        "strip.png",
+        "explanation.json",
+    ):
         assert (case_dir / name).is_file(), name
     ct = read_series(setup["dicom"])
     img = nib.load(str(case_dir / "heatmap.nii.gz"))
@@ -93,7 +116,13 @@ def test_explain_writes_files_on_the_ct_grid(setup: dict, capsys: pytest.Capture
     cf = np.asarray(nib.load(str(case_dir / "counterfactual_plus.nii.gz")).dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(cf[others], ct.array[others])
     assert sorted(p.name for p in (case_dir / "dicom").iterdir()) == [
-        "CT_counterfactual_minus", "CT_counterfactual_plus", "PM.dcm", "SC_counterfactual", "SC_overlay", "SEG.dcm"]
+        "CT_counterfactual_minus",
+        "CT_counterfactual_plus",
+        "PM.dcm",
+        "SC_counterfactual",
+        "SC_overlay",
+        "SEG.dcm",
+    ]
     assert not [p for p in case_dir.parent.iterdir() if ".partial" in p.name]
 
 

@@ -41,8 +41,12 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_weights(root / "rob.safetensors", rob.state_dict())
     ddpm = ImageDDPM(DDPMNetConfig(image_size=SIZE, block_out_channels=(16, 32), norm_num_groups=8))
     save_ddpm(ddpm, root / "ddpm.safetensors")
-    spec = {"kind": "class_path", "class_path": "medxai.networks.classifiers:TinyCNN",
-            "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4}, "num_classes": 2}
+    spec = {
+        "kind": "class_path",
+        "class_path": "medxai.networks.classifiers:TinyCNN",
+        "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4},
+        "num_classes": 2,
+    }
     config = {
         "input": "fundus",
         "method": "dvce",
@@ -52,16 +56,25 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "classifier": {**spec, "path": "clf.safetensors"},  # relative to the config file
         "robust_classifier": {**spec, "path": "rob.safetensors"},
         "diffusion": {"path": "ddpm.safetensors"},
-        "dvce": {"num_steps": 10, "skip_steps": 6, "batch_size": 2,
-                 "guidance": {"mode": "cone", "n_augmentations": 2, "grad_through_unet": False}},
+        "dvce": {
+            "num_steps": 10,
+            "skip_steps": 6,
+            "batch_size": 2,
+            "guidance": {"mode": "cone", "n_augmentations": 2, "grad_through_unet": False},
+        },
     }
     (root / "dr.yaml").write_text(yaml.safe_dump(config))
     case = make_fundus_case(3, fundus_config("test"))
     Image.fromarray(np.asarray(case.rgb)).save(root / "phantom.png")
     Image.fromarray(np.asarray(case.rgb)[..., 1]).save(root / "grey.png")
     write_photo_dicom(np.ascontiguousarray(case.rgb), root / "phantom.dcm", StudyInfo(uid_seed="dr-photo", patient_id="DR-1"))
-    return {"root": root, "config": root / "dr.yaml", "phantom": root / "phantom.png", "grey": root / "grey.png",
-            "dicom": root / "phantom.dcm"}
+    return {
+        "root": root,
+        "config": root / "dr.yaml",
+        "phantom": root / "phantom.png",
+        "grey": root / "grey.png",
+        "dicom": root / "phantom.dcm",
+    }
 
 
 def _check_outputs(case: Path, photo_shape: tuple[int, int]) -> dict:
@@ -152,8 +165,11 @@ def test_explain_dr_bad_inputs(tiny_setup: dict[str, Path], tmp_path: Path) -> N
         run_explain(tiny_setup["config"], tmp_path / "nope.png", tmp_path / "o5")
     from dicom_io import StudyInfo, Volume, write_ct_series
 
-    write_ct_series(Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "ct",
-                    StudyInfo(uid_seed="not-a-photo"))
+    write_ct_series(
+        Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+        tmp_path / "ct",
+        StudyInfo(uid_seed="not-a-photo"),
+    )
     with pytest.raises(StepError, match="read input.*is a Volume, not a photograph"):
         run_explain(tiny_setup["config"], tmp_path / "ct" / "CT000001.dcm", tmp_path / "o6")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
@@ -169,28 +185,50 @@ def test_cli_train_diffusion_and_classifiers(tmp_path: Path) -> None:
     gen = np.random.default_rng(0)
     x = gen.random((8, 3, SIZE, SIZE)).astype(np.float32)
     y = np.array([0, 1] * 4)
-    StackSet(x, y, np.zeros(8, np.float32), {"lesions": np.zeros((8, 1, SIZE, SIZE), np.float32)}, np.zeros(8, bool),
-             np.arange(8)).save(str(tmp_path / "data.npz"))
+    StackSet(
+        x, y, np.zeros(8, np.float32), {"lesions": np.zeros((8, 1, SIZE, SIZE), np.float32)}, np.zeros(8, bool), np.arange(8)
+    ).save(str(tmp_path / "data.npz"))
     ddpm_cfg = {
         "network": {"image_size": SIZE, "in_channels": 3, "block_out_channels": [16, 32], "norm_num_groups": 8},
         "training": {"steps": 2, "batch_size": 4, "lr": 0.001, "seed": 0},
     }
     (tmp_path / "ddpm.yaml").write_text(yaml.safe_dump(ddpm_cfg))
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "diffusion", "-c", str(tmp_path / "ddpm.yaml"), "-o", str(tmp_path / "d.safetensors"),
-                              "--data", str(tmp_path / "data.npz")])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "diffusion",
+            "-c",
+            str(tmp_path / "ddpm.yaml"),
+            "-o",
+            str(tmp_path / "d.safetensors"),
+            "--data",
+            str(tmp_path / "data.npz"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "d.safetensors").is_file() and (tmp_path / "d.json").is_file()
-    spec = {"kind": "class_path", "class_path": "medxai.networks.classifiers:TinyCNN",
-            "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4}, "num_classes": 2}
+    spec = {
+        "kind": "class_path",
+        "class_path": "medxai.networks.classifiers:TinyCNN",
+        "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4},
+        "num_classes": 2,
+    }
     dr_cfg = {
-        "input": "fundus", "method": "dvce", "target_class": 0, "seed": 0, "image_size": SIZE,
+        "input": "fundus",
+        "method": "dvce",
+        "target_class": 0,
+        "seed": 0,
+        "image_size": SIZE,
         "classifier": {**spec, "path": str(tmp_path / "c.safetensors")},
         "robust_classifier": {**spec, "path": str(tmp_path / "r.safetensors")},
         "diffusion": {"path": str(tmp_path / "d.safetensors")},
         "dvce": {},
-        "train": {"classifier": {"steps": 2, "batch_size": 4, "lr": 0.001},
-                  "robust": {"method": "trades", "eps": 0.1, "steps": 1}},
+        "train": {
+            "classifier": {"steps": 2, "batch_size": 4, "lr": 0.001},
+            "robust": {"method": "trades", "eps": 0.1, "steps": 1},
+        },
     }
     (tmp_path / "dr.yaml").write_text(yaml.safe_dump(dr_cfg))
     for extra, name in (([], "c"), (["--robust"], "r")):

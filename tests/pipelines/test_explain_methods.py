@@ -58,8 +58,15 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     vol = Volume(np.asarray(case.hu, dtype=np.float32), case.spacing, case.origin)
     write_ct_series(vol, root / "dicom", StudyInfo(uid_seed="explain-methods", patient_id="P/1", series_description="chest"))
     cfg = yaml.safe_load((REPO / "configs" / "ct_prognosis.yaml").read_text())
-    _shipped(cfg, {"teacher": "ct/teacher.safetensors", "autoencoder": "ct/autoencoder.safetensors",
-                   "agent": "ct/agent.safetensors", "nn_explainer_network": "nn_explainer_ct"})
+    _shipped(
+        cfg,
+        {
+            "teacher": "ct/teacher.safetensors",
+            "autoencoder": "ct/autoencoder.safetensors",
+            "agent": "ct/agent.safetensors",
+            "nn_explainer_network": "nn_explainer_ct",
+        },
+    )
     cfg["autoencoder"]["config"] = str(REPO / "configs" / cfg["autoencoder"]["config"])
     cfg["run_dir"] = str(root / "run")
     for name, settings in TINY.items():
@@ -174,12 +181,26 @@ def _check_derived_series(case: Path, ct: Volume, meta: dict[str, Any]) -> None:
     assert sc and "Counterfactual" in pydicom.dcmread(sc[0], stop_before_pixels=True).DerivationDescription
 
 
-def test_shipped_config_explains_a_phantom_series_with_no_copying(ct: dict[str, Any], tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_shipped_config_explains_a_phantom_series_with_no_copying(
+    ct: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A fresh clone: configs/ct_prognosis.yaml as shipped (runs/ has no weights: medxai/pretrained stands in)."""
     out = tmp_path / "out"
-    code = main(["explain", "-c", str(REPO / "configs" / "ct_prognosis.yaml"), "-i", str(ct["dicom"]), "-o", str(out),
-                 "--encode-steps", "2", "--decode-steps", "2"])
+    code = main(
+        [
+            "explain",
+            "-c",
+            str(REPO / "configs" / "ct_prognosis.yaml"),
+            "-i",
+            str(ct["dicom"]),
+            "-o",
+            str(out),
+            "--encode-steps",
+            "2",
+            "--decode-steps",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     case = _case_dir(out, "diffexplainer")
     meta = json.loads((case / "explanation.json").read_text())
@@ -190,8 +211,9 @@ def test_shipped_config_explains_a_phantom_series_with_no_copying(ct: dict[str, 
     assert (case / "dicom" / "CT_counterfactual_plus").is_dir()
 
 
-def test_existing_case_is_refused_without_overwrite(ct: dict[str, Any], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_case_is_refused_without_overwrite(
+    ct: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["explain", "-c", str(ct["config"]), "-i", str(ct["dicom"]), "-o", str(tmp_path / "o"), "--method", "gradcam"]
     assert main(args) == 0
     case = _case_dir(tmp_path / "o", "gradcam")
@@ -204,14 +226,17 @@ def test_existing_case_is_refused_without_overwrite(ct: dict[str, Any], tmp_path
     assert not (case / "marker.txt").exists() and (case / "explanation.json").is_file()
 
 
-def test_a_method_for_another_input_is_refused_naming_the_valid_ones(ct: dict[str, Any], tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_method_for_another_input_is_refused_naming_the_valid_ones(
+    ct: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["explain", "-c", str(ct["config"]), "-i", str(ct["dicom"]), "-o", str(tmp_path / "o"), "--method", "dvce"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == EXIT_BAD_INPUT and "Traceback" not in err
     assert "does not explain ct stack inputs" in err and all(m in err for m in method_names(CT_STACK))
-    assert main(["explain", "-c", str(ct["config"]), "-i", str(ct["dicom"]), "-o", str(tmp_path / "o"),
-                 "--method", "gradcma"]) == EXIT_BAD_INPUT
+    assert (
+        main(["explain", "-c", str(ct["config"]), "-i", str(ct["dicom"]), "-o", str(tmp_path / "o"), "--method", "gradcma"])
+        == EXIT_BAD_INPUT
+    )
     assert "unknown method 'gradcma'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "o").exists()
 
@@ -224,13 +249,16 @@ def test_every_ct_series_of_a_folder_is_one_case(ct: dict[str, Any], tmp_path: P
     src = tmp_path / "study"
     shutil.copytree(ct["dicom"], src / "a")
     vol = ct["ct"].replace(source=None)
-    write_ct_series(vol, src / "b", StudyInfo(uid_seed="explain-methods", patient_id="P/1", series_number=2,
-                                              series_description="chest"))
+    write_ct_series(
+        vol, src / "b", StudyInfo(uid_seed="explain-methods", patient_id="P/1", series_number=2, series_description="chest")
+    )
     write_photo_dicom(np.zeros((64, 64, 3), np.uint8), src / "photo.dcm", StudyInfo(uid_seed="a-photo"))
     res = run_explain(ct["config"], src, tmp_path / "o", method="gradcam")
     assert res.n_cases == 2 and len({c.case_dir for c in res.cases}) == 2
-    assert {c.series_instance_uid for c in res.cases} == {ct["ct"].source.series_instance_uid,
-                                                          read_series(src / "b").source.series_instance_uid}
+    assert {c.series_instance_uid for c in res.cases} == {
+        ct["ct"].source.series_instance_uid,
+        read_series(src / "b").source.series_instance_uid,
+    }
     assert len({c.study_instance_uid for c in res.cases}) == 1 and all(c.case_dir.is_dir() for c in res.cases)
 
 
@@ -258,8 +286,15 @@ def fundus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cohort = write_fundus_cohort(root / "cohort", 1, seed=9006)
     (case,) = [p for p in cohort.iterdir() if p.is_dir()]
     cfg = yaml.safe_load((REPO / "configs" / "dr_fundus.yaml").read_text())
-    _shipped(cfg, {"classifier": "fundus/classifier.safetensors", "robust_classifier": "fundus/robust_classifier.safetensors",
-                   "diffusion": "fundus/ddpm.safetensors", "nn_explainer_network": "nn_explainer_fundus"})
+    _shipped(
+        cfg,
+        {
+            "classifier": "fundus/classifier.safetensors",
+            "robust_classifier": "fundus/robust_classifier.safetensors",
+            "diffusion": "fundus/ddpm.safetensors",
+            "nn_explainer_network": "nn_explainer_fundus",
+        },
+    )
     cfg["dvce"].update(TINY["dvce"])
     cfg["dvce"]["guidance"]["n_augmentations"] = 1
     cfg["rise"] = TINY["rise"]
@@ -268,8 +303,9 @@ def fundus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("method", ["dvce", "rise"])
-def test_fundus_methods_write_the_same_layout_and_an_sc_overlay(fundus: dict[str, Any], method: str,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_fundus_methods_write_the_same_layout_and_an_sc_overlay(
+    fundus: dict[str, Any], method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = fundus["root"] / f"out_{method}"
     assert method in method_names(FUNDUS)
     code = main(["explain", "-c", str(fundus["config"]), "-i", str(fundus["photo"]), "-o", str(out), "--method", method])
@@ -294,8 +330,9 @@ def test_fundus_methods_write_the_same_layout_and_an_sc_overlay(fundus: dict[str
 
 
 # ------------------------------------------------------------------------ a method added as one class
-def test_a_method_added_as_one_class_is_listed_and_runs(ct: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_method_added_as_one_class_is_listed_and_runs(
+    ct: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from medxai import registry
     from medxai.explainers.base import Explainer
     from medxai.registry import ANY_IMAGE, register_method

@@ -39,8 +39,7 @@ def _heat() -> np.ndarray:
 
 def _series(folder: Path, patient_id: str = "P1", **kw: object) -> Path:
     """A CT series; StudyDate/StudyID/SeriesDescription fixed so that only the UIDs and PatientID differ."""
-    info = StudyInfo(patient_id=patient_id, study_date="20240101", study_id="1",
-                     series_description="CT chest", **kw)  # type: ignore[arg-type]
+    info = StudyInfo(patient_id=patient_id, study_date="20240101", study_id="1", series_description="CT chest", **kw)  # type: ignore[arg-type]
     write_ct_series(_volume(), folder, info)
     return folder
 
@@ -51,8 +50,9 @@ def _heat_file(src: Path, tmp: Path) -> Path:
 
 
 def _export_cli(src: Path, heat: Path, out: Path, *extra: str) -> int:
-    return main(["export", "--source", str(src), "--heatmap", str(heat), "-o", str(out), "--method", "GradCAM",
-                 "--no-slicer", *extra])
+    return main(
+        ["export", "--source", str(src), "--heatmap", str(heat), "-o", str(out), "--method", "GradCAM", "--no-slicer", *extra]
+    )
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -170,8 +170,7 @@ def test_existing_export_is_refused_without_overwrite_and_replaced_with_it(tmp_p
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
-def test_failure_in_the_pm_step_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               exc: BaseException) -> None:
+def test_failure_in_the_pm_step_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     import pipelines.export as ex
 
     src = _series(tmp_path / "src")

@@ -122,8 +122,15 @@ def test_chest_phantom_passes_every_check(ct: dict[str, Path], capsys: pytest.Ca
     check = meta["provenance"]["input_check"]
     assert check["passed"] is True and check["forced"] is False and check["failed"] == []
     by_name = {c["name"]: c for c in check["checks"]}
-    assert set(by_name) == {"modality", "slices", "field_of_view", "scan_length", "lung_volume", "reconstruction_error",
-                            "latent_distance"}
+    assert set(by_name) == {
+        "modality",
+        "slices",
+        "field_of_view",
+        "scan_length",
+        "lung_volume",
+        "reconstruction_error",
+        "latent_distance",
+    }
     assert all(c["pass"] is True for c in check["checks"]), check  # the reconstruction and latent checks ran against references
     assert by_name["lung_volume"]["value"] > 1000
     assert 0 < by_name["latent_distance"]["value"] < 1.5  # about 1 in distribution (this phantom: 0.3-0.8)
@@ -131,8 +138,9 @@ def test_chest_phantom_passes_every_check(ct: dict[str, Path], capsys: pytest.Ca
     # the "already in the target class" note follows the teacher's own probability (threshold 0.5 here)
     p1 = meta["probabilities"][1]
     assert p1 >= 0.5  # the shipped teacher gives this phantom P(class 1) = 0.76
-    assert meta["provenance"]["notes"] == [f"the teacher already gives P(class 1) = {p1:.2f} for this query; the 'more likely' "
-                             "counterfactual (z+) has little room"]
+    assert meta["provenance"]["notes"] == [
+        f"the teacher already gives P(class 1) = {p1:.2f} for this query; the 'more likely' counterfactual (z+) has little room"
+    ]
     assert "note: the teacher already gives P(class 1)" in " ".join(text.split())
 
 
@@ -157,16 +165,20 @@ def test_reconstruction_error_outside_the_reference_is_refused(ct: dict[str, Pat
     meta.pop("reconstruction_error")
     weights.with_suffix(".json").write_text(json.dumps(meta))
     tf = CTStackTransform(CTStackConfig(size=64))
-    heads = np.stack([np.asarray(tf(v.array, v.spacing, v.origin, np.eye(3))["image"])
-                      for v in (head_ct(seed=k) for k in range(4, 8))])
+    heads = np.stack(
+        [np.asarray(tf(v.array, v.spacing, v.origin, np.eye(3))["image"]) for v in (head_ct(seed=k) for k in range(4, 8))]
+    )
     ref = reconstruction_reference(load_autoencoder(weights), heads, STEPS, STEPS, cases="head-like stacks")
     record_reference(weights.with_suffix(".json"), ref)
     config = yaml.safe_load(ct["config"].read_text())
     config["autoencoder"]["path"] = str(weights)
     (ct["root"] / "head_ae.yaml").write_text(yaml.safe_dump(config))
 
-    with pytest.raises(InputCheckError, match=r"refused after reconstructing it.*reconstruction error [0-9.]+ MSE "
-                       r"\(expected <= [0-9.]+ \(mean [0-9.]+ \+ 4 sd over 4 head-like stacks\)\)") as info:
+    with pytest.raises(
+        InputCheckError,
+        match=r"refused after reconstructing it.*reconstruction error [0-9.]+ MSE "
+        r"\(expected <= [0-9.]+ \(mean [0-9.]+ \+ 4 sd over 4 head-like stacks\)\)",
+    ) as info:
         run_explain(ct["root"] / "head_ae.yaml", ct["root"] / "chest", ct["root"] / "recon_out")
     (result,) = info.value.results
     assert [c.name for c in result.failed] == ["reconstruction_error"]
@@ -192,9 +204,12 @@ def test_head_ct_is_refused_by_the_latent_check_alone(ct: dict[str, Path]) -> No
     assert ref is not None
     limit = ref.upper_limit(3.0)
 
-    with pytest.raises(InputCheckError, match=rf"refused after reconstructing it.*latent distance [0-9.]+ \(expected <= "
-                       rf"{limit:.3g} \(mean {ref.mean:.3g} \+ 3 sd over 40 phantom 'test' cases, seed 5\)\): the "
-                       r"autoencoder's semantic code of the query is far") as info:
+    with pytest.raises(
+        InputCheckError,
+        match=rf"refused after reconstructing it.*latent distance [0-9.]+ \(expected <= "
+        rf"{limit:.3g} \(mean {ref.mean:.3g} \+ 3 sd over 40 phantom 'test' cases, seed 5\)\): the "
+        r"autoencoder's semantic code of the query is far",
+    ) as info:
         run_explain(path, ct["root"] / "head", ct["root"] / "latent_out")
     (result,) = info.value.results
     assert [c.name for c in result.failed] == ["latent_distance"]
@@ -309,19 +324,38 @@ def test_shipped_autoencoder_has_references() -> None:
 def test_train_autoencoder_records_its_reference(tmp_path: Path) -> None:
     from medxai.training.ct import load_ct_config, train_autoencoder_from_config
 
-    net = {"image_size": 32, "in_channels": 1, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-           "z_dim": 8, "dropout": 0.0}
-    (tmp_path / "diffae.yaml").write_text(yaml.safe_dump({
-        "network": net,
-        "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
-        "training": {"steps": 2, "batch_size": 4, "lr": 1e-3},
-    }))
+    net = {
+        "image_size": 32,
+        "in_channels": 1,
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "z_dim": 8,
+        "dropout": 0.0,
+    }
+    (tmp_path / "diffae.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "network": net,
+                "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
+                "training": {"steps": 2, "batch_size": 4, "lr": 1e-3},
+            }
+        )
+    )
     cfg = {
-        "input": "ct_stack", "method": "diffexplainer", "target_class": 1,
-        "seed": 0, "run_dir": str(tmp_path / "run"), "stack": {"size": 32},
-        "teacher": {"kind": "class_path", "path": str(tmp_path / "t.safetensors"),
-                    "class_path": "medxai.networks.classifiers:TinyCNN",
-                    "init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 4}, "num_classes": 2},
+        "input": "ct_stack",
+        "method": "diffexplainer",
+        "target_class": 1,
+        "seed": 0,
+        "run_dir": str(tmp_path / "run"),
+        "stack": {"size": 32},
+        "teacher": {
+            "kind": "class_path",
+            "path": str(tmp_path / "t.safetensors"),
+            "class_path": "medxai.networks.classifiers:TinyCNN",
+            "init_kwargs": {"in_channels": 4, "num_classes": 2, "width": 4},
+            "num_classes": 2,
+        },
         "autoencoder": {"config": "diffae.yaml", "path": str(tmp_path / "ae.safetensors")},
         "agent": {"path": str(tmp_path / "agent.safetensors")},
         "diffexplainer": {"step_sizes": [1.0], "encode_steps": 3, "decode_steps": 2},
@@ -353,14 +387,26 @@ def dr(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dr_check")
     save_weights(root / "clf.safetensors", TinyCNN(3, 2, width=4, generator=torch.Generator().manual_seed(0)).state_dict())
     save_ddpm(ImageDDPM(DDPMNetConfig(image_size=32, block_out_channels=(16, 32), norm_num_groups=8)), root / "ddpm.safetensors")
-    spec = {"kind": "class_path", "class_path": "medxai.networks.classifiers:TinyCNN",
-            "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4}, "num_classes": 2}
+    spec = {
+        "kind": "class_path",
+        "class_path": "medxai.networks.classifiers:TinyCNN",
+        "init_kwargs": {"in_channels": 3, "num_classes": 2, "width": 4},
+        "num_classes": 2,
+    }
     config = {
-        "input": "fundus", "method": "dvce", "target_class": 0, "seed": 0, "image_size": 32,
+        "input": "fundus",
+        "method": "dvce",
+        "target_class": 0,
+        "seed": 0,
+        "image_size": 32,
         "classifier": {**spec, "path": str(root / "clf.safetensors")},
         "diffusion": {"path": str(root / "ddpm.safetensors")},
-        "dvce": {"num_steps": 4, "skip_steps": 2, "batch_size": 2,
-                 "guidance": {"mode": "plain", "n_augmentations": 1, "grad_through_unet": False}},
+        "dvce": {
+            "num_steps": 4,
+            "skip_steps": 2,
+            "batch_size": 2,
+            "guidance": {"mode": "plain", "n_augmentations": 1, "grad_through_unet": False},
+        },
     }
     (root / "dr.yaml").write_text(yaml.safe_dump(config))
     Image.fromarray(np.asarray(make_fundus_case(3, fundus_config("test")).rgb)).save(root / "fundus.png")

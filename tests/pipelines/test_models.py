@@ -46,7 +46,10 @@ def test_ct_black_box_is_the_shipped_teacher(ct_cfg: Config) -> None:
     assert type(teacher).__name__ == "DenseNet121" and not teacher.training
     with torch.no_grad():
         assert teacher(torch.rand(2, 4, 64, 64)).shape == (2, 2)
-    assert ct_cfg.resolved_weights["teacher"] == {"path": str(pretrained_dir() / "ct" / "teacher.safetensors"), "pretrained": True}
+    assert ct_cfg.resolved_weights["teacher"] == {
+        "path": str(pretrained_dir() / "ct" / "teacher.safetensors"),
+        "pretrained": True,
+    }
 
 
 def test_diffexplainer_models_build_the_method(ct_cfg: Config) -> None:
@@ -62,10 +65,13 @@ def test_diffexplainer_models_build_the_method(ct_cfg: Config) -> None:
     assert explainer.autoencoder is models["autoencoder"] and explainer.agent is models["agent"]
 
 
-@pytest.mark.parametrize("name, kind, channels, folder", [
-    ("ct_prognosis.yaml", CT_STACK, 4, "nn_explainer_ct"),
-    ("dr_fundus.yaml", FUNDUS, 3, "nn_explainer_fundus"),
-])
+@pytest.mark.parametrize(
+    "name, kind, channels, folder",
+    [
+        ("ct_prognosis.yaml", CT_STACK, 4, "nn_explainer_ct"),
+        ("dr_fundus.yaml", FUNDUS, 3, "nn_explainer_fundus"),
+    ],
+)
 def test_nn_explainer_network_is_loaded_as_network_and_config(
     request: pytest.FixtureRequest, name: str, kind: str, channels: int, folder: str
 ) -> None:
@@ -75,7 +81,9 @@ def test_nn_explainer_network_is_loaded_as_network_and_config(
     net, config = models["nn_explainer"]
     assert not net.training and config.in_channels == channels and config.num_classes == 2
     assert cfg.resolved_weights["nn_explainer_network"]["path"] == str(pretrained_dir() / folder)
-    exp = spec.build(load_black_box(cfg), method_settings(cfg, spec), models).explain(torch.rand(1, channels, 64, 64), target_class(cfg))
+    exp = spec.build(load_black_box(cfg), method_settings(cfg, spec), models).explain(
+        torch.rand(1, channels, 64, 64), target_class(cfg)
+    )
     assert exp.heatmaps.shape[-2:] == (64, 64) and torch.isfinite(exp.heatmaps).all()
 
 
@@ -87,7 +95,9 @@ def test_fundus_black_box_and_dvce_models(dr_cfg: Config) -> None:
     assert set(models) == {"diffusion", "robust_model"}
     assert type(models["diffusion"]).__name__ == "ImageDDPM" and models["diffusion"].config.image_size == 64
     assert type(models["robust_model"]).__name__ == "DRClassifier" and models["robust_model"] is not classifier
-    assert dr_cfg.resolved_weights["robust_classifier"]["path"] == str(pretrained_dir() / "fundus" / "robust_classifier.safetensors")
+    assert dr_cfg.resolved_weights["robust_classifier"]["path"] == str(
+        pretrained_dir() / "fundus" / "robust_classifier.safetensors"
+    )
     settings = method_settings(dr_cfg, spec)
     assert settings.num_steps == 100 and settings.guidance.mode == "cone"
     assert target_class(dr_cfg) == 0 and input_kind(dr_cfg) == FUNDUS
@@ -105,11 +115,14 @@ def test_progress_is_called_per_model(ct_cfg: Config) -> None:
     assert calls == [("load autoencoder", 1, 2), ("load agent", 2, 2)]
 
 
-@pytest.mark.parametrize("name, method, section", [
-    ("ct_prognosis.yaml", "diffexplainer", "agent"),
-    ("ct_prognosis.yaml", "nn_explainer", "nn_explainer_network"),
-    ("dr_fundus.yaml", "dvce", "diffusion"),
-])
+@pytest.mark.parametrize(
+    "name, method, section",
+    [
+        ("ct_prognosis.yaml", "diffexplainer", "agent"),
+        ("ct_prognosis.yaml", "nn_explainer", "nn_explainer_network"),
+        ("dr_fundus.yaml", "dvce", "diffusion"),
+    ],
+)
 def test_a_missing_needed_section_names_the_file_method_and_section(tmp_path: Path, name: str, method: str, section: str) -> None:
     path = _fresh(tmp_path, name, lambda d: d.pop(section))
     cfg = load_config(path)
@@ -157,24 +170,30 @@ def test_black_box_in_channels_must_fit_the_input(tmp_path: Path) -> None:
         load_black_box(cfg)
 
 
-@pytest.mark.parametrize("data, match", [
-    ({}, r"x\.yaml: missing field 'input'; add 'input: ct_stack'"),
-    ({"input": "tensor"}, r"field 'input' is 'tensor'; valid values: ct_stack, fundus"),
-    ({"input": "ct"}, r"valid values: ct_stack, fundus"),
-    ({"type": "dvce_fundus"}, r"'type: dvce_fundus' is no longer read; write 'input: fundus' and 'method: dvce'"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({}, r"x\.yaml: missing field 'input'; add 'input: ct_stack'"),
+        ({"input": "tensor"}, r"field 'input' is 'tensor'; valid values: ct_stack, fundus"),
+        ({"input": "ct"}, r"valid values: ct_stack, fundus"),
+        ({"type": "dvce_fundus"}, r"'type: dvce_fundus' is no longer read; write 'input: fundus' and 'method: dvce'"),
+    ],
+)
 def test_input_kind_errors(data: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         input_kind(Config(data, "x.yaml"))
 
 
-@pytest.mark.parametrize("data, match", [
-    ({}, r"x\.yaml: missing field 'target_class'; add e\.g\. 'target_class: 1' at the top level"),
-    ({"dvce": {"target_class": 0}}, r"missing field 'target_class' \(it moved out of 'dvce'\)"),
-    ({"target_class": -1}, r"'target_class' must be a class index >= 0, got -1"),
-    ({"target_class": True}, r"got True"),
-    ({"target_class": "1"}, r"got '1'"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({}, r"x\.yaml: missing field 'target_class'; add e\.g\. 'target_class: 1' at the top level"),
+        ({"dvce": {"target_class": 0}}, r"missing field 'target_class' \(it moved out of 'dvce'\)"),
+        ({"target_class": -1}, r"'target_class' must be a class index >= 0, got -1"),
+        ({"target_class": True}, r"got True"),
+        ({"target_class": "1"}, r"got '1'"),
+    ],
+)
 def test_target_class_errors(data: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         target_class(Config(data, "x.yaml"))

@@ -22,9 +22,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -62,8 +62,10 @@ def _run_orthanc(**overrides: object) -> Iterator[dict]:
     exe = shutil.which("Orthanc")
     plugin = _dicomweb_plugin()
     if exe is None or plugin is None:
-        pytest.skip("Orthanc and its DICOMweb plugin are not installed (run scripts/install_orthanc.sh: "
-                    "apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip(
+            "Orthanc and its DICOMweb plugin are not installed (run scripts/install_orthanc.sh: "
+            "apt-get install orthanc orthanc-dicomweb)"
+        )
     http_port, dicom_port = _free_port(), _free_port()
     root = Path(tempfile.mkdtemp(prefix="medxai-orthanc-"))
     storage = root / "storage"
@@ -104,16 +106,14 @@ def _run_orthanc(**overrides: object) -> Iterator[dict]:
         "DicomModalities": {"medxai": {"AET": CALLING_AET, "Host": "127.0.0.1", "Port": _free_port()}},
         "ConcurrentJobs": 1,
         "Plugins": [plugin],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": f"127.0.0.1:{http_port}",
-                     "Ssl": False},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": f"127.0.0.1:{http_port}", "Ssl": False},
         **overrides,
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))
     cfg.chmod(0o644)
     log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen([*prefix, exe, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                            start_new_session=True)
+    proc = subprocess.Popen([*prefix, exe, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     base = f"http://127.0.0.1:{http_port}"
     try:
         deadline = time.monotonic() + 20
@@ -178,8 +178,17 @@ def test_round_trip_push_pull_export_push(orthanc: dict, tmp_path: Path) -> None
     assert ct.shape == (8, 64, 64)
     np.testing.assert_allclose(ct.array, hu)
 
-    res = export_explanation(ct, _blob(ct.shape), tmp_path / "exports", method="GaussBlob", target="test",
-                             score_before=0.2, score_after=0.7, slices="nonzero", slicer=False)
+    res = export_explanation(
+        ct,
+        _blob(ct.shape),
+        tmp_path / "exports",
+        method="GaussBlob",
+        target="test",
+        score_before=0.2,
+        score_after=0.7,
+        slices="nonzero",
+        slicer=False,
+    )
     exports = res.dicom_files()
     hashes = _sha(exports)
     uids = push(url, exports, timeout=20)
@@ -245,8 +254,7 @@ def test_orthanc_is_closed_to_other_hosts(orthanc: dict) -> None:
     assert os.geteuid() != 0 or uid != 0
 
 
-def test_orthanc_with_authentication(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture) -> None:
+def test_orthanc_with_authentication(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """Basic auth from the URL, from --auth-env and from netrc against an Orthanc that demands it; a wrong or
     missing password gives HTTP 401 and the password is never printed."""
     from pipelines.cli import main
@@ -264,8 +272,9 @@ def test_orthanc_with_authentication(tmp_path: Path, monkeypatch: pytest.MonkeyP
         series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
 
         monkeypatch.setenv("MX_ORTHANC_AUTH", f"medxai:{password}")
-        assert main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "p"),
-                     "--auth-env", "MX_ORTHANC_AUTH"]) == 0
+        assert (
+            main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "p"), "--auth-env", "MX_ORTHANC_AUTH"]) == 0
+        )
         assert len(list((tmp_path / "p").rglob("*.dcm"))) == 2
 
         netrc = tmp_path / "netrc"
@@ -277,8 +286,9 @@ def test_orthanc_with_authentication(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
         capsys.readouterr()
         monkeypatch.setenv("MX_ORTHANC_AUTH", "medxai:wrong-Passw0rd")
-        assert main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "q"),
-                     "--auth-env", "MX_ORTHANC_AUTH"]) == 1
+        assert (
+            main(["pacs", "pull", url, "--series", series_uid, "-o", str(tmp_path / "q"), "--auth-env", "MX_ORTHANC_AUTH"]) == 1
+        )
         assert main(["pacs", "push", url.replace("http://", "http://medxai:wrong-Passw0rd@"), str(files[0])]) == 1
         err = capsys.readouterr().err
         assert err.count("HTTP 401") == 2 and "wrong-Passw0rd" not in err and password not in err

@@ -10,9 +10,9 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from browser_check import INSTALL_HINT, chromium, images_in_chromium
 from PIL import Image
 
-from browser_check import INSTALL_HINT, chromium, images_in_chromium
 from pipelines.report import write_report
 
 EVIL = "<script>alert('x')</script>"
@@ -26,22 +26,28 @@ def make_results() -> dict:
     agent = np.clip(0.5 + 0.9 * np.asarray(steps) + rng.normal(0, 0.05, (6, 9)), 0, 1).tolist()
     return {
         "ct": {
-            "diffexplainer": {"flip_rate": 0.9712, "recon_psnr_db": 31.2345, "loc_auroc": 0.934,
-                              "seconds_per_case": 12.5, "randomization_spearman": 0.041,
-                              "sweep": {"signed_steps": steps, "teacher_target_prob": teacher,
-                                        "agent_target_prob": agent}},
+            "diffexplainer": {
+                "flip_rate": 0.9712,
+                "recon_psnr_db": 31.2345,
+                "loc_auroc": 0.934,
+                "seconds_per_case": 12.5,
+                "randomization_spearman": 0.041,
+                "sweep": {"signed_steps": steps, "teacher_target_prob": teacher, "agent_target_prob": agent},
+            },
             "gradcam": {"loc_auroc": 0.71, "seconds_per_case": 0.02, "randomization_spearman": 0.12},
             "rise": {"loc_auroc": float("nan"), "seconds_per_case": 4.1, "randomization_spearman": None},
             EVIL: {"loc_auroc": 0.55},
             "agent_agreement": {"spearman": 0.81, "top1": 0.9},
             "models": {"teacher": {"heldout_auroc": 0.953}, "agent": {"heldout_auroc": 0.91}},
-            "shortcut": {"diffexplainer": {"mass_on_marker": 0.31}, "gradcam": {"mass_on_marker": 0.05},
-                         "_marker_area_fraction": 0.02},
+            "shortcut": {
+                "diffexplainer": {"mass_on_marker": 0.31},
+                "gradcam": {"mass_on_marker": 0.05},
+                "_marker_area_fraction": 0.02,
+            },
         },
         "fundus": {
             "dvce": {"target_rate": 0.88, "l1_outside_lesions": 0.0123, "loc_auroc": 0.81, "seconds_per_case": 2.5},
-            "dvce_no_cone": {"target_rate": 0.95, "l1_outside_lesions": 0.0456, "loc_auroc": 0.62,
-                             "seconds_per_case": 2.4},
+            "dvce_no_cone": {"target_rate": 0.95, "l1_outside_lesions": 0.0456, "loc_auroc": 0.62, "seconds_per_case": 2.4},
         },
         "targets": {"ct.diffexplainer.flip_rate": [">=", 0.95], "ct.gradcam.loc_auroc": [">=", 0.9]},
         "versions": {"medxai": "0.1.0", "torch": "2.13.0"},
@@ -58,8 +64,14 @@ def make_figures(out: Path) -> list[dict[str, str]]:
         path = out / "figures" / "given" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (24, 16), color).save(path)
-        figs.append({"section": section, "title": f"{section} figure", "path": f"figures/given/{name}",
-                     "caption": f"caption {EVIL} & more"})
+        figs.append(
+            {
+                "section": section,
+                "title": f"{section} figure",
+                "path": f"figures/given/{name}",
+                "caption": f"caption {EVIL} & more",
+            }
+        )
     return figs
 
 
@@ -77,12 +89,27 @@ def test_report_has_every_section_and_table(report: Path) -> None:
     assert report == report.parent / "report.html" and report.is_file()
     text = report.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
-    for piece in ['id="sec-ct"', 'id="sec-fundus"', 'id="sec-shortcut"', 'id="sec-demo"', 'id="targets"',
-                  'id="environment"', 'id="ct-metrics"', 'id="fundus-metrics"', 'id="ct-shortcut"',
-                  "Research use, not for diagnosis.",
-                  "Quick run: tiny models and few cases; the figures are not meaningful.",
-                  "Teacher probability vs step size", "heldout_auroc", "spearman", "L1 outside lesions",
-                  "<details><summary>Configuration</summary>", "2.13.0", "2025-01-01T00:00:00", "dvce_no_cone"]:
+    for piece in [
+        'id="sec-ct"',
+        'id="sec-fundus"',
+        'id="sec-shortcut"',
+        'id="sec-demo"',
+        'id="targets"',
+        'id="environment"',
+        'id="ct-metrics"',
+        'id="fundus-metrics"',
+        'id="ct-shortcut"',
+        "Research use, not for diagnosis.",
+        "Quick run: tiny models and few cases; the figures are not meaningful.",
+        "Teacher probability vs step size",
+        "heldout_auroc",
+        "spearman",
+        "L1 outside lesions",
+        "<details><summary>Configuration</summary>",
+        "2.13.0",
+        "2025-01-01T00:00:00",
+        "dvce_no_cone",
+    ]:
         assert piece in text, piece
     # floats to 3 significant digits, missing values as a dash, NaN shown as such
     assert ">0.971<" in text and ">31.2<" in text and ">0.0123<" in text and ">\u2013<" in text and ">NaN<" in text
@@ -99,8 +126,9 @@ def test_images_are_relative_and_exist(report: Path) -> None:
         assert not src.startswith(("/", "file:", "http")) and ".." not in src, src
         assert (report.parent / unquote(src)).is_file(), src
     assert "figures/given/ct%20case%201.png" in srcs  # the space is percent-encoded
-    assert {"figures/ct_sweep.png", "figures/ct_loc_auroc.png", "figures/fundus_loc_auroc.png",
-            "figures/ct_shortcut.png"} <= set(srcs)
+    assert {"figures/ct_sweep.png", "figures/ct_loc_auroc.png", "figures/fundus_loc_auroc.png", "figures/ct_shortcut.png"} <= set(
+        srcs
+    )
     for src in srcs:
         with Image.open(report.parent / unquote(src)) as im:
             assert im.format == "PNG"
@@ -127,8 +155,7 @@ def test_only_ct_and_empty_results(tmp_path: Path) -> None:
 def test_sections_and_columns_come_from_the_results(tmp_path: Path) -> None:
     # a method the report has never heard of, in a section it has never heard of, labelled from results["methods"]
     results = {
-        "ct": {"dig_in": {"method": "dig_in", "flip_rate": 0.5, "loc_auroc": 0.75},
-               "gradcam": {"loc_auroc": 0.61}},
+        "ct": {"dig_in": {"method": "dig_in", "flip_rate": 0.5, "loc_auroc": 0.75}, "gradcam": {"loc_auroc": 0.61}},
         "oct": {"new_method": {"target_rate": 0.8, "loc_auroc": 0.7}},
         "methods": {"dig_in": {"summary": "DiG-IN: <guided> diffusion"}},
         "models": {"dir": "/x", "trained": []},  # the bench's model list is not a section

@@ -6,8 +6,8 @@ import time
 
 import pytest
 import torch
-
 from diffae_toy import TINY, RegionTeacher, ToyWorld, distil_agent, toy_stacks
+
 from medxai.diffusion import DiffusionAutoencoder
 from medxai.networks.diffae import DiffAENet
 from medxai.training import TrainConfig, train_autoencoder

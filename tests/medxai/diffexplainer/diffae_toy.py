@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medxai.networks.agent import Agent
 from medxai.diffusion import DiffusionAutoencoder
+from medxai.networks.agent import Agent
 from medxai.networks.diffae import DiffAENetConfig
 from medxai.networks.teacher import TeacherFeatures
 from medxai.training import TrainConfig, compute_latents, train_agent
@@ -74,7 +74,9 @@ class ToyWorld:
     ae_history: dict
 
 
-def distil_agent(ae: DiffusionAutoencoder, teacher: nn.Module, stacks: torch.Tensor, layer: str = "head", steps: int = 400) -> Agent:
+def distil_agent(
+    ae: DiffusionAutoencoder, teacher: nn.Module, stacks: torch.Tensor, layer: str = "head", steps: int = 400
+) -> Agent:
     tf = TeacherFeatures(teacher, layer)
     logits, feats = tf.run_batched(stacks)
     latents = compute_latents(ae, stacks)

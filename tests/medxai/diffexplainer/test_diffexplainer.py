@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from diffae_toy import SIZE, SLICES, TINY, RegionTeacher, central_score
 
-from medxai.networks.agent import Agent, load_agent, save_agent
 from medxai.diffusion import load_autoencoder, save_autoencoder
 from medxai.explainers.base import hook_count
 from medxai.explainers.diffexplainer import DiffExplainer
@@ -23,12 +23,11 @@ from medxai.metrics.counterfactual import (
     ssim,
     summarise_diffexplainer,
 )
+from medxai.networks.agent import Agent, load_agent, save_agent
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.networks.teacher import TeacherFeatures
 from medxai.targets import ClassTarget, NeuronTarget
 from medxai.training import TrainConfig, agreement, train_agent
-
-from diffae_toy import SIZE, SLICES, TINY, RegionTeacher, central_score
 
 
 def _randomised_net(cfg: DiffAENetConfig) -> DiffAENet:

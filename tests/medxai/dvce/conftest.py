@@ -31,18 +31,22 @@ make_blob_data = _suite_conftest.make_blob_data
 BLOB_RANGE = (-1.5, 3.0)
 
 
-def tiny_ddpm(channels: int = 2, size: int = 32, seed: int = 0):  # noqa: ANN201
+def tiny_ddpm(channels: int = 2, size: int = 32, seed: int = 0):
     from medxai.diffusion.ddpm import DDPMNetConfig, ImageDDPM
 
     cfg = DDPMNetConfig(
-        image_size=size, in_channels=channels, block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, data_range=BLOB_RANGE if channels == 2 else (0.0, 1.0),
+        image_size=size,
+        in_channels=channels,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        data_range=BLOB_RANGE if channels == 2 else (0.0, 1.0),
     )
     return ImageDDPM(cfg, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="session")
-def blob_ddpm(blob_task):  # noqa: ANN001, ANN201
+def blob_ddpm(blob_task):
     """A ~0.1M-parameter DDPM trained for 40 steps (a few seconds) on the blob task's training images.
 
     A fixed step count (no wall-clock cap) keeps the model, and so the tests, independent of machine load.

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
-from medxai.explainers.dvce import DVCE, DVCEConfig, difference_heatmap, target_log_prob
 from medxai.diffusion.guidance import GuidanceConfig
+from medxai.explainers.dvce import DVCE, DVCEConfig, difference_heatmap, target_log_prob
 from medxai.networks.classifiers import TinyCNN
 from medxai.targets import ClassTarget, ScoreDirection
-from suite import ExplainerSuite
 
 #: 6 guided steps from 30 % of the schedule: fast, and the resampled noise stays small
 SUITE_CONFIG = DVCEConfig(
@@ -73,12 +73,23 @@ def test_guidance_raises_target_probability(blob_task: Any, blob_ddpm: Any) -> N
     counterfactual must score higher for class 1 than the unguided resampling with the same seed."""
     x = blob_task.x
     common = dict(num_steps=20, skip_steps=10)
-    guided = DVCE(blob_task.model, blob_ddpm, blob_task.model, config=DVCEConfig(
-        **common, guidance=GuidanceConfig(mode="cone", classifier_scale=1.0, distance_scale=0.05, n_augmentations=2)
-    ), seed=0)
-    unguided = DVCE(blob_task.model, blob_ddpm, config=DVCEConfig(
-        **common, guidance=GuidanceConfig(mode="plain", classifier_scale=0.0, distance_scale=0.0, n_augmentations=1)
-    ), seed=0)
+    guided = DVCE(
+        blob_task.model,
+        blob_ddpm,
+        blob_task.model,
+        config=DVCEConfig(
+            **common, guidance=GuidanceConfig(mode="cone", classifier_scale=1.0, distance_scale=0.05, n_augmentations=2)
+        ),
+        seed=0,
+    )
+    unguided = DVCE(
+        blob_task.model,
+        blob_ddpm,
+        config=DVCEConfig(
+            **common, guidance=GuidanceConfig(mode="plain", classifier_scale=0.0, distance_scale=0.0, n_augmentations=1)
+        ),
+        seed=0,
+    )
     a = guided.explain(x, ClassTarget(1))
     b = unguided.explain(x, ClassTarget(1))
     p_guided = torch.sigmoid(torch.as_tensor(a.sweep.logits)[:, 0, 1])

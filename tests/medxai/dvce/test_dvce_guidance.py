@@ -89,14 +89,18 @@ def test_augment_is_differentiable() -> None:
 
 
 def test_guidance_combination_scales_to_eps_norm() -> None:
-    guide = DVCEGuidance(lambda z: z.sum((1, 2, 3)), None, GuidanceConfig(mode="plain", classifier_scale=0.1, distance_scale=0.15))
+    guide = DVCEGuidance(
+        lambda z: z.sum((1, 2, 3)), None, GuidanceConfig(mode="plain", classifier_scale=0.1, distance_scale=0.15)
+    )
     g_c = torch.randn(2, 3, 4, 4)
     g_d = 100 * torch.randn(2, 3, 4, 4)
     eps = torch.randn(2, 3, 4, 4)
     g = guide.combine(g_c, None, eps)
     torch.testing.assert_close(g.flatten(1).norm(dim=1), 0.1 * eps.flatten(1).norm(dim=1))
     both = guide.combine(g_c, g_d, eps)
-    torch.testing.assert_close(both - g, -0.15 * g_d / g_d.flatten(1).norm(dim=1).reshape(2, 1, 1, 1) * eps.flatten(1).norm(dim=1).reshape(2, 1, 1, 1))
+    torch.testing.assert_close(
+        both - g, -0.15 * g_d / g_d.flatten(1).norm(dim=1).reshape(2, 1, 1, 1) * eps.flatten(1).norm(dim=1).reshape(2, 1, 1, 1)
+    )
 
 
 def test_distance_gradient_points_back_to_query() -> None:

@@ -71,8 +71,12 @@ def test_fid_kid_behave() -> None:
 def test_feature_net_train_step_and_roundtrip(tmp_path: Path) -> None:
     net = FeatureNet(width=8, feature_dim=16)
     x = torch.rand(4, 3, 32, 32)
-    targets = {"label": torch.tensor([0, 1, 0, 1]), "extent": torch.rand(4), "marker": torch.zeros(4),
-               "lesions": (torch.rand(4, 1, 32, 32) > 0.9).float()}
+    targets = {
+        "label": torch.tensor([0, 1, 0, 1]),
+        "extent": torch.rand(4),
+        "marker": torch.zeros(4),
+        "lesions": (torch.rand(4, 1, 32, 32) > 0.9).float(),
+    }
     loss = feature_net_loss(net, x, targets)
     loss.backward()
     assert torch.isfinite(loss)

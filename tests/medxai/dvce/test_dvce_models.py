@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from medxai.diffusion.ddpm import DDPMNetConfig, ImageDDPM, load_ddpm, save_ddpm
 from medxai.networks.classifiers import TinyCNN
-from medxai.training.robust import adversarial_examples, l2_pgd, robust_accuracy, robust_loss
 from medxai.training.dvce import RobustConfig, train_classifier, train_ddpm
+from medxai.training.robust import adversarial_examples, l2_pgd, robust_accuracy, robust_loss
 from medxai.training.trainers import TrainConfig
 
 
@@ -25,7 +25,9 @@ def _smooth_images(n: int, size: int = 32) -> torch.Tensor:
 
 
 def _tiny(size: int = 32) -> ImageDDPM:
-    return ImageDDPM(DDPMNetConfig(image_size=size, block_out_channels=(16, 32), norm_num_groups=8), generator=torch.Generator().manual_seed(0))
+    return ImageDDPM(
+        DDPMNetConfig(image_size=size, block_out_channels=(16, 32), norm_num_groups=8), generator=torch.Generator().manual_seed(0)
+    )
 
 
 def test_ddpm_training_loss_decreases() -> None:

@@ -59,7 +59,7 @@ def _train_classifier(data: dict[str, torch.Tensor], steps: int = 150) -> TinyCN
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     n = data["images"].shape[0]
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, n, (32,), generator=gen)
         loss = F.binary_cross_entropy_with_logits(model(data["images"][idx]), data["labels"][idx])
         opt.zero_grad()

@@ -152,9 +152,7 @@ class ExplainerSuite:
         if not self.has_layer:
             pytest.skip("method takes no layer")
         with pytest.raises(ValueError, match="features.conv3"):
-            self.make_explainer_with_layer(blob_task.model, blob_task, "features.conv9").explain(
-                blob_task.x[:1], ClassTarget(0)
-            )
+            self.make_explainer_with_layer(blob_task.model, blob_task, "features.conv9").explain(blob_task.x[:1], ClassTarget(0))
 
     def test_wrong_input_shape(self, blob_task: Any) -> None:
         explainer = self.make_explainer(blob_task.model, blob_task)

@@ -21,11 +21,24 @@ def test_train_explainer_command(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.random((12, 3, 16, 16)).astype(np.float32), labels=np.arange(12) % 2)
     args = [
-        "train", "explainer", "--classifier-class", "medxai.networks.classifiers:TinyCNN",
-        "--classifier-weights", str(tmp_path / "w.pt"),
-        "--classifier-kwargs", '{"in_channels": 3, "num_classes": 2, "width": 4}',
-        "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "out"),
-        "--epochs", "1", "--channels", "4,8", "--batch-size", "4",
+        "train",
+        "explainer",
+        "--classifier-class",
+        "medxai.networks.classifiers:TinyCNN",
+        "--classifier-weights",
+        str(tmp_path / "w.pt"),
+        "--classifier-kwargs",
+        '{"in_channels": 3, "num_classes": 2, "width": 4}',
+        "--data",
+        str(tmp_path / "d.npz"),
+        "-o",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--channels",
+        "4,8",
+        "--batch-size",
+        "4",
     ]
     assert cli.main(args) == 0
     meta = json.loads((tmp_path / "out" / "explainer.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -21,14 +22,27 @@ def _sweep_explanation() -> Explanation:
     channel_maps = rng.random((2, 1, 8, 8)).astype(np.float32)
     images = rng.random((2, 4, 1, 8, 8)).astype(np.float32)  # (B, S, C, H, W)
     sweep = CounterfactualSweep(
-        steps=(-1.0, -0.5, 0.5, 1.0), images=images, logits=rng.normal(size=(2, 4, 2)),
-        origin=rng.random((2, 1, 8, 8)).astype(np.float32), origin_logits=np.zeros((2, 2)),
-        agent_logits=rng.normal(size=(2, 4, 2)), agent_origin_logits=np.zeros((2, 2)),
+        steps=(-1.0, -0.5, 0.5, 1.0),
+        images=images,
+        logits=rng.normal(size=(2, 4, 2)),
+        origin=rng.random((2, 1, 8, 8)).astype(np.float32),
+        origin_logits=np.zeros((2, 2)),
+        agent_logits=rng.normal(size=(2, 4, 2)),
+        agent_origin_logits=np.zeros((2, 2)),
     )
     return Explanation(
-        method="x", target="ClassTarget(index=1)", heatmaps=heat, logits=torch.tensor([[0.0, 2.0]] * 2),
-        target_class=1, sweep=sweep, channel_maps=channel_maps, latent=rng.normal(size=(2, 5)), parameters={"a": (1, 2)}, seed=3,
-        timings={"seconds": 1.0}, diagnostics={"per_case": np.arange(2), "note": "ok"},
+        method="x",
+        target="ClassTarget(index=1)",
+        heatmaps=heat,
+        logits=torch.tensor([[0.0, 2.0]] * 2),
+        target_class=1,
+        sweep=sweep,
+        channel_maps=channel_maps,
+        latent=rng.normal(size=(2, 5)),
+        parameters={"a": (1, 2)},
+        seed=3,
+        timings={"seconds": 1.0},
+        diagnostics={"per_case": np.arange(2), "note": "ok"},
     )
 
 
@@ -62,8 +76,17 @@ def test_explanation_save_load(tmp_path: Any) -> None:
         exp.save(tmp_path / "all")
     query = np.random.default_rng(1).random((1, 1, 8, 8)).astype(np.float32)
     files = exp.select(0).save(tmp_path / "n", query=query, provenance={"PatientID": "p1"})
-    assert set(files) == {"heatmap_t0", "heatmap_t1", "heatmap_t2", "channel_maps", "difference_minus", "difference_plus",
-                          "counterfactuals", "strip", "explanation"}
+    assert set(files) == {
+        "heatmap_t0",
+        "heatmap_t1",
+        "heatmap_t2",
+        "channel_maps",
+        "difference_minus",
+        "difference_plus",
+        "counterfactuals",
+        "strip",
+        "explanation",
+    }
     back = Explanation.load(tmp_path / "n")
     np.testing.assert_array_equal(back.heatmaps, exp.heatmaps[:1])
     assert back.seed == 3 and back.parameters == {"a": [1, 2]} and back.target_class == 1
@@ -88,8 +111,8 @@ def test_explanation_save_load(tmp_path: Any) -> None:
         Explanation(method="x", target="t", heatmaps=np.zeros((8, 8)))
     with pytest.raises(ValueError, match="explanation.json"):
         Explanation.load(tmp_path)
-    with pytest.raises(Exception):
-        exp.method = "y"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.method = "y"  # type: ignore[misc]  # frozen
 
 
 def test_targets() -> None:

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
-from medxai.networks.agent import Agent
 from medxai.diffusion import DiffusionAutoencoder
 from medxai.explainers.diffexplainer import DiffExplainer
+from medxai.networks.agent import Agent
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.networks.teacher import TeacherFeatures
 from medxai.training import TrainConfig, compute_latents, train_agent, train_autoencoder
-from suite import ExplainerSuite
 
 _NET = DiffAENetConfig(image_size=32, base_channels=8, channel_mults=(1, 2, 4), num_res_blocks=1, z_dim=16, dropout=0.0)
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai.explainers import GradCAM, GradCAMpp
 from medxai.targets import ClassTarget, NeuronTarget, ScoreDirection
-from suite import ExplainerSuite
 
 
 class TestGradCAM(ExplainerSuite):

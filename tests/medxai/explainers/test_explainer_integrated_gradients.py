@@ -4,15 +4,16 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai.explainers import IntegratedGradients
 from medxai.networks.classifiers import TinyCNN
 from medxai.targets import AllClasses, ClassTarget
-from suite import ExplainerSuite
 
 
 class TestIntegratedGradients(ExplainerSuite):
     method = "integrated_gradients"
+
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> IntegratedGradients:
         return IntegratedGradients(model, n_steps=16, **kwargs)
 
@@ -31,7 +32,5 @@ class TestIntegratedGradients(ExplainerSuite):
 
     def test_3d_and_per_channel(self) -> None:
         model = TinyCNN(2, 2, spatial_dims=3, width=4)
-        exp = IntegratedGradients(model, n_steps=4, channel_reduction="none").explain(
-            torch.randn(1, 2, 4, 8, 8), ClassTarget(1)
-        )
+        exp = IntegratedGradients(model, n_steps=4, channel_reduction="none").explain(torch.randn(1, 2, 4, 8, 8), ClassTarget(1))
         assert exp.heatmaps.shape == (1, 2, 4, 8, 8)

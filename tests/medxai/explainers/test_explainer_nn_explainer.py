@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai.explainers import (
     NNExplainer,
@@ -17,11 +18,19 @@ from medxai.explainers import (
 )
 from medxai.networks.classifiers import TinyCNN, state_fingerprint
 from medxai.targets import AllClasses, ClassTarget, ScoreDirection
-from suite import ExplainerSuite
 
 CONFIG = dict(
-    num_classes=2, in_channels=2, channels=(8, 16, 32), strides=(2, 2), lr=5e-3, batch_size=8,
-    max_epochs=8, patience=8, max_steps_per_epoch=20, val_fraction=0.1, seed=0,
+    num_classes=2,
+    in_channels=2,
+    channels=(8, 16, 32),
+    strides=(2, 2),
+    lr=5e-3,
+    batch_size=8,
+    max_epochs=8,
+    patience=8,
+    max_steps_per_epoch=20,
+    val_fraction=0.1,
+    seed=0,
 )
 
 
@@ -39,6 +48,7 @@ def trained_network(model: torch.nn.Module, task: Any) -> tuple[torch.nn.Module,
 
 class TestNNExplainer(ExplainerSuite):
     method = "nn_explainer"
+
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> NNExplainer:
         net, config = trained_network(model, task)
         return NNExplainer(model, net, config, **kwargs)
@@ -106,8 +116,15 @@ class TestNNExplainer(ExplainerSuite):
         gen = torch.Generator().manual_seed(0)
         for channels in (4, 3):  # CT slice stack (4, H, W), fundus RGB (3, H, W)
             clf = TinyCNN(channels, 2, width=4, generator=gen)
-            config = NNExplainerConfig(num_classes=2, in_channels=channels, channels=(4, 8), strides=(2,),
-                                       max_epochs=1, max_steps_per_epoch=2, batch_size=4)
+            config = NNExplainerConfig(
+                num_classes=2,
+                in_channels=channels,
+                channels=(4, 8),
+                strides=(2,),
+                max_epochs=1,
+                max_steps_per_epoch=2,
+                batch_size=4,
+            )
             data = (torch.randn(10, channels, 16, 16, generator=gen), torch.randint(0, 2, (10,), generator=gen))
             net, hist = train_nn_explainer(clf, data, config)
             assert hist.steps == 2 and len(hist.val_loss) == 1

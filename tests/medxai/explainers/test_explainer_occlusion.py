@@ -4,15 +4,16 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai.explainers import Occlusion
 from medxai.networks.classifiers import TinyCNN
 from medxai.targets import AllClasses, ClassTarget
-from suite import ExplainerSuite
 
 
 class TestOcclusion(ExplainerSuite):
     method = "occlusion"
+
     def make_explainer(self, model: torch.nn.Module, task: Any, **kwargs: Any) -> Occlusion:
         return Occlusion(model, mask_size=7, overlap=0.5, batch_size=32, **kwargs)
 

@@ -4,11 +4,11 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai.explainers import RISE, rise_masks
 from medxai.networks.classifiers import TinyCNN
 from medxai.targets import AllClasses, ClassTarget
-from suite import ExplainerSuite
 
 
 class TestRISE(ExplainerSuite):

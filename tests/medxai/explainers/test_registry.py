@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from suite import ExplainerSuite
 
 from medxai import registry
 from medxai.explainers.base import Explainer
 from medxai.registry import ANY_IMAGE, CT_STACK, FUNDUS, get_method, method_names, methods, register_method
-
-from suite import ExplainerSuite
 
 TESTS = Path(__file__).resolve().parents[2]
 
@@ -42,8 +41,7 @@ def _suites() -> dict[str, type]:
 
 def test_every_registered_method_inherits_the_shared_suite() -> None:
     names = set(method_names())
-    assert {"diffexplainer", "dvce", "gradcam", "gradcam++", "occlusion", "integrated_gradients", "rise",
-            "nn_explainer"} <= names
+    assert {"diffexplainer", "dvce", "gradcam", "gradcam++", "occlusion", "integrated_gradients", "rise", "nn_explainer"} <= names
     missing = names - set(_suites())
     assert not missing, f"registered methods without an ExplainerSuite subclass: {sorted(missing)}"
 
@@ -90,10 +88,12 @@ def test_a_method_added_as_one_class_is_listed_and_built(monkeypatch: pytest.Mon
     exp = spec.build(model, spec.settings_from({"value": 2.0}), {}).explain(torch.rand(1, 2, 8, 8), 0)
     assert exp.method == "flat_test" and float(exp.heatmaps.max()) == 2.0
     with pytest.raises(ValueError, match="registered twice"):
+
         @register_method("flat_test", settings=FlatSettings, inputs=ANY_IMAGE)
-        class Other(Explainer):  # noqa: F841
+        class Other(Explainer):
             def _explain(self, x: torch.Tensor, target: Any, generator: Any, **inputs: Any) -> torch.Tensor:
                 return x
+
     with pytest.raises(ValueError, match="unknown inputs"):
         register_method("bad", settings=FlatSettings, inputs={"mri"})
 

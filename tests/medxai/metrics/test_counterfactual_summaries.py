@@ -22,17 +22,31 @@ def _diffexplainer_like(heatmap_step: float = 0.2) -> tuple[np.ndarray, Explanat
     images[:, 2, :, :2] += 0.5  # +0.2 changes the top rows only, +0.4 changes everything
     q_logits = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
     # class-1 logit rises with the step; at -0.4 case 0 leaves class 1, at +0.4 case 1 reaches it
-    sweep_logits = np.array([
-        [[2.0, -1.0], [0.0, 0.5], [0.0, 1.5], [0.0, 2.0]],
-        [[1.0, -2.0], [1.0, -1.0], [1.0, 0.5], [1.0, 2.0]],
-    ], np.float32)
-    sweep = CounterfactualSweep(
-        steps=STEPS, images=images, logits=sweep_logits, origin=origin,
-        origin_logits=np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
-        agent_logits=sweep_logits, agent_origin_logits=np.array([[0.0, 1.0], [0.0, 1.0]], np.float32),
+    sweep_logits = np.array(
+        [
+            [[2.0, -1.0], [0.0, 0.5], [0.0, 1.5], [0.0, 2.0]],
+            [[1.0, -2.0], [1.0, -1.0], [1.0, 0.5], [1.0, 2.0]],
+        ],
+        np.float32,
     )
-    exp = Explanation(method="diffexplainer", target="class 1", heatmaps=np.zeros((2, 1, 8, 8), np.float32),
-                      logits=q_logits, target_class=1, sweep=sweep, parameters={"heatmap_step": heatmap_step})
+    sweep = CounterfactualSweep(
+        steps=STEPS,
+        images=images,
+        logits=sweep_logits,
+        origin=origin,
+        origin_logits=np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
+        agent_logits=sweep_logits,
+        agent_origin_logits=np.array([[0.0, 1.0], [0.0, 1.0]], np.float32),
+    )
+    exp = Explanation(
+        method="diffexplainer",
+        target="class 1",
+        heatmaps=np.zeros((2, 1, 8, 8), np.float32),
+        logits=q_logits,
+        target_class=1,
+        sweep=sweep,
+        parameters={"heatmap_step": heatmap_step},
+    )
     return query, exp
 
 
@@ -59,13 +73,28 @@ def test_summary_reads_the_sweep_like_the_old_scores() -> None:
 
 def test_summary_refuses_a_sweep_without_reconstruction_or_both_sides() -> None:
     query, exp = _diffexplainer_like()
-    no_origin = Explanation(method="x", target="t", heatmaps=exp.heatmaps, logits=exp.logits,
-                            sweep=CounterfactualSweep(steps=STEPS, images=exp.sweep.images, logits=exp.sweep.logits))
+    no_origin = Explanation(
+        method="x",
+        target="t",
+        heatmaps=exp.heatmaps,
+        logits=exp.logits,
+        sweep=CounterfactualSweep(steps=STEPS, images=exp.sweep.images, logits=exp.sweep.logits),
+    )
     with pytest.raises(ValueError, match="origin"):
         summarise_diffexplainer(query, no_origin, 1)
-    one_sided = Explanation(method="x", target="t", heatmaps=exp.heatmaps, logits=exp.logits, sweep=CounterfactualSweep(
-        steps=(0.2, 0.4), images=exp.sweep.images[:, 2:], logits=exp.sweep.logits[:, 2:],
-        origin=exp.sweep.origin, origin_logits=exp.sweep.origin_logits))
+    one_sided = Explanation(
+        method="x",
+        target="t",
+        heatmaps=exp.heatmaps,
+        logits=exp.logits,
+        sweep=CounterfactualSweep(
+            steps=(0.2, 0.4),
+            images=exp.sweep.images[:, 2:],
+            logits=exp.sweep.logits[:, 2:],
+            origin=exp.sweep.origin,
+            origin_logits=exp.sweep.origin_logits,
+        ),
+    )
     with pytest.raises(ValueError, match="both sides"):
         summarise_diffexplainer(query, one_sided, 1)
 
@@ -78,8 +107,14 @@ def test_dr_summary_uses_the_counterfactual_step_and_target_class() -> None:
     heat = rng.uniform(0, 1, (3, 1, 8, 8)).astype(np.float32)
     lesions = np.zeros((3, 8, 8), bool)
     lesions[:, 2:4, 2:4] = True
-    exp = Explanation(method="dvce", target="class 0", heatmaps=heat, logits=-logits, target_class=0,
-                      sweep=CounterfactualSweep(steps=(1.0,), images=cf[:, None], logits=logits[:, None]))
+    exp = Explanation(
+        method="dvce",
+        target="class 0",
+        heatmaps=heat,
+        logits=-logits,
+        target_class=0,
+        sweep=CounterfactualSweep(steps=(1.0,), images=cf[:, None], logits=logits[:, None]),
+    )
     out = summarise_dr_counterfactuals(q, exp, lesions)
     ref = evaluate_dr_counterfactuals(q, cf, logits, 0, lesions, heat[:, 0])
     assert out["step"] == 1.0 and out["target_rate"] == pytest.approx(2 / 3)

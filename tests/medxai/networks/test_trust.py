@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,8 +33,9 @@ def _tiny_state(in_channels: int = 4) -> dict[str, torch.Tensor]:
     return TinyCNN(in_channels, 2, width=4, generator=torch.Generator().manual_seed(0)).state_dict()
 
 
-def _bundle(root: Path, network_def: dict[str, Any], extra: dict[str, Any] | None = None,
-            state: dict[str, torch.Tensor] | None = None) -> Path:
+def _bundle(
+    root: Path, network_def: dict[str, Any], extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None
+) -> Path:
     """A MONAI bundle folder: configs/inference.json and models/model.pt (a plain state dict)."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
@@ -44,8 +46,13 @@ def _bundle(root: Path, network_def: dict[str, Any], extra: dict[str, Any] | Non
 
 
 def _tiny_def(**override: Any) -> dict[str, Any]:
-    return {"_target_": "medxai.networks.classifiers.TinyCNN", "in_channels": "@channels",
-            "num_classes": "@num_classes", "width": 4, **override}
+    return {
+        "_target_": "medxai.networks.classifiers.TinyCNN",
+        "in_channels": "@channels",
+        "num_classes": "@num_classes",
+        "width": 4,
+        **override,
+    }
 
 
 def _bundle_spec(folder: Path) -> TeacherSpec:
@@ -53,21 +60,41 @@ def _bundle_spec(folder: Path) -> TeacherSpec:
 
 
 # ------------------------------------------------------------------------------------ allow-list
-@pytest.mark.parametrize("name, allowed", [
-    ("torch", True), ("torch.nn", True), ("torch.nn.modules.linear", True), ("monai.networks.nets", True),
-    ("medxai", True), ("medxai.networks.dr", True),
-    ("torch_evil", False), ("torch.nnx", False), ("torch.utils.data", False), ("monai.networksx", False),
-    ("monai.bundle", False), ("medxai_evil", False), ("medxai..x", False), ("medxai/../x", False),
-    ("subprocess", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "name, allowed",
+    [
+        ("torch", True),
+        ("torch.nn", True),
+        ("torch.nn.modules.linear", True),
+        ("monai.networks.nets", True),
+        ("medxai", True),
+        ("medxai.networks.dr", True),
+        ("torch_evil", False),
+        ("torch.nnx", False),
+        ("torch.utils.data", False),
+        ("monai.networksx", False),
+        ("monai.bundle", False),
+        ("medxai_evil", False),
+        ("medxai..x", False),
+        ("medxai/../x", False),
+        ("subprocess", False),
+        ("", False),
+    ],
+)
 def test_is_allowed_module_matches_whole_package_names(name: str, allowed: bool) -> None:
     assert is_allowed_module(name) is allowed
 
 
-@pytest.mark.parametrize("class_path", [
-    "monai.networks.nets:DenseNet121", "monai.networks.nets.DenseNet121", "medxai.networks.classifiers:TinyCNN",
-    "medxai.networks.dr:DRClassifier", "torch.nn:Linear",
-])
+@pytest.mark.parametrize(
+    "class_path",
+    [
+        "monai.networks.nets:DenseNet121",
+        "monai.networks.nets.DenseNet121",
+        "medxai.networks.classifiers:TinyCNN",
+        "medxai.networks.dr:DRClassifier",
+        "torch.nn:Linear",
+    ],
+)
 def test_allow_listed_classes_load_without_trust(class_path: str) -> None:
     cls = load_class(class_path)
     assert isinstance(cls, type) and issubclass(cls, nn.Module)
@@ -109,14 +136,17 @@ def test_shipped_ct_teacher_loads_without_trust() -> None:
     assert type(teacher).__name__ == "DenseNet121" and not teacher.training
 
 
-@pytest.mark.parametrize("class_path, reason", [
-    ("subprocess:Popen", "module 'subprocess' is not on the allow-list"),
-    ("os.system", "module 'os' is not on the allow-list"),
-    ("torch:load", "not a torch.nn.Module subclass"),
-    ("monai.networks.nets:resnet18", "not a torch.nn.Module subclass"),  # a factory function
-    ("torch.nn:functional", "not a torch.nn.Module subclass"),  # a module
-    ("medxai.networks.classifiers:OrderedDict", "not a torch.nn.Module subclass"),
-])
+@pytest.mark.parametrize(
+    "class_path, reason",
+    [
+        ("subprocess:Popen", "module 'subprocess' is not on the allow-list"),
+        ("os.system", "module 'os' is not on the allow-list"),
+        ("torch:load", "not a torch.nn.Module subclass"),
+        ("monai.networks.nets:resnet18", "not a torch.nn.Module subclass"),  # a factory function
+        ("torch.nn:functional", "not a torch.nn.Module subclass"),  # a module
+        ("medxai.networks.classifiers:OrderedDict", "not a torch.nn.Module subclass"),
+    ],
+)
 def test_refused_class_paths_name_the_key_and_the_fix(class_path: str, reason: str) -> None:
     with pytest.raises(ValueError) as info:
         load_class(class_path, where="cfg.yaml: teacher.class_path")
@@ -143,9 +173,7 @@ def test_module_is_not_imported_without_trust(tmp_path: Path, monkeypatch: pytes
     """The check is on the module name before import: importing 'torch_evil' would already run its code."""
     marker = tmp_path / "IMPORTED"
     (tmp_path / "torch_evil.py").write_text(
-        "import pathlib\nimport torch\n"
-        f"pathlib.Path({str(marker)!r}).touch()\n"
-        "class Net(torch.nn.Module):\n    pass\n"
+        f"import pathlib\nimport torch\npathlib.Path({str(marker)!r}).touch()\nclass Net(torch.nn.Module):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError, match="torch_evil.*--trust-code"):
@@ -174,8 +202,13 @@ def test_popen_teacher_refused_and_nothing_runs(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     weights = tmp_path / "w.safetensors"
     save_weights(weights, _tiny_state())
-    spec = TeacherSpec(kind="class_path", path=str(weights), num_classes=2, class_path="subprocess:Popen",
-                       init_kwargs={"args": ["touch", str(marker)]})
+    spec = TeacherSpec(
+        kind="class_path",
+        path=str(weights),
+        num_classes=2,
+        class_path="subprocess:Popen",
+        init_kwargs={"args": ["touch", str(marker)]},
+    )
     with pytest.raises(ValueError) as info:
         load_teacher(spec, source="ct.yaml")
     msg = str(info.value)
@@ -229,12 +262,15 @@ def test_bundle_expression_runs_with_trust(tmp_path: Path) -> None:
     assert isinstance(model, TinyCNN) and model.in_channels == 4
 
 
-@pytest.mark.parametrize("bad, where", [
-    ({"network_def": _tiny_def(_target_="subprocess.Popen")}, "network_def._target_"),
-    ({"handlers": [{"_target_": "Compose"}]}, "handlers[0]._target_"),  # a MONAI short name outside monai.networks.nets
-    ({"include": "%other.json#net"}, "another file"),
-    ({"network_def": _tiny_def(_mode_="debug")}, "_mode_"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"network_def": _tiny_def(_target_="subprocess.Popen")}, "network_def._target_"),
+        ({"handlers": [{"_target_": "Compose"}]}, "handlers[0]._target_"),  # a MONAI short name outside monai.networks.nets
+        ({"include": "%other.json#net"}, "another file"),
+        ({"network_def": _tiny_def(_mode_="debug")}, "_mode_"),
+    ],
+)
 def test_bundle_code_outside_the_allow_list_refused(tmp_path: Path, bad: dict[str, Any], where: str) -> None:
     folder = _bundle(tmp_path / "bundle", bad.pop("network_def", _tiny_def()), extra=bad)
     with pytest.raises(ValueError, match="--trust-code") as info:
@@ -252,8 +288,13 @@ def test_literal_bundle_builds_without_trust(tmp_path: Path) -> None:
     # a MONAI short name as bundles write it, resolved in monai.networks.nets
     from monai.networks.nets import Classifier
 
-    net_def = {"_target_": "Classifier", "in_shape": [4, 16, 16], "classes": "@num_classes",
-               "channels": [4, 8], "strides": [2, 2]}
+    net_def = {
+        "_target_": "Classifier",
+        "in_shape": [4, 16, 16],
+        "classes": "@num_classes",
+        "channels": [4, 8],
+        "strides": [2, 2],
+    }
     state = Classifier(in_shape=(4, 16, 16), classes=2, channels=(4, 8), strides=(2, 2)).state_dict()
     monai_folder = _bundle(tmp_path / "monai", net_def, state=state)
     assert isinstance(load_teacher(_bundle_spec(monai_folder)), Classifier)
@@ -283,9 +324,16 @@ def test_pickle_payload_in_weights_is_refused_and_does_not_run(tmp_path: Path) -
         with pytest.raises(ValueError, match="weights_only=True"):
             load_classifier("medxai.networks.classifiers:TinyCNN", str(path), {"in_channels": 4, "num_classes": 2})
         with pytest.raises(ValueError, match="weights_only=True"):
-            load_teacher(TeacherSpec(kind="class_path", path=str(path), num_classes=2,
-                                     class_path="medxai.networks.classifiers:TinyCNN",
-                                     init_kwargs={"in_channels": 4, "num_classes": 2, "width": 4}), trust_code=True)
+            load_teacher(
+                TeacherSpec(
+                    kind="class_path",
+                    path=str(path),
+                    num_classes=2,
+                    class_path="medxai.networks.classifiers:TinyCNN",
+                    init_kwargs={"in_channels": 4, "num_classes": 2, "width": 4},
+                ),
+                trust_code=True,
+            )
     assert not marker.exists()
 
 
@@ -321,10 +369,23 @@ def _dr_job(tmp_path: Path, class_path: str, init_kwargs: dict[str, Any]) -> tup
     from medxai.phantoms import fundus_config, make_fundus_case
 
     save_weights(tmp_path / "clf.safetensors", _tiny_state(3))
-    spec = {"kind": "class_path", "class_path": class_path, "init_kwargs": init_kwargs, "num_classes": 2,
-            "path": str(tmp_path / "clf.safetensors")}
-    config = {"input": "fundus", "method": "dvce", "target_class": 0, "seed": 0, "image_size": 32,
-              "classifier": spec, "diffusion": {"path": str(tmp_path / "ddpm.safetensors")}, "dvce": {}}
+    spec = {
+        "kind": "class_path",
+        "class_path": class_path,
+        "init_kwargs": init_kwargs,
+        "num_classes": 2,
+        "path": str(tmp_path / "clf.safetensors"),
+    }
+    config = {
+        "input": "fundus",
+        "method": "dvce",
+        "target_class": 0,
+        "seed": 0,
+        "image_size": 32,
+        "classifier": spec,
+        "diffusion": {"path": str(tmp_path / "ddpm.safetensors")},
+        "dvce": {},
+    }
     (tmp_path / "dr.yaml").write_text(yaml.safe_dump(config))
     Image.fromarray(np.asarray(make_fundus_case(3, fundus_config("test")).rgb)).save(tmp_path / "photo.png")
     return tmp_path / "dr.yaml", tmp_path / "photo.png"
@@ -357,12 +418,24 @@ def test_cli_trust_code_flag_reaches_the_loader(tmp_path: Path, evil_module: Pat
     assert evil_module.exists() and "mymodels.Net was built" in capsys.readouterr().err
 
 
-def test_cli_train_explainer_refuses_untrusted_class(tmp_path: Path, evil_module: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_explainer_refuses_untrusted_class(
+    tmp_path: Path, evil_module: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipelines.cli import main
 
     save_weights(tmp_path / "w.safetensors", _tiny_state())
-    args = ["train", "explainer", "--classifier-class", "mymodels:Net", "--classifier-weights",
-            str(tmp_path / "w.safetensors"), "--phantom", "ct", "-o", str(tmp_path / "out")]
+    args = [
+        "train",
+        "explainer",
+        "--classifier-class",
+        "mymodels:Net",
+        "--classifier-weights",
+        str(tmp_path / "w.safetensors"),
+        "--phantom",
+        "ct",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--classifier-class 'mymodels:Net' was not loaded" in err and not evil_module.exists()
