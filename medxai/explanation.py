@@ -651,9 +651,12 @@ def strip_image(
         for s, d in zip(ends, diffs):
             rows = [d.sum(0)] if d.shape[0] == 3 else list(d)
             cols.append((f"change {s:+g}", [_signed(r, scale) for r in rows]))
-    heat = explanation.heatmaps_numpy()[0].sum(0)
     n_rows = max(len(c[1]) for c in cols)
-    cols.append(("heatmap", [_heat(heat)] * n_rows))
+    cmaps = None if explanation.channel_maps is None else _np(explanation.channel_maps)[0]
+    if cmaps is not None and cmaps.shape[0] == n_rows:  # each row (slice) with its own map
+        cols.append(("heatmap", [_heat(m) for m in cmaps]))
+    else:
+        cols.append(("heatmap", [_heat(explanation.heatmaps_numpy()[0].sum(0))] * n_rows))
     h, w = cols[0][1][0].shape[:2]
     tile_w = max(w, 64)
     header = 14
