@@ -30,6 +30,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch import nn
 
 from medxai.config import dataclass_from_mapping
+from medxai.diffusion.edict import EDICTScheduler
 from medxai.networks.diffae import DiffAENet, DiffAENetConfig
 from medxai.progress import ProgressFn
 from medxai.training.checkpoint import load_pretrained, load_state_checked, save_pretrained
@@ -176,10 +177,24 @@ class DiffusionAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_stochastic(
-        self, x: torch.Tensor, z_sem: torch.Tensor, steps: int = 250, progress: ProgressFn | None = None
+        self,
+        x: torch.Tensor,
+        z_sem: torch.Tensor,
+        steps: int = 250,
+        progress: ProgressFn | None = None,
+        sampler: str = "ddim",
+        mix: float = 0.93,
     ) -> torch.Tensor:
-        """Stochastic code ``x_T`` ``(B, C, S, S)`` of images ``x`` in [0, 1] by DDIM inversion given ``z_sem``."""
+        """Stochastic code of images ``x`` ``(B, C, S, S)`` in [0, 1] given ``z_sem``.
+
+        ``sampler="ddim"``: ``x_T`` ``(B, C, S, S)`` by (approximate) DDIM inversion.
+        ``sampler="edict"``: the exact EDICT state, the pair ``(x_T, y_T)`` as ``(2, B, C, S, S)``, two
+        network calls per step; decode it with the same ``steps`` and ``mix`` (:mod:`medxai.diffusion.edict`).
+        """
         self._check_images(x)
+        if sampler == "edict":
+            return self._edict_encode(x, z_sem, steps, mix, progress)
+        _check_sampler(sampler)
         sched = DDIMInverseScheduler(**self.schedule.scheduler_kwargs())
         sched.set_timesteps(self._check_steps(steps))
         ratio = self.schedule.num_train_timesteps // steps
@@ -191,6 +206,46 @@ class DiffusionAutoencoder(nn.Module):
             if progress is not None:
                 progress("encode", i + 1, steps)
         return sample
+
+    def _edict(self, steps: int, mix: float) -> EDICTScheduler:
+        sched = EDICTScheduler(mix, **self.schedule.scheduler_kwargs())
+        sched.set_timesteps(self._check_steps(steps))
+        return sched
+
+    def _edict_encode(
+        self, x: torch.Tensor, z_sem: torch.Tensor, steps: int, mix: float, progress: ProgressFn | None
+    ) -> torch.Tensor:
+        sched = self._edict(steps, mix)
+
+        def eps(sample: torch.Tensor, t: int) -> torch.Tensor:
+            return self.net(sample, torch.full((sample.shape[0],), t, device=sample.device), z_sem)
+
+        xs = ys = from_image_range(x)
+        for i in range(1, sched.num_steps + 1):
+            xs, ys = sched.inverse_step(eps, xs, ys, i)
+            if progress is not None:
+                progress("encode", i, sched.num_steps)
+        return torch.stack([xs, ys])
+
+    def _edict_decode(
+        self, code: torch.Tensor, z_sem: torch.Tensor, steps: int, mix: float, progress: ProgressFn | None
+    ) -> torch.Tensor:
+        if code.ndim != 5 or code.shape[0] != 2:
+            raise ValueError(
+                f"an EDICT code is the pair (2, B, C, S, S) that encode_stochastic(sampler='edict') returns, "
+                f"got shape {tuple(code.shape)}."
+            )
+        sched = self._edict(steps, mix)
+
+        def eps(sample: torch.Tensor, t: int) -> torch.Tensor:
+            return self.net(sample, torch.full((sample.shape[0],), t, device=sample.device), z_sem)
+
+        xs, ys = code[0], code[1]
+        for i in range(sched.num_steps, 0, -1):
+            xs, ys = sched.step(eps, xs, ys, i)
+            if progress is not None:
+                progress("decode", sched.num_steps - i + 1, sched.num_steps)
+        return xs
 
     def _check_steps(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.schedule.num_train_timesteps:
@@ -209,8 +264,19 @@ class DiffusionAutoencoder(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         progress: ProgressFn | None = None,
+        sampler: str = "ddim",
+        mix: float = 0.93,
     ) -> torch.Tensor:
-        """Images ``(B, C, S, S)`` in [0, 1] from stochastic codes ``x_T`` and semantic codes ``(B, z_dim)`` (DDIM)."""
+        """Images ``(B, C, S, S)`` in [0, 1] from stochastic codes and semantic codes ``(B, z_dim)``.
+
+        ``sampler="ddim"``: ``x_T`` ``(B, C, S, S)``; ``"edict"``: the pair ``(2, B, C, S, S)`` from
+        :meth:`encode_stochastic` with the same ``steps`` and ``mix`` (``eta`` must be 0).
+        """
+        if sampler == "edict":
+            if eta:
+                raise ValueError(f"EDICT is deterministic; eta must be 0, got {eta}.")
+            return to_image_range(self._edict_decode(x_T, z_sem, steps, mix, progress)).clamp(0.0, 1.0)
+        _check_sampler(sampler)
         sched = DDIMScheduler(**self.schedule.scheduler_kwargs())
         sched.set_timesteps(self._check_steps(steps))
         sample = x_T
@@ -229,10 +295,13 @@ class DiffusionAutoencoder(nn.Module):
         return self.decode(x_T.to(z_sem.device), z_sem, steps)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, encode_steps: int = 250, decode_steps: int = 20) -> torch.Tensor:
+    def reconstruct(
+        self, x: torch.Tensor, encode_steps: int = 250, decode_steps: int = 20, sampler: str = "ddim", mix: float = 0.93
+    ) -> torch.Tensor:
         """Encode (semantic + stochastic) and decode ``x`` ``(B, C, S, S)`` in [0, 1]."""
         z = self.encode_semantic(x)
-        return self.decode(self.encode_stochastic(x, z, encode_steps), z, decode_steps)
+        code = self.encode_stochastic(x, z, encode_steps, sampler=sampler, mix=mix)
+        return self.decode(code, z, decode_steps, sampler=sampler, mix=mix)
 
     # -------------------------------------------------------------- 4-slice stacks
     def _slices(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -261,23 +330,58 @@ class DiffusionAutoencoder(nn.Module):
 
     @torch.no_grad()
     def stochastic_encode_stack(
-        self, x: torch.Tensor, z: torch.Tensor, steps: int = 250, batch_size: int = 64, progress: ProgressFn | None = None
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        steps: int = 250,
+        batch_size: int = 64,
+        progress: ProgressFn | None = None,
+        sampler: str = "ddim",
+        mix: float = 0.93,
     ) -> torch.Tensor:
-        """Stochastic codes ``(B, n, S, S)`` of the stack ``x`` given its combined latent ``z``."""
+        """Stochastic codes of the stack ``x`` ``(B, n, S, S)`` given its combined latent ``z``:
+        ``(B, n, S, S)`` (DDIM) or the EDICT pair ``(2, B, n, S, S)``."""
         b, n = x.shape[:2]
         flat, zs = self._slices(x), self.split_latent(z, n)
-        out = [self.encode_stochastic(xc, zc, steps, progress) for xc, zc in zip(flat.split(batch_size), zs.split(batch_size))]
-        return torch.cat(out).reshape(x.shape)
+        out = [
+            self.encode_stochastic(xc, zc, steps, progress, sampler=sampler, mix=mix)
+            for xc, zc in zip(flat.split(batch_size), zs.split(batch_size))
+        ]
+        code = torch.cat(out, dim=-4)  # the batch axis (after the pair axis of EDICT)
+        return code.reshape(*code.shape[:-4], *x.shape)
 
     @torch.no_grad()
     def decode_stack(
-        self, x_T: torch.Tensor, z: torch.Tensor, steps: int = 20, batch_size: int = 64, progress: ProgressFn | None = None
+        self,
+        x_T: torch.Tensor,
+        z: torch.Tensor,
+        steps: int = 20,
+        batch_size: int = 64,
+        progress: ProgressFn | None = None,
+        sampler: str = "ddim",
+        mix: float = 0.93,
     ) -> torch.Tensor:
-        """Stacks ``(B, n, S, S)`` in [0, 1] from stochastic codes ``(B, n, S, S)`` and combined latents ``(B, n*z_dim)``."""
-        b, n = x_T.shape[:2]
-        flat, zs = self._slices(x_T, "x_T"), self.split_latent(z, n)
-        out = [self.decode(xc, zc, steps, progress=progress) for xc, zc in zip(flat.split(batch_size), zs.split(batch_size))]
-        return torch.cat(out).reshape(x_T.shape)
+        """Stacks ``(B, n, S, S)`` in [0, 1] from stochastic codes (``(B, n, S, S)``, or the EDICT pair
+        ``(2, B, n, S, S)``) and combined latents ``(B, n*z_dim)``."""
+        lead = x_T.shape[:-4] if sampler == "edict" else ()
+        b, n = x_T.shape[-4:-2]
+        flat = x_T.reshape(*lead, b * n, 1, *x_T.shape[-2:])
+        if self.config.in_channels != 1:
+            self._slices(x_T.reshape(-1, *x_T.shape[-3:]), "x_T")  # raises with the reason
+        zs = self.split_latent(z, n)
+        out = [
+            self.decode(xc, zc, steps, progress=progress, sampler=sampler, mix=mix)
+            for xc, zc in zip(flat.split(batch_size, dim=-4), zs.split(batch_size))
+        ]
+        return torch.cat(out).reshape(b, n, *x_T.shape[-2:])
+
+
+SAMPLERS = ("ddim", "edict")
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
 
 
 def save_autoencoder(ae: DiffusionAutoencoder, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> Path:

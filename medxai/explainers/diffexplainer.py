@@ -3,7 +3,9 @@
 For a stack ``x`` ``(B, n, S, S)`` (n slices, e.g. the CT four-slice stack):
 
 1. each slice is encoded by the shared 1-channel DiffAE encoder; the n codes are concatenated into
-   the combined latent ``z`` ``(B, n * z_dim)``; the stochastic code ``x_T`` comes from DDIM inversion;
+   the combined latent ``z`` ``(B, n * z_dim)``; the stochastic code ``x_T`` comes from inverting the
+   sampler: exact EDICT (``sampler="edict"``, the pair ``(x_T, y_T)``; :mod:`medxai.diffusion.edict`) or
+   approximate DDIM inversion (``"ddim"``);
 2. the agent (two linear layers distilled from the teacher) gives the direction
    ``g = d S_c / d z_n`` in the z-normalised latent space (``S_c`` = the target applied to the
    agent's logits);
@@ -55,6 +57,8 @@ class DiffExplainerSettings:
     heatmap_step: float | None = None
     encode_steps: int = 20
     decode_steps: int = 20
+    sampler: str = "ddim"
+    mix: float = 0.93
     normalize_direction: bool = True
     batch_size: int = 64
 
@@ -89,6 +93,13 @@ class DiffExplainer(Explainer):
     heatmap_step : float, optional
         Which ``a`` the heatmap uses (default: the largest).
     encode_steps, decode_steps : int
+        Sampler steps of the stochastic encoding and of each decoding (EDICT: equal, two network calls
+        per step, so 10 EDICT steps cost what 20 DDIM steps cost).
+    sampler : {"ddim", "edict"}
+        ``"edict"``: exactly invertible (the unmanipulated decode reproduces the query up to round-off);
+        ``"ddim"``: DDIM inversion, approximate (part of every difference map is inversion error).
+    mix : float
+        EDICT's mixing weight ``p``.
         DDIM steps of the stochastic encoding and of each decoding.
     normalize_direction : bool
         Use ``sqrt(D) * g / ||g||`` instead of the raw gradient ``g``.
@@ -112,6 +123,8 @@ class DiffExplainer(Explainer):
         heatmap_step: float | None = None,
         encode_steps: int = 20,
         decode_steps: int = 20,
+        sampler: str = "ddim",
+        mix: float = 0.93,
         normalize_direction: bool = True,
         batch_size: int = 64,
         progress: ProgressFn | None = None,
@@ -144,8 +157,17 @@ class DiffExplainer(Explainer):
         self.agent = agent
         self.step_sizes = steps
         self.heatmap_step = float(heatmap_step) if heatmap_step is not None else steps[-1]
+        if sampler not in ("ddim", "edict"):
+            raise ValueError(f"sampler must be 'ddim' or 'edict', got {sampler!r}.")
+        if sampler == "edict" and encode_steps != decode_steps:
+            raise ValueError(
+                f"EDICT decodes the state its encoding produced on the same ladder: encode_steps ({encode_steps}) "
+                f"must equal decode_steps ({decode_steps})."
+            )
         self.encode_steps = encode_steps
         self.decode_steps = decode_steps
+        self.sampler = sampler
+        self.mix = float(mix)
         self.normalize_direction = normalize_direction
         self.batch_size = batch_size
         self.progress = progress
@@ -162,6 +184,8 @@ class DiffExplainer(Explainer):
             heatmap_step=self.heatmap_step,
             encode_steps=self.encode_steps,
             decode_steps=self.decode_steps,
+            sampler=self.sampler,
+            mix=self.mix,
             normalize_direction=self.normalize_direction,
             z_dim=self.autoencoder.z_dim,
             latent_dim=self.agent.latent_dim,
@@ -216,7 +240,9 @@ class DiffExplainer(Explainer):
             t0 = time.perf_counter()
             with torch.no_grad():
                 z = ae.encode_stack(xd, self.batch_size)
-            x_T = ae.stochastic_encode_stack(xd, z, self.encode_steps, self.batch_size, self.progress)
+            x_T = ae.stochastic_encode_stack(
+                xd, z, self.encode_steps, self.batch_size, self.progress, sampler=self.sampler, mix=self.mix
+            )
             timings["encode_s"] = time.perf_counter() - t0
 
             z_n = agent.normalise(z.to(next(agent.buffers()).device))
@@ -230,7 +256,10 @@ class DiffExplainer(Explainer):
             with torch.no_grad():
                 agent_all = agent(torch.cat(blocks)).reshape(m, b, -1).cpu()
             t0 = time.perf_counter()
-            images = ae.decode_stack(x_T.repeat(m, 1, 1, 1), z_all, self.decode_steps, self.batch_size, self.progress)
+            codes = torch.cat([x_T] * m, dim=-4)  # the same stochastic code for every latent (batch axis)
+            images = ae.decode_stack(
+                codes, z_all, self.decode_steps, self.batch_size, self.progress, sampler=self.sampler, mix=self.mix
+            )
             timings["decode_s"] = time.perf_counter() - t0
             images = images.reshape(m, b, n, *x.shape[2:]).to(x.device)
 
