@@ -18,7 +18,8 @@ does the per-step arithmetic; the loop that calls the network lives in the model
 
 BDIA-DDIM (one call per step) was measured first on the CPU DiffAE and rejected: its inverse has a
 parasitic mode growing by ``1 / (1 - gamma)`` per step, so at 20 steps and gamma = 0.5 the code reached
-1e6 in magnitude and float32 round-off left 13 dB (docs/diffexplainer.md).
+1e6 in magnitude and float32 round-off left 13 dB. EDICT itself reconstructs exactly, but decoding a
+MOVED latent from its pair diverges on the CPU DiffAE (docs/diffexplainer.md).
 
 Levels: ``t_0`` is the clean image (alpha = 1) and ``t_1 < ... < t_N`` the timesteps of diffusers'
 ``DDIMScheduler`` with the same schedule and step count.

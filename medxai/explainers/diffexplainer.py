@@ -168,6 +168,12 @@ class DiffExplainer(Explainer):
         self.decode_steps = decode_steps
         self.sampler = sampler
         self.mix = float(mix)
+        if sampler == "edict":
+            logger.warning(
+                "sampler 'edict' reconstructs the query exactly, but on the shipped CPU autoencoder its decode of a "
+                "MOVED latent diverges (bench: flip rate 0.35, mean change 0.78 vs DDIM's 1.00 / 0.11); check the "
+                "counterfactuals before trusting them (docs/diffexplainer.md)"
+            )
         self.normalize_direction = normalize_direction
         self.batch_size = batch_size
         self.progress = progress
