@@ -386,6 +386,29 @@ class DVCEGuidance:
         return g
 
 
+@torch.no_grad()
+def _ddim_invert(
+    ddpm: Any, x0: torch.Tensor, timesteps: list[int], acp: torch.Tensor, timers: dict[str, float]
+) -> dict[int, torch.Tensor]:
+    """Deterministic DDIM inversion of ``x0`` (model range) up the respaced ladder ``timesteps``
+    (descending, as the reverse process walks them); returns the sample at every level.
+
+    Each step uses eps at the current (lower) level: DDIM inversion's usual approximation, accurate
+    at the low noise levels DVCE starts from."""
+    levels = sorted(timesteps)
+    out: dict[int, torch.Tensor] = {}
+    x, a_cur, t_cur = x0, torch.ones((), device=x0.device), 0
+    for t in levels:
+        t0 = time.perf_counter()
+        eps = ddpm.eps(x, t_cur)
+        timers["unet_forward"] += time.perf_counter() - t0
+        x0_pred = (x - torch.sqrt(1.0 - a_cur) * eps) / torch.sqrt(a_cur)
+        a_next = acp[t]
+        x = torch.sqrt(a_next) * x0_pred + torch.sqrt(1.0 - a_next) * eps
+        out[t], a_cur, t_cur = x, a_next, t
+    return out
+
+
 def guided_counterfactual(
     ddpm: Any,
     x_query: torch.Tensor,
@@ -398,6 +421,7 @@ def guided_counterfactual(
     fov: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: ProgressFn | None = None,
+    start: str = "noise",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Noise ``x_query`` to ``timesteps[skip_steps]`` and denoise it with DVCE guidance.
 
@@ -419,6 +443,11 @@ def guided_counterfactual(
         ``(B, 1, S, S)`` field-of-view masks; outside, the result is the query.
     generator : torch.Generator, optional
         All noise (start noise, ancestral noise, augmentations).
+    start : {"noise", "inversion"}
+        ``"noise"``: the paper's start, the query noised with fresh noise. ``"inversion"``: the query's
+        deterministic DDIM inversion to the start step, denoised by DDIM with ``eta = 0``: with zero
+        guidance the output is the query up to the inversion error, so every change comes from the
+        guidance (needs ``scheduler="ddim"``, ``eta=0``).
 
     Returns
     -------
@@ -431,7 +460,13 @@ def guided_counterfactual(
     if isinstance(skip_steps, bool) or not isinstance(skip_steps, int) or not 0 <= skip_steps < num_steps:
         raise ValueError(f"skip_steps must be an int in 0..{num_steps - 1}, got {skip_steps!r}.")
     ddpm.check_images(x_query, "x_query")
-    start = time.perf_counter()
+    if start not in ("noise", "inversion"):
+        raise ValueError(f"start must be 'noise' or 'inversion', got {start!r}.")
+    if start == "inversion" and (scheduler != "ddim" or eta != 0):
+        raise ValueError(
+            f"start='inversion' denoises deterministically: use scheduler='ddim' with eta=0 (got {scheduler!r}, eta={eta})."
+        )
+    t_start = time.perf_counter()
     timers = {"unet_forward": 0.0, "unet_backward": 0.0}
     guidance.timers["classifiers"] = 0.0
     sched = ddpm.make_scheduler(scheduler)
@@ -441,10 +476,16 @@ def guided_counterfactual(
     query = x_query.detach()
     fov_t = None if fov is None else fov.to(dev, query.dtype)
     q_model = ddpm.to_model_range(query)
-    noise = torch.randn(q_model.shape, generator=generator).to(dev)
-    x = sched.add_noise(q_model, noise, timesteps[:1].repeat(q_model.shape[0]).to(dev))
-    cfg = guidance.config
     acp = sched.alphas_cumprod.to(dev)
+    if start == "inversion":
+        # the query's own trajectory, level by level up to the start step (also the outside of the FOV)
+        trajectory = _ddim_invert(ddpm, q_model, [int(t) for t in timesteps], acp, timers)
+        x = trajectory[int(timesteps[0])]
+        noise = None
+    else:
+        noise = torch.randn(q_model.shape, generator=generator).to(dev)
+        x = sched.add_noise(q_model, noise, timesteps[:1].repeat(q_model.shape[0]).to(dev))
+    cfg = guidance.config
     for i, t in enumerate(timesteps):
         t_int = int(t)
         with torch.enable_grad():
@@ -476,15 +517,17 @@ def guided_counterfactual(
             x = sched.step(eps_guided, t_int, x.detach(), eta=eta, generator=generator).prev_sample
         if fov_t is not None and i + 1 < len(timesteps):
             # keep the outside of the field of view on the query's noise level (blended-diffusion style)
-            t_next = timesteps[i + 1 : i + 2].repeat(q_model.shape[0]).to(dev)
-            outside = sched.add_noise(q_model, noise, t_next)
+            if noise is None:
+                outside = trajectory[int(timesteps[i + 1])]
+            else:
+                outside = sched.add_noise(q_model, noise, timesteps[i + 1 : i + 2].repeat(q_model.shape[0]).to(dev))
             x = x * fov_t + outside * (1.0 - fov_t)
         if progress is not None:
             progress("guided denoising", i + 1, len(timesteps))
     cf = ddpm.from_model_range(x.detach()).clamp(*ddpm.config.data_range)
     if fov_t is not None:
         cf = cf * fov_t + query * (1.0 - fov_t)
-    total = time.perf_counter() - start
+    total = time.perf_counter() - t_start
     timers["classifiers"] = guidance.timers["classifiers"]
     timers["rest"] = max(0.0, total - sum(timers.values()))
     timers["total"] = total

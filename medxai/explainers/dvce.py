@@ -58,6 +58,10 @@ class DVCEConfig:
         Gaussian smoothing (pixels) of the signed difference before the absolute value; 0: none.
     batch_size : int
         Images per guided denoising loop.
+    start : {"noise", "inversion"}
+        ``"noise"``: the paper's start (the query noised with fresh noise); ``"inversion"``: the query's
+        deterministic DDIM inversion, denoised with DDIM ``eta = 0`` (needs ``scheduler: ddim``), so with
+        zero guidance the output is the query and every change comes from the guidance.
     activation : {"softmax", "sigmoid"}
         How ``log p(target | x)`` is read from the logits: softmax for single-label classifiers (the
         DR classifiers), sigmoid for multi-label ones.
@@ -71,6 +75,7 @@ class DVCEConfig:
     heatmap_sigma: float = 1.0
     batch_size: int = 8
     activation: str = "softmax"
+    start: str = "noise"
 
     def __post_init__(self) -> None:
         if isinstance(self.guidance, Mapping):
@@ -85,6 +90,10 @@ class DVCEConfig:
             raise ValueError(f"scheduler must be 'ddpm' or 'ddim', got {self.scheduler!r}.")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}.")
+        if self.start not in ("noise", "inversion"):
+            raise ValueError(f"start must be 'noise' or 'inversion', got {self.start!r}.")
+        if self.start == "inversion" and (self.scheduler != "ddim" or self.eta != 0):
+            raise ValueError("start 'inversion' needs scheduler 'ddim' with eta 0 (a deterministic reverse process).")
         if self.activation not in ("softmax", "sigmoid"):
             raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {self.activation!r}.")
         if not self.heatmap_sigma >= 0:
@@ -271,6 +280,7 @@ class DVCE(Explainer):
                     skip_steps=cfg.skip_steps,
                     scheduler=cfg.scheduler,
                     eta=cfg.eta,
+                    start=cfg.start,
                     fov=fov,
                     generator=generator,
                 )
@@ -302,7 +312,19 @@ class DVCE(Explainer):
         return MethodResult(heatmaps=heat, sweep=sweep, timings=timers, diagnostics=diagnostics)
 
 
-DVCE_VARIANTS = ("cone", "no_cone", "robust_only", "no_distance", "unguided", "exact_grad", "approx_grad")
+DVCE_VARIANTS = (
+    "cone",
+    "no_cone",
+    "robust_only",
+    "no_distance",
+    "unguided",
+    "exact_grad",
+    "approx_grad",
+    "noise_start",
+    "inversion_start",
+    "unguided_noise_start",
+    "unguided_inversion_start",
+)
 
 
 def dvce_variant(base: DVCEConfig, name: str) -> DVCEConfig:
@@ -310,7 +332,10 @@ def dvce_variant(base: DVCEConfig, name: str) -> DVCEConfig:
 
     ``cone``: unchanged; ``no_cone``: the plain classifier's gradient only; ``robust_only``: the robust
     one only; ``no_distance``: distance term off; ``unguided``: no guidance at all (what resampling
-    alone changes); ``exact_grad`` / ``approx_grad``: gradient through the UNet on / off.
+    alone changes); ``exact_grad`` / ``approx_grad``: gradient through the UNet on / off;
+    ``noise_start``: the paper's start (fresh noise, ancestral DDPM); ``inversion_start``: the query's
+    deterministic inversion, DDIM ``eta = 0``; ``unguided_noise_start`` / ``unguided_inversion_start``:
+    no guidance from either start (with the inversion start the output should be the query).
     """
     g = base.guidance
     changes = {
@@ -322,6 +347,17 @@ def dvce_variant(base: DVCEConfig, name: str) -> DVCEConfig:
         "exact_grad": {"grad_through_unet": True},
         "approx_grad": {"grad_through_unet": False},
     }
+    starts = {
+        "noise_start": {"scheduler": "ddpm", "eta": 0.0, "start": "noise"},
+        "inversion_start": {"scheduler": "ddim", "eta": 0.0, "start": "inversion"},
+    }
+    for key in ("noise_start", "inversion_start"):
+        changes[key] = {}
+        changes[f"unguided_{key}"] = dict(changes["unguided"])
     if name not in changes:
         raise ValueError(f"unknown DVCE variant {name!r}; use one of {', '.join(DVCE_VARIANTS)}.")
-    return dataclasses.replace(base, guidance=dataclasses.replace(g, **changes[name])) if changes[name] else base
+    out = dataclasses.replace(base, guidance=dataclasses.replace(g, **changes[name])) if changes[name] else base
+    for key, fields in starts.items():
+        if name.endswith(key):
+            out = dataclasses.replace(out, **fields)
+    return out

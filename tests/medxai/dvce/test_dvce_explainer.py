@@ -137,3 +137,28 @@ def test_bad_inputs(blob_task: Any, blob_ddpm: Any) -> None:
     rgb_model = TinyCNN(3, 2, width=4)
     with pytest.raises(ValueError, match="channels"):
         DVCE(rgb_model, blob_ddpm, config=SUITE_CONFIG)
+
+
+def test_inversion_start_without_guidance_returns_the_query(blob_task: Any, blob_ddpm: Any) -> None:
+    """From the query's deterministic inversion, zero guidance gives back the query; the paper's
+    noise start redraws the image (the change DVCE's maps would otherwise credit to the classifier)."""
+    import dataclasses
+
+    from medxai.explainers.dvce import dvce_variant
+    from medxai.metrics.counterfactual import psnr
+
+    x = blob_task.x[:4]
+    # the shipped config's ladder: 30 steps from t = 290 (the toy DDPM is coarse; 6 steps invert too roughly)
+    base = dataclasses.replace(SUITE_CONFIG, num_steps=100, skip_steps=70, scheduler="ddim", start="inversion")
+    inv = DVCE(blob_task.model, blob_ddpm, config=dvce_variant(base, "unguided_inversion_start"), seed=0).explain(x, 1)
+    noisy = DVCE(blob_task.model, blob_ddpm, config=dvce_variant(base, "unguided_noise_start"), seed=0).explain(x, 1)
+    p_inv = psnr(torch.as_tensor(inv.sweep.at(1.0)), x)
+    p_noise = psnr(torch.as_tensor(noisy.sweep.at(1.0)), x)
+    # the toy DDPM is trained for seconds (31.5 dB measured); the bench holds the shipped model to the
+    # issue's 40 dB (fundus.dvce_unguided_inversion_start.psnr_db)
+    assert float(p_inv.min()) > 30.0, p_inv
+    assert float(p_inv.mean()) > float(p_noise.mean()) + 10.0, (p_inv, p_noise)
+    with pytest.raises(ValueError, match="inversion"):
+        DVCEConfig(scheduler="ddpm", start="inversion")
+    with pytest.raises(ValueError, match="start"):
+        DVCEConfig(start="fresh")
