@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from medxai.config import Config, ConfigError, load_config
+from medxai.progress import ProgressFn
 from pipelines.provenance import json_safe, package_versions
 
 __all__ = [
@@ -66,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+Progress = ProgressFn  # the one progress-callback type (medxai.progress)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bench.yaml"
 

@@ -171,17 +171,9 @@ def _ct_part(out_dir: Path, progress: Progress | None) -> tuple[dict[str, str], 
             "outermost steps (red brighter, blue darker) | heatmap.",
         }
     ]
-    if "sc_overlay" in f:
-        png = _sc_preview(sorted(f["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "ct_sc_overlay.png")
-        if png is not None:
-            figures.append(
-                {
-                    "section": "ct",
-                    "title": "Secondary Capture overlay (as a PACS shows it)",
-                    "path": str(png.relative_to(out_dir)),
-                    "caption": "The SC slice with the most heatmap mass.",
-                }
-            )
+    figures += _sc_figure(
+        f, out_dir, "ct", "Secondary Capture overlay (as a PACS shows it)", "The SC slice with the most heatmap mass."
+    )
     if "ct_counterfactual_plus" in f:
         png = _ct_preview(sorted(f["ct_counterfactual_plus"].glob("*.dcm")), out_dir / "figures" / "ct_counterfactual.png")
         figures.append(
@@ -206,6 +198,16 @@ def _ct_preview(files: list[Path], dest: Path) -> Path:
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return write_photo(np.repeat(window_to_uint8(hu, "lung")[..., None], 3, axis=-1), dest)
+
+
+def _sc_figure(files: dict[str, Path], out_dir: Path, section: str, title: str, caption: str) -> list[dict[str, str]]:
+    """The report figure of a case's SC overlay (``files["sc_overlay"]``), or none when it has none."""
+    if "sc_overlay" not in files:
+        return []
+    png = _sc_preview(sorted(files["sc_overlay"].glob("*.dcm")), out_dir / "figures" / f"{section}_sc_overlay.png")
+    if png is None:
+        return []
+    return [{"section": section, "title": title, "path": str(png.relative_to(out_dir)), "caption": caption}]
 
 
 def _sc_preview(files: list[Path], dest: Path) -> Path | None:
@@ -279,15 +281,5 @@ def _fundus_part(out_dir: Path) -> tuple[dict[str, str], dict[str, Any], list[di
             "(red brighter, blue darker) | heatmap.",
         }
     ]
-    if "sc_overlay" in case.files:
-        png = _sc_preview(sorted(case.files["sc_overlay"].glob("*.dcm")), out_dir / "figures" / "fundus_sc_overlay.png")
-        if png is not None:
-            figures.append(
-                {
-                    "section": "fundus",
-                    "title": "Secondary Capture overlay on the photograph",
-                    "path": str(png.relative_to(out_dir)),
-                    "caption": "As a PACS shows it.",
-                }
-            )
+    figures += _sc_figure(case.files, out_dir, "fundus", "Secondary Capture overlay on the photograph", "As a PACS shows it.")
     return written, fundus, figures

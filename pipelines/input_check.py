@@ -268,6 +268,12 @@ def _range(lo: float, hi: float, unit: str) -> str:
     return f"{_fmt(lo)}-{_fmt(hi)} {unit}".rstrip()
 
 
+def _within(name: str, value: float, unit: str, bounds: tuple[float, float], digits: int) -> Check:
+    """``value`` (shown rounded to ``digits``) against the closed range ``bounds``."""
+    lo, hi = bounds
+    return Check(name, round(value, digits), unit, _range(lo, hi, unit), lo <= value <= hi)
+
+
 # ------------------------------------------------------------------------------------------- CT
 def ct_volume_checks(volume: Any, limits: CTInputLimits) -> list[Check]:
     """Header and geometry checks of a ``dicom_io.Volume``: modality, slices, field of view, scan length."""
@@ -286,19 +292,8 @@ def ct_volume_checks(volume: Any, limits: CTInputLimits) -> list[Check]:
         Check("slices", nz, "", f">= {limits.min_slices}", nz >= limits.min_slices),
     ]
     fov = max(nx * dx, ny * dy)
-    checks.append(
-        Check("field_of_view", round(fov, 1), "mm", _range(*limits.fov_mm, "mm"), limits.fov_mm[0] <= fov <= limits.fov_mm[1])
-    )
-    length = nz * dz
-    checks.append(
-        Check(
-            "scan_length",
-            round(length, 1),
-            "mm",
-            _range(*limits.scan_length_mm, "mm"),
-            limits.scan_length_mm[0] <= length <= limits.scan_length_mm[1],
-        )
-    )
+    checks.append(_within("field_of_view", fov, "mm", limits.fov_mm, 1))
+    checks.append(_within("scan_length", nz * dz, "mm", limits.scan_length_mm, 1))
     return checks
 
 
@@ -435,15 +430,7 @@ def fundus_checks(
     yy, xx = np.ogrid[:h, :w]
     inside = (yy + 0.5 - cr) ** 2 + (xx + 0.5 - cc) ** 2 <= r**2
     frac = float(inside.mean())
-    checks.append(
-        Check(
-            "fov_fraction",
-            round(frac, 3),
-            "",
-            _range(*limits.fov_fraction, ""),
-            limits.fov_fraction[0] <= frac <= limits.fov_fraction[1],
-        )
-    )
+    checks.append(_within("fov_fraction", frac, "", limits.fov_fraction, 3))
     outside = ~inside
     if outside.sum() < 0.01 * inside.size:
         checks.append(

@@ -17,6 +17,7 @@ from pydicom.sr.coding import Code
 from atomicfs import atomic_path
 
 from ..errors import DicomIOError, UnreadableFileError
+from ..types import FrameRef
 
 __all__ = [
     "MEDXAI_SCHEME",
@@ -31,6 +32,8 @@ __all__ = [
     "patient_orientation",
     "anatomic_region",
     "save_dataset",
+    "code_item",
+    "source_image_item",
     "derived_series_number",
 ]
 
@@ -187,6 +190,26 @@ def derived_series_number(source: Dataset | None, offset: int) -> int:
         except (TypeError, ValueError):
             base = 0
     return int((offset + base) % 2_000_000_000) or offset
+
+
+def code_item(code: Code) -> Dataset:
+    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning) of ``code``."""
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def source_image_item(src: Dataset, frame: FrameRef | None) -> Dataset:
+    """A SourceImageSequence item: the source instance (and frame) a derived image was made from."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = frame.sop_class_uid if frame else src.SOPClassUID
+    item.ReferencedSOPInstanceUID = frame.sop_instance_uid if frame else src.SOPInstanceUID
+    if frame is not None and frame.frame_number is not None:
+        item.ReferencedFrameNumber = int(frame.frame_number)
+    item.PurposeOfReferenceCodeSequence = [code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+    return item
 
 
 def save_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:

@@ -16,35 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from ..dicom_series import PATIENT_STUDY_KEYWORDS
 from ..types import FrameRef, Volume
 from ..write_series import StudyInfo, write_ct_series
-from ._common import SOFTWARE_VERSION, complete_source_header, derived_series_number
+from ._common import SOFTWARE_VERSION, complete_source_header, derived_series_number, source_image_item
 
 __all__ = ["write_derived_ct_series"]
 
 # copied verbatim from the source header besides the patient / study keywords
 _ALSO_COPIED = ("PatientPosition", "BodyPartExamined", "FrameOfReferenceUID", "PositionReferenceIndicator")
-
-
-def _code_item(code: object) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value  # type: ignore[attr-defined]
-    item.CodingSchemeDesignator = code.scheme_designator  # type: ignore[attr-defined]
-    item.CodeMeaning = code.meaning  # type: ignore[attr-defined]
-    return item
-
-
-def _reference(src: Dataset, frame: FrameRef | None) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = frame.sop_class_uid if frame else src.SOPClassUID
-    item.ReferencedSOPInstanceUID = frame.sop_instance_uid if frame else src.SOPInstanceUID
-    if frame is not None and frame.frame_number is not None:
-        item.ReferencedFrameNumber = int(frame.frame_number)
-    item.PurposeOfReferenceCodeSequence = [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
-    return item
 
 
 def write_derived_ct_series(
@@ -123,5 +104,5 @@ def write_derived_ct_series(
             "KVP": first.get("KVP", None),  # Type 2: the source's, or empty; never an invented value
         },
     )
-    per_slice = [{"SourceImageSequence": [_reference(h, f)]} for h, f in zip(heads, frames)]
+    per_slice = [{"SourceImageSequence": [source_image_item(h, f)]} for h, f in zip(heads, frames)]
     return write_ct_series(volume, out_dir, info, slices=idx, per_slice=per_slice)

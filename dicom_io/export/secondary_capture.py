@@ -19,7 +19,6 @@ import highdicom as hd
 import numpy as np
 from highdicom.frame import encode_frame
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DA, DS, TM
@@ -32,6 +31,7 @@ from ._common import (
     derived_series_number,
     patient_orientation,
     save_dataset,
+    source_image_item,
 )
 
 __all__ = ["MultiFrameTrueColorSCImage", "UNLINKED_PATIENT", "write_secondary_capture", "write_photo_secondary_capture"]
@@ -39,24 +39,6 @@ __all__ = ["MultiFrameTrueColorSCImage", "UNLINKED_PATIENT", "write_secondary_ca
 logger = logging.getLogger(__name__)
 
 MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-
-
-def _code_item(code: Any) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme_designator
-    item.CodeMeaning = code.meaning
-    return item
-
-
-def _source_item(src: Dataset, frame: FrameRef | None) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = frame.sop_class_uid if frame else src.SOPClassUID
-    item.ReferencedSOPInstanceUID = frame.sop_instance_uid if frame else src.SOPInstanceUID
-    if frame is not None and frame.frame_number is not None:
-        item.ReferencedFrameNumber = int(frame.frame_number)
-    item.PurposeOfReferenceCodeSequence = [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
-    return item
 
 
 def _referenced_series(sources: Sequence[Dataset], frames: Sequence[FrameRef | None]) -> list[Dataset]:
@@ -81,7 +63,7 @@ def _add_derivation(ds: Dataset, sources: Sequence[Dataset], frames: Sequence[Fr
     ds.BurnedInAnnotation = "YES"
     ds.RecognizableVisualFeatures = "NO"
     ds.DerivationDescription = description[:1024]
-    ds.SourceImageSequence = [_source_item(s, f) for s, f in zip(sources, frames)]
+    ds.SourceImageSequence = [source_image_item(s, f) for s, f in zip(sources, frames)]
     ds.ReferencedSeriesSequence = _referenced_series(sources, frames)
     ds.SoftwareVersions = SOFTWARE_VERSION
     _copy_laterality(ds, sources[0])
