@@ -13,23 +13,33 @@ The run (``run_bench``):
 1. **Models.** Each model the benchmark needs lives in ``<models>/`` (default ``<out>/models``) and is
    trained there from the named configs when it is missing (or loaded when it is there: the cache):
    CT teacher, diffusion autoencoder and agent; a second teacher trained on the biased split (the
-   shortcut scenario) with its own agent; a re-initialised teacher with its own agent (the
-   randomisation check); the fundus DDPM, plain and robust classifiers; NN-Explainer networks (the
-   ``nn_explainer`` model of every method that needs one).
+   shortcut scenario) and a third on the emphysema label (the model swap), each with its own agent;
+   a re-initialised teacher with its own agent (the randomisation check); the fundus DDPM, plain and
+   robust classifiers, and a plain + robust pair per model-swap lesion type; NN-Explainer networks
+   (the ``nn_explainer`` model of every method that needs one).
 2. **Held-out cohorts** with seeds no training cohort uses (``configs/bench.yaml``).
 3. **CT** (``input: ct_stack``): each counterfactual method (DiffExplainer) on every held-out case
    (flip rate, reconstruction PSNR, heatmap AUROC, agent-teacher agreement); each attribution method
    (Grad-CAM, Grad-CAM++, occlusion, Integrated Gradients, RISE, NN-Explainer, ...) on the positives
    (pixel AUROC of the 2D map against the biomarker's projection over the four slices, the same
    ground truth for every method).
-4. **Shortcut**: on biased held-out positives whose pacemaker lies in the stack, the share of each
-   method's heatmap mass on the marker, for the shortcut teacher and for the clean teacher.
-5. **Sanity**: model-parameter randomisation: median Spearman correlation between each method's maps
-   for the trained and the re-initialised model (near 0 = the explanation depends on the model).
-6. **Fundus** (``input: fundus``): each counterfactual method (DVCE with cone projection, without it,
-   without the distance term) towards "healthy" on referable held-out crops (target rate, L1 outside
-   the lesions, lesion AUROC of the difference map), the attribution methods on the plain classifier.
-7. ``results.json`` (schema in docs/benchmarks.md), figures and ``report.html``.
+4. **Shortcut**: a teacher trained where the pacemaker always follows the label (``shortcut_train``;
+   the lead made thick enough for the stack, ``shortcut_phantom``); on biased held-out positives whose
+   pacemaker lies in the stack, the share of each method's heatmap mass on the marker (and that over
+   the uniform share), for the shortcut teacher and for the clean teacher; the shortcut teacher's
+   accuracy where marker and label disagree; whether the DiffAE reconstruction still shows the marker.
+5. **Sanity**, done fairly (METHODS.md section 9): every model a method consults re-initialised;
+   Spearman of the trained and randomised maps inside the lungs and over the whole image, the
+   randomised model's localisation AUROC, and whether the randomised model decides at all.
+6. **Model swap**: a second CT teacher whose label is the distractor (emphysema), with its own agent,
+   and every CT method explained for both teachers on the same held-out images; each map scored
+   against its own teacher's feature and against the other's (fundus likewise, with classifiers of
+   haemorrhages only and of exudates only).
+7. **Fundus** (``input: fundus``): each counterfactual method (DVCE with cone projection, without it,
+   without the distance term, the start variants) towards "healthy" on referable held-out crops
+   (target rate, L1 outside the lesions, lesion AUROC of the difference map), the attribution methods
+   on the plain classifier; randomisation and model swap as for CT.
+8. ``results.json`` (schema in docs/benchmarks.md), figures and ``report.html``.
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ __all__ = [
     "ModelCache",
     "StageClock",
     "TARGETS",
+    "FAITHFULNESS_TARGETS",
+    "run_targets",
     "bench_methods",
     "explain_all",
     "explain_maps",
@@ -74,15 +86,50 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bench.yaml"
 # The issues' targets, shown as met / not met in the report.
 TARGETS: dict[str, tuple[str, float]] = {
     "ct.diffexplainer.flip_rate": (">=", 0.95),
-    "ct.diffexplainer.recon_psnr_db": (">=", 35.0),
+    "ct.diffexplainer.recon_psnr_db": (">=", 40.0),
     "ct.diffexplainer.change_outside_lungs.outside_share": ("<=", 0.30),
     "ct.diffexplainer.loc_auroc": (">=", 0.90),
     "ct.agent_agreement": (">=", 0.95),
     "fundus.dvce.target_rate": (">=", 0.90),
     "fundus.dvce.l1_outside_lesions": ("<=", 0.010),
+    "fundus.dvce.zero_guidance_psnr_db": (">=", 40.0),
     "fundus.dvce_unguided_inversion_start.psnr_db": (">=", 40.0),
     "fundus.dvce.loc_auroc": (">=", 0.90),
+    "ct.shortcut._shortcut_teacher.accuracy_where_marker_contradicts_label": ("<=", 0.30),
+    "ct.shortcut.diffexplainer.mass_ratio_uniform": (">=", 10.0),
+    "ct.shortcut.diffexplainer.mass_ratio_uniform_clean_teacher": ("<=", 2.0),
 }
+
+#: faithfulness rules (METHODS.md section 9) applied to EVERY method a run measured, so the report shows
+#: which pass: ``(block, key) -> rule``, block ``model_swap`` = ``<half>.model_swap.<method>``, block
+#: ``randomization`` = ``<half>.<method>.randomization``
+FAITHFULNESS_TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    ("model_swap", "own_auroc_min"): (">=", 0.85),
+    ("model_swap", "cross_auroc_max"): ("<=", 0.60),
+    ("randomization", "random_model_auroc"): ("<=", 0.60),
+    ("randomization", "spearman_in_mask"): ("<=", 0.30),
+}
+
+
+def run_targets(results: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
+    """:data:`TARGETS` plus the :data:`FAITHFULNESS_TARGETS` of every method ``results`` holds figures for."""
+    out = dict(TARGETS)
+    for half in ("ct", "fundus"):
+        block = results.get(half)
+        if not isinstance(block, Mapping):
+            continue
+        for method in block.get("model_swap", {}):
+            if not str(method).startswith("_"):
+                for (kind, key), rule in FAITHFULNESS_TARGETS.items():
+                    if kind == "model_swap":
+                        out[f"{half}.model_swap.{method}.{key}"] = rule
+        for method, row in block.items():
+            if isinstance(row, Mapping) and isinstance(row.get("randomization"), Mapping):
+                for (kind, key), rule in FAITHFULNESS_TARGETS.items():
+                    if kind == "randomization":
+                        out[f"{half}.{method}.randomization.{key}"] = rule
+    return out
+
 
 #: the class the fundus attribution maps explain: referable DR, the class the planted lesions drive
 #: (the counterfactual methods move towards the config's ``target_class``, "healthy")
@@ -111,8 +158,20 @@ class BenchSettings:
     ct_test_seed: int = 7001
     ct_test_n: int = 40
     shortcut: float = 0.9
+    shortcut_train: float | None = None
+    shortcut_phantom: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     shortcut_test_seed: int = 7003
     shortcut_test_n: int = 60
+    swap_phantom: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    swap_test_seed: int = 7004
+    swap_test_n: int = 48
+    fundus_swap_labels: tuple[str, ...] = ("haemorrhages", "exudates")
+    fundus_swap_phantom: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"lesion_mix": "independent"})
+    #: training steps of the model-swap DR classifiers (``classifier``, ``robust_classifier``; the robust
+    #: one is the plain one fine-tuned adversarially); missing: ``train_steps`` / the DR config's
+    fundus_swap_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    fundus_swap_test_seed: int = 7005
+    fundus_swap_test_n: int = 120
     fundus_test_seed: int = 7002
     fundus_test_n: int = 80
     explain_n: int = 16
@@ -125,6 +184,8 @@ class BenchSettings:
     ct_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dr_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: per CT model set (``ct_shortcut``, ``ct_emphysema``): fields of its config's ``training.teacher``
+    teacher_training: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     train_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
     train_n: Mapping[str, int] = dataclasses.field(default_factory=dict)
     base_dir: str = "."
@@ -166,8 +227,9 @@ def load_bench_settings(path: str | os.PathLike[str] | None = None, quick: bool 
     for old, new in _RENAMED_FIELDS.items():
         if old in data:
             raise ConfigError(f"{where}: field '{old}' is no longer read; write {new} instead.")
-    if "dvce_variants" in data:
-        data["dvce_variants"] = tuple(data["dvce_variants"])
+    for key in ("dvce_variants", "fundus_swap_labels"):
+        if key in data:
+            data[key] = tuple(data[key])
     data["base_dir"] = str(path.parent)
     try:
         settings = dataclass_from_mapping(BenchSettings, data, where)
@@ -251,6 +313,83 @@ def _maps_spearman(a: np.ndarray, b: np.ndarray) -> float:
     from medxai.metrics import spearman
 
     return _nanmedian([spearman(x, y) for x, y in zip(a, b)])
+
+
+def _spearman_in(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
+    """Median over cases of the Spearman correlation of two maps ``(N, S, S)`` inside ``region``
+    ``(N, S, S)`` (the lungs, the field of view): change the model never looks at cannot carry it."""
+    from medxai.metrics import spearman
+
+    return _nanmedian([spearman(x[m], y[m]) for x, y, m in zip(a, b, np.asarray(region) > 0.5) if m.sum() > 1])
+
+
+def _region_auroc(maps: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
+    """Mean over cases of the pixel AUROC of ``maps`` against ``truth`` counting only the pixels of
+    ``region`` (all ``(N, S, S)``); cases without a truth pixel in the region are left out."""
+    from medxai.metrics.counterfactual_dr import lesion_auroc
+
+    return _nanmean(lesion_auroc(maps, truth, np.asarray(region) > 0.5).tolist())
+
+
+def _decision_changed_rate(probs: np.ndarray) -> float:
+    """Share of cases whose predicted class differs from the model's most frequent prediction: 0 when
+    the model says the same for every image (a re-initialised DenseNet), so there is no decision to explain."""
+    pred = np.asarray(probs).argmax(1)
+    return float((pred != np.bincount(pred).argmax()).mean()) if len(pred) else float("nan")
+
+
+def _randomization(
+    trained: np.ndarray, random: np.ndarray, truth: np.ndarray, region: np.ndarray, random_probs: np.ndarray
+) -> dict[str, Any]:
+    """The model-randomisation figures of one method (METHODS.md section 9): maps of the trained and of
+    the randomised model (every model the method consults re-initialised) on the same cases."""
+    return {
+        "spearman_in_mask": _spearman_in(trained, random, region),
+        "spearman_whole": _maps_spearman(trained, random),
+        "random_model_auroc": _region_auroc(random, truth, region),
+        "trained_model_auroc": _region_auroc(trained, truth, region),
+        "decision_changed_rate": _decision_changed_rate(random_probs),
+        "n_cases": int(len(trained)),
+    }
+
+
+def _swap_scores(maps: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray], region: np.ndarray) -> dict[str, Any]:
+    """Model-swap figures of one method: each model's maps ``(N, S, S)`` scored against its OWN feature
+    and against the OTHER model's (region AUROC), and how alike the two models' maps are in the region."""
+    a, b = list(maps)
+    other = {a: b, b: a}
+    own = {m: _region_auroc(maps[m], truths[m], region) for m in (a, b)}
+    cross = {m: _region_auroc(maps[m], truths[other[m]], region) for m in (a, b)}
+    return {
+        "own_auroc": own,
+        "cross_auroc": cross,
+        # NaN (no case with the feature in the region) must not hide behind min / max
+        "own_auroc_min": float(np.min(list(own.values()))),
+        "cross_auroc_max": float(np.max(list(cross.values()))),
+        "spearman_in_mask": _spearman_in(maps[a], maps[b], region),
+        "n_cases": int(len(maps[a])),
+    }
+
+
+def _marker_contrast(x: np.ndarray, recon: np.ndarray, marker: np.ndarray) -> dict[str, float]:
+    """How visible the marker is in the queries ``x`` and in their reconstructions ``recon`` (both
+    ``(N, C, S, S)``, marker mask the same shape): mean intensity on the marker minus the mean of a
+    2-pixel ring around it, averaged over cases; ``ratio`` = reconstruction / query (1: fully drawn)."""
+    from scipy import ndimage
+
+    in_plane = np.zeros((3, 3, 3), dtype=bool)  # the stack's slices lie far apart: grow within each slice
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+
+    def contrast(img: np.ndarray) -> float:
+        vals = []
+        for im, m in zip(img, np.asarray(marker) > 0.5):
+            ring = ndimage.binary_dilation(m, iterations=2, structure=in_plane) & ~m
+            if m.any() and ring.any():
+                vals.append(float(im[m].mean() - im[ring].mean()))
+        return _nanmean(vals)
+
+    q, r = contrast(x), contrast(recon)
+    return {"query_contrast": q, "reconstruction_contrast": r, "ratio": r / q if q else float("nan")}
 
 
 def _randomised(model: Any, seed: int) -> Any:
@@ -337,7 +476,13 @@ class ModelCache:
         )
         over["run_dir"] = str(d)
         if which == "ct_shortcut":
-            over["data.shortcut"] = float(self.s.shortcut)
+            over["data.shortcut"] = float(self.s.shortcut if self.s.shortcut_train is None else self.s.shortcut_train)
+            over["data.phantom_overrides"] = dict(self.s.shortcut_phantom)
+        if which == "ct_emphysema":  # the model-swap teacher: its label is the distractor, not the outcome
+            over["data.label"] = "emphysema"
+            over["data.phantom_overrides"] = dict(self.s.swap_phantom)
+        for key, value in dict(self.s.teacher_training.get(which, {})).items():
+            over[f"training.teacher.{key}"] = value
         if which == "ct_random":
             over["run_dir"] = str(main)  # the agent of the random teacher is distilled on the main data
         return cfg.with_overrides(over)
@@ -410,7 +555,7 @@ class ModelCache:
     def fundus(self) -> Config:
         """Make sure the DDPM and both DR classifiers exist; return the DR config pointing at them."""
         from medxai.config import DR_FUNDUS_SCHEMA
-        from pipelines.train_dr import train_diffusion, train_dr_classifier
+        from pipelines.train_dr import train_diffusion
 
         d = self.root / "fundus"
         s = self.s
@@ -423,20 +568,7 @@ class ModelCache:
                 s.path("ddpm_config"), paths["ddpm"], n=n, seconds=s.train_seconds.get("ddpm"), steps=s.train_steps.get("ddpm")
             ),
         )
-        for key, robust in (("classifier", False), ("robust_classifier", True)):
-            self._note(
-                f"fundus_{key}",
-                paths[key],
-                lambda key=key, robust=robust: train_dr_classifier(
-                    s.path("dr_config"),
-                    paths[key],
-                    robust=robust,
-                    n=n,
-                    seconds=s.train_seconds.get(key),
-                    steps=s.train_steps.get(key),
-                    trust_code=self.trust_code,
-                ),
-            )
+        self._dr_classifiers("fundus", paths, dict(s.train_steps))
         cfg = load_config(s.path("dr_config"), DR_FUNDUS_SCHEMA)
         over = self._overrides(
             cfg,
@@ -450,6 +582,50 @@ class ModelCache:
         )
         self.configs["fundus"] = cfg.with_overrides(over)
         return self.configs["fundus"]
+
+    def _dr_classifiers(self, prefix: str, paths: Mapping[str, Path], steps: Mapping[str, int], **kwargs: Any) -> None:
+        """Load-or-train the plain and the robust DR classifier into ``paths`` (``label`` /
+        ``phantom_overrides`` in ``kwargs`` make them model-swap classifiers, the robust one then
+        fine-tuned from the plain one)."""
+        from pipelines.train_dr import train_dr_classifier
+
+        s = self.s
+        for key, robust in (("classifier", False), ("robust_classifier", True)):
+            init = paths["classifier"] if robust and kwargs.get("label") else None
+            self._note(
+                f"{prefix}_{key}",
+                paths[key],
+                lambda key=key, robust=robust, init=init: train_dr_classifier(
+                    s.path("dr_config"),
+                    paths[key],
+                    robust=robust,
+                    n=s.train_n.get("fundus"),
+                    seconds=s.train_seconds.get(key),
+                    steps=steps.get(key),
+                    trust_code=self.trust_code,
+                    init=init,
+                    **kwargs,
+                ),
+            )
+
+    def fundus_swap(self, label: str) -> Config:
+        """The DR config with a plain and a robust classifier whose label is ``label`` (one lesion type
+        present, :data:`medxai.data.FUNDUS_LABELS`): the model-swap classifiers, trained if missing."""
+        base = self.fundus()
+        s, d = self.s, self.root / f"fundus_{label}"
+        paths = {k: d / f"{k}.safetensors" for k in ("classifier", "robust_classifier")}
+        # the robust one starts from the plain one (adversarial fine-tuning: a fraction of the steps)
+        steps = {**s.train_steps, **s.fundus_swap_steps}
+        self._dr_classifiers(f"fundus_{label}", paths, steps, label=label, phantom_overrides=dict(s.fundus_swap_phantom))
+        cfg = base.with_overrides(
+            {
+                "classifier.path": str(paths["classifier"]),
+                "robust_classifier.path": str(paths["robust_classifier"]),
+                "nn_explainer_network.path": str(self.root / f"nn_explainer_fundus_{label}"),
+            }
+        )
+        self.configs[f"fundus_{label}"] = cfg
+        return cfg
 
 
 # -------------------------------------------------------------------------------------- registry
@@ -688,10 +864,17 @@ def _ct_section(
             out["agent_agreement"] = summ["agent_teacher_agreement"]
 
     # attribution methods on the held-out positives
-    train = load_data(cfg, "train")
-    attribution = _attribution_explainers(
-        found.attribution, cfg, teacher, lambda: models.nn_explainer("ct", teacher, train["stacks"], train["labels"])
-    )
+    def attribution_for(which: str, c: Config, black_box: Any) -> dict[str, Any]:
+        """The attribution methods for the teacher of config ``c``, its NN-Explainer trained on the data
+        of ``c`` (made only when a method needs one)."""
+
+        def nn() -> tuple[Any, Any]:
+            data = load_data(c, "train")
+            return models.nn_explainer(which, black_box, data["stacks"], data["labels"])
+
+        return _attribution_explainers(found.attribution, c, black_box, nn)
+
+    attribution = attribution_for("ct", cfg, teacher)
     for name, ex in attribution.items():
         m, t = clock.maps(f"ct_{name}", ex, test.x[pos], target)
         maps[name] = m
@@ -704,22 +887,21 @@ def _ct_section(
             "recon_psnr_db": None,
         }
 
-    # model-parameter randomisation
+    # model-parameter randomisation: the teacher re-initialised and the agent re-distilled from it (every
+    # model DiffExplainer consults); maps compared inside the lungs, where the teacher's feature lives
     r = pos[: s.randomization_n]
+    lungs2d = test.masks["lungs"].max(axis=1)
     rand_cfg = models.ct("ct_random")
     rand_teacher = load_black_box(rand_cfg)
+    rand_probs = _probabilities(rand_teacher, test.x)
+    rand_maps: dict[str, np.ndarray] = {}
     for spec in found.counterfactual:
         rexp, _ = counterfactual(spec, rand_cfg, rand_teacher, test.x[r], f"ct_random_{spec.name}")
-        out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
-    rand_ex = _attribution_explainers(
-        found.attribution,
-        rand_cfg,
-        rand_teacher,
-        lambda: models.nn_explainer("ct_random", rand_teacher, train["stacks"], train["labels"]),
-    )
-    for name, ex in rand_ex.items():
-        m, _ = clock.maps(f"ct_random_{name}", ex, test.x[r], target)
-        out[name]["randomization_spearman"] = _maps_spearman(maps[name][: len(r)], m)
+        rand_maps[spec.name] = _maps(rexp)
+    for name, ex in attribution_for("ct_random", rand_cfg, rand_teacher).items():
+        rand_maps[name], _ = clock.maps(f"ct_random_{name}", ex, test.x[r], target)
+    for name, rm in rand_maps.items():
+        out[name]["randomization"] = _randomization(maps[name][: len(r)], rm, gt2d[r], lungs2d[r], rand_probs)
 
     for name, exp in cf_exps.items():
         figs.ct_strips(exp, test.x, pos[: s.figure_cases], name)
@@ -736,7 +918,14 @@ def _ct_section(
     sc_teacher = load_black_box(sc_cfg)
     sc_test = clock.time(
         "ct_shortcut_cohort",
-        lambda: ct_stack_set(s.shortcut_test_n, s.shortcut_test_seed, phantom=phantom, stack=stack, shortcut=float(s.shortcut)),
+        lambda: ct_stack_set(
+            s.shortcut_test_n,
+            s.shortcut_test_seed,
+            phantom=phantom,
+            stack=stack,
+            shortcut=float(s.shortcut),
+            phantom_overrides=s.shortcut_phantom,
+        ),
     )
     marker2d = sc_test.masks["marker"].max(axis=1)
     has = marker2d.reshape(len(marker2d), -1).sum(1) > 0
@@ -746,6 +935,9 @@ def _ct_section(
     flipped = has != (sc_test.y == 1)  # cases where the marker contradicts the label
     shortcut: dict[str, Any] = {
         "_n_cases": int(len(sc_idx)),
+        "_n_contradicting": int(flipped.sum()),
+        "_train_bias": float(s.shortcut if s.shortcut_train is None else s.shortcut_train),
+        "_phantom_overrides": dict(s.shortcut_phantom),
         "_marker_area_fraction": float(marker2d[sc_idx].mean()) if len(sc_idx) else None,
         "_shortcut_teacher": {
             "auroc_biased_split": _auroc(sc_probs[:, 1], sc_test.y),
@@ -768,23 +960,24 @@ def _ct_section(
             dd, _ = counterfactual(spec, sc_cfg, sc_teacher, xs, f"ct_shortcut_{spec.name}")
             dc, _ = counterfactual(spec, cfg, teacher, xs, f"ct_shortcut_{spec.name}_clean")
             sc_maps[spec.name], clean_maps[spec.name] = _maps(dd), _maps(dc)
-        sc_train = load_data(sc_cfg, "train")
-        sc_ex = _attribution_explainers(
-            found.attribution,
-            sc_cfg,
-            sc_teacher,
-            lambda: models.nn_explainer("ct_shortcut", sc_teacher, sc_train["stacks"], sc_train["labels"]),
-        )
-        for name, ex in sc_ex.items():
+            if dd.sweep is not None and dd.sweep.origin is not None and "_marker_in_reconstruction" not in shortcut:
+                # can the generator draw the marker at all? (an explainer cannot show what it cannot draw)
+                shortcut["_marker_in_reconstruction"] = _marker_contrast(
+                    xs, np.asarray(dd.sweep.origin), sc_test.masks["marker"][sc_idx]
+                )
+        for name, ex in attribution_for("ct_shortcut", sc_cfg, sc_teacher).items():
             sc_maps[name], _ = clock.maps(f"ct_shortcut_{name}", ex, xs, target)
         for name, ex in attribution.items():
             clean_maps[name], _ = clock.maps(f"ct_shortcut_clean_{name}", ex, xs, target)
+        uniform = float(marker2d[sc_idx].mean())
         for name in sc_maps:
+            on = _nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])])
+            on_clean = _nanmean([mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])])
             shortcut[name] = {
-                "mass_on_marker": _nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])]),
-                "mass_on_marker_clean_teacher": _nanmean(
-                    [mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])]
-                ),
+                "mass_on_marker": on,
+                "mass_ratio_uniform": on / uniform if uniform > 0 else None,
+                "mass_on_marker_clean_teacher": on_clean,
+                "mass_ratio_uniform_clean_teacher": on_clean / uniform if uniform > 0 else None,
             }
         figs.overlays(
             "shortcut",
@@ -794,6 +987,60 @@ def _ct_section(
             marker2d[sc_idx][: s.figure_cases],
         )
     out["shortcut"] = shortcut
+
+    # model swap: the same held-out images explained for the fibrosis teacher and for a teacher whose
+    # label is the distractor (emphysema); each map scored on its own model's feature and the other's
+    em_cfg = models.ct("ct_emphysema")
+    em_teacher = load_black_box(em_cfg)
+    swap = clock.time(
+        "ct_swap_cohort",
+        lambda: ct_stack_set(s.swap_test_n, s.swap_test_seed, phantom=phantom, stack=stack, phantom_overrides=s.swap_phantom),
+    )
+    truth = {"fibrosis": swap.masks["biomarker"].max(axis=1), "emphysema": swap.masks["distractor"].max(axis=1)}
+    has_both = (truth["fibrosis"].reshape(len(swap.x), -1).max(1) > 0) & (truth["emphysema"].reshape(len(swap.x), -1).max(1) > 0)
+    both = np.flatnonzero(has_both)[: s.explain_n]
+    swap_lungs = swap.masks["lungs"].max(axis=1)[both]
+    em_probs = _probabilities(em_teacher, swap.x)
+    emph_label = (truth["emphysema"].reshape(len(swap.x), -1).max(1) > 0).astype(np.int64)
+    model_swap: dict[str, Any] = {
+        "_models": {
+            "fibrosis": "the CT teacher (label: one-year mortality, driven by fibrosis)",
+            "emphysema": "a teacher trained on the same kind of phantoms whose label is 'emphysema holes in the stack'",
+        },
+        "_n_cases": int(len(both)),
+        "_emphysema_teacher": {
+            "auroc_on_emphysema": _auroc(em_probs[:, 1], emph_label),
+            "auroc_on_outcome": _auroc(em_probs[:, 1], swap.y),
+            "decision_changed_rate": _decision_changed_rate(em_probs),
+        },
+        "_fibrosis_teacher": {
+            "auroc_on_emphysema": _auroc(_probabilities(teacher, swap.x)[:, 1], emph_label),
+            "auroc_on_outcome": _auroc(_probabilities(teacher, swap.x)[:, 1], swap.y),
+        },
+    }
+    swap_maps: dict[str, dict[str, np.ndarray]] = {}
+    if len(both):
+        xs = swap.x[both]
+        for spec in found.counterfactual:
+            for who, (c, bb) in {"fibrosis": (cfg, teacher), "emphysema": (em_cfg, em_teacher)}.items():
+                e, _ = counterfactual(spec, c, bb, xs, f"ct_swap_{who}_{spec.name}")
+                swap_maps.setdefault(spec.name, {})[who] = _maps(e)
+        em_ex = attribution_for("ct_emphysema", em_cfg, em_teacher)
+        for who, exs in (("fibrosis", attribution), ("emphysema", em_ex)):
+            for name, ex in exs.items():
+                swap_maps.setdefault(name, {})[who], _ = clock.maps(f"ct_swap_{who}_{name}", ex, xs, target)
+        truth_both = {k: v[both] for k, v in truth.items()}
+        for name, per_model in swap_maps.items():
+            model_swap[name] = _swap_scores(per_model, truth_both, swap_lungs)
+            # the fair randomisation's second comparison: a model that still decides, on something else
+            out[name].setdefault("randomization", {})["other_model_spearman_in_mask"] = model_swap[name]["spearman_in_mask"]
+        figs.swap(
+            "ct",
+            xs[: s.figure_cases][:, 1],
+            {k: {w: m[: s.figure_cases] for w, m in v.items()} for k, v in swap_maps.items()},
+            {k: v[: s.figure_cases] for k, v in truth_both.items()},
+        )
+    out["model_swap"] = model_swap
     return out
 
 
@@ -910,9 +1157,12 @@ def _fundus_section(
             "l1_outside_lesions": None,
         }
 
-    # randomisation: the black box and every extra classifier re-initialised, the attribution methods' classifier too
+    # randomisation: the black box and every extra classifier re-initialised, the attribution methods'
+    # classifier too; maps compared inside the field of view
     r = np.arange(min(s.randomization_n, len(x)))
     rand = _randomised(model, seed + 1000)
+    rand_probs = _probabilities(rand, test.x)
+    rand_maps: dict[str, np.ndarray] = {}
     for spec in found.counterfactual:
         if spec.name not in out:
             continue
@@ -925,13 +1175,19 @@ def _fundus_section(
             f"fundus_random_{spec.name}",
             lambda ex=ex, spec=spec: explain_all(ex, x[r], target, batch=len(r), mask=fov_t[r] if spec.uses_mask else None),
         )
-        out[spec.name]["randomization_spearman"] = _maps_spearman(heat[spec.name][r], _maps(rexp))
+        rand_maps[spec.name] = _maps(rexp)
     rand_ex = _attribution_explainers(
         found.attribution, cfg, rand, lambda: models.nn_explainer("fundus_random", rand, train.x, train.y)
     )
     for name, ex in rand_ex.items():
-        m_, _ = clock.maps(f"fundus_random_{name}", ex, x[r], FUNDUS_EVIDENCE_CLASS)
-        out[name]["randomization_spearman"] = _maps_spearman(maps[name][r], m_)
+        rand_maps[name], _ = clock.maps(f"fundus_random_{name}", ex, x[r], FUNDUS_EVIDENCE_CLASS)
+    for name, rm in rand_maps.items():
+        out[name]["randomization"] = _randomization(maps[name][r], rm, lesions[idx][r], fov[r], rand_probs)
+    if "dvce_unguided_inversion_start" in out and "dvce" in out:
+        # with zero guidance from the inversion start the output must BE the query
+        out["dvce"]["zero_guidance_psnr_db"] = out["dvce_unguided_inversion_start"]["psnr_db"]
+
+    out["model_swap"] = _fundus_model_swap(models, s, found, target, size, progress, clock, figs)
 
     if cfs:
         figs.fundus_strips(x[: s.figure_cases], {k: v[: s.figure_cases] for k, v in cfs.items()}, lesions[idx][: s.figure_cases])
@@ -943,6 +1199,89 @@ def _fundus_section(
         lesions[idx][: s.figure_cases],
     )
     return out
+
+
+def _fundus_model_swap(
+    models: ModelCache,
+    s: BenchSettings,
+    found: BenchMethods,
+    target: int,
+    size: int,
+    progress: Progress | None,
+    clock: StageClock,
+    figs: _Figures,
+) -> dict[str, Any]:
+    """Two DR classifiers whose labels are different lesion types (``s.fundus_swap_labels``), each
+    explained on the same held-out crops that hold both types; maps scored (AUROC in the field of view)
+    on the own model's lesion type and on the other's."""
+    import torch
+
+    from medxai.data import fundus_set
+    from medxai.metrics.counterfactual_dr import fov_from_images
+    from pipelines.models import load_black_box, method_settings
+
+    labels = tuple(s.fundus_swap_labels)
+    if len(labels) != 2:
+        raise ConfigError(f"fundus_swap_labels must name two lesion types, got {labels!r}.")
+    test = clock.time(
+        "fundus_swap_cohort",
+        lambda: fundus_set(s.fundus_swap_test_n, s.fundus_swap_test_seed, size=size, phantom_overrides=s.fundus_swap_phantom),
+    )
+    truth_all = {k: test.masks[k][:, 0] for k in labels}
+    present = {k: v.reshape(len(v), -1).max(1) > 0 for k, v in truth_all.items()}
+    both = np.flatnonzero(present[labels[0]] & present[labels[1]])[: s.explain_n]
+    result: dict[str, Any] = {
+        "_models": {k: f"DR classifier (and its robust twin) whose label is '{k} in the crop'" for k in labels},
+        "_n_cases": int(len(both)),
+    }
+    if not len(both):
+        return result
+    x = test.x[both]
+    fov = fov_from_images(x)
+    fov_t = torch.from_numpy(fov[:, None].astype(np.float32))
+    truth = {k: v[both] for k, v in truth_all.items()}
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    for k in labels:
+        cfg = models.fundus_swap(k)
+        classifier = load_black_box(cfg)
+        probs = _probabilities(classifier, test.x)
+        result[f"_{k}_classifier"] = {
+            "auroc_on_own_label": _auroc(probs[:, 1], present[k].astype(np.int64)),
+            "auroc_on_other_label": _auroc(probs[:, 1], present[labels[1 - labels.index(k)]].astype(np.int64)),
+        }
+        for i, spec in enumerate(found.counterfactual):
+            ex = _build(spec, cfg, classifier, method_models(spec, cfg), method_settings(cfg, spec))
+            exp, _ = clock.time(
+                f"fundus_swap_{k}_{spec.name}",
+                lambda ex=ex, spec=spec: explain_all(ex, x, target, batch=len(x), mask=fov_t if spec.uses_mask else None),
+            )
+            maps.setdefault(spec.name, {})[k] = _maps(exp)
+            if progress:
+                progress(f"model swap ({k})", i + 1, len(found.counterfactual))
+        train = fundus_set(
+            int(s.train_n.get("nn_explainer_fundus", 200)),
+            s.fundus_test_seed + 100,
+            size=size,
+            label=k,
+            phantom_overrides=s.fundus_swap_phantom,
+        )
+        attribution = _attribution_explainers(
+            found.attribution,
+            cfg,
+            classifier,
+            lambda k=k, classifier=classifier, train=train: models.nn_explainer(f"fundus_{k}", classifier, train.x, train.y),
+        )
+        for name, ex in attribution.items():
+            maps.setdefault(name, {})[k], _ = clock.maps(f"fundus_swap_{k}_{name}", ex, x, FUNDUS_EVIDENCE_CLASS)
+    for name, per_model in maps.items():
+        result[name] = _swap_scores(per_model, truth, fov)
+    figs.swap(
+        "fundus",
+        x[: s.figure_cases],
+        {k: {w: m[: s.figure_cases] for w, m in v.items()} for k, v in maps.items()},
+        {k: v[: s.figure_cases] for k, v in truth.items()},
+    )
+    return result
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -1009,6 +1348,51 @@ class _Figures:
                     f"query | counterfactuals ({names}) | |difference| of each | planted lesions (green)",
                 ),
             )
+
+    def swap(
+        self, section: str, base: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray]], truths: Mapping[str, np.ndarray]
+    ) -> None:
+        """The model-swap figure, one per case: a row per method with both models' maps side by side,
+        both planted features outlined (lime: the first model's, cyan: the second's)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from atomicfs import atomic_path
+
+        who = list(truths)
+        colours = dict(zip(who, ("lime", "cyan")))
+        methods = list(maps)
+        for k in range(len(base)):
+            img = base[k] if base[k].ndim == 2 else np.moveaxis(base[k], 0, -1)
+            cmap = "gray" if img.ndim == 2 else None
+            fig, axes = plt.subplots(len(methods), 3, figsize=(5.4, 1.9 * len(methods)), dpi=90, squeeze=False)
+            for row, name in zip(axes, methods):
+                panels = [("image + both truths", None), *((f"{name}: {w} model", maps[name][w][k]) for w in who)]
+                for ax, (label, h) in zip(row, panels):
+                    ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+                    if h is not None:
+                        h = np.asarray(h, dtype=np.float64)
+                        h = (h - h.min()) / (h.max() - h.min()) if h.max() > h.min() else np.zeros_like(h)
+                        ax.imshow(h, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+                    for w in who:
+                        if truths[w][k].any():
+                            ax.contour(truths[w][k] > 0.5, levels=[0.5], colors=colours[w], linewidths=0.6)
+                    ax.set_title(label, fontsize=6)
+                    ax.axis("off")
+            fig.tight_layout()
+            path = self._add(
+                section,
+                f"{section}_model_swap_{k}.png",
+                f"Model swap, held-out case {k + 1}: {' vs '.join(who)} model",
+                f"Each row one method; middle: its map for the {who[0]} model, right: for the {who[1]} model "
+                f"(min-max scaled). Outlines: {who[0]} (lime), {who[1]} (cyan). A faithful map lights up the "
+                "outline of its own model's feature.",
+            )
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png")
+            plt.close(fig)
 
     def overlays(self, section: str, title: str, base: np.ndarray, maps: Mapping[str, np.ndarray], gt: np.ndarray) -> None:
         """One figure per case: the image with the ground truth, then each method's map over it."""
@@ -1130,7 +1514,7 @@ def run_bench(
                 "copied_from_package": seeded,
             },
             "methods": catalogue,
-            "targets": {k: list(v) for k, v in TARGETS.items()},
+            "targets": {k: list(v) for k, v in run_targets(results).items()},
             "config": {"bench": dataclasses.asdict(settings), **{k: c.to_dict() for k, c in models.configs.items()}},
             "versions": package_versions(),
         }

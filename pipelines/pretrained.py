@@ -2,7 +2,8 @@
 
 Layout (the same as a ``medxai bench`` model cache): ``ct/{teacher,autoencoder,agent}.safetensors``
 and ``fundus/{ddpm,classifier,robust_classifier}.safetensors``, each with its JSON sidecar; and the
-bench's own per-run models (``ct_shortcut/``, ``ct_random/agent``, ``nn_explainer_*/``), which only
+bench's own per-run models (``ct_shortcut/``, ``ct_emphysema/``, ``ct_random/agent``, the model-swap
+DR classifiers ``fundus_<lesion>/``, ``nn_explainer_*/``), which only
 ``medxai bench --pretrained`` uses (see ``scripts/make_pretrained.py``).
 """
 
@@ -20,12 +21,21 @@ __all__ = ["BENCH_PARTS", "pretrained_dir", "pretrained_overrides", "seed_models
 BENCH_PARTS = (
     "ct_shortcut/teacher",
     "ct_shortcut/agent",
+    "ct_emphysema/teacher",
+    "ct_emphysema/agent",
     "ct_random/agent",
+    "fundus_haemorrhages/classifier",
+    "fundus_haemorrhages/robust_classifier",
+    "fundus_exudates/classifier",
+    "fundus_exudates/robust_classifier",
     "nn_explainer_ct/explainer",
     "nn_explainer_ct_random/explainer",
     "nn_explainer_ct_shortcut/explainer",
+    "nn_explainer_ct_emphysema/explainer",
     "nn_explainer_fundus/explainer",
     "nn_explainer_fundus_random/explainer",
+    "nn_explainer_fundus_haemorrhages/explainer",
+    "nn_explainer_fundus_exudates/explainer",
 )
 
 

@@ -57,10 +57,22 @@ METRICS: tuple[str, ...] = (
     "l1_outside_lesions",
     "loc_auroc",
     "seconds_per_case",
-    "randomization_spearman",
+    "randomization.spearman_whole",
+    "randomization.spearman_in_mask",
+    "randomization.random_model_auroc",
+    "randomization.decision_changed_rate",
+)
+#: columns of the model-swap table (rows: methods), dotted paths into ``<section>.model_swap.<method>``
+SWAP_COLUMNS: tuple[str, ...] = ("own_auroc_min", "cross_auroc_max", "spearman_in_mask", "n_cases")
+#: columns of the shortcut table
+SHORTCUT_COLUMNS: tuple[str, ...] = (
+    "mass_on_marker",
+    "mass_ratio_uniform",
+    "mass_on_marker_clean_teacher",
+    "mass_ratio_uniform_clean_teacher",
 )
 #: what besides method rows makes a top-level results entry a section
-_SECTION_PARTS = frozenset({"models", "agent_agreement", "shortcut"})
+_SECTION_PARTS = frozenset({"models", "agent_agreement", "shortcut", "model_swap"})
 #: top-level results entries that are never sections
 _NOT_SECTIONS = frozenset({"targets", "versions", "config", "models", "methods", "stage_seconds", "started", "seconds", "quick"})
 _LABELS = {
@@ -68,7 +80,17 @@ _LABELS = {
     "recon_psnr_db": "recon. PSNR (dB)",
     "loc_auroc": "loc. AUROC",
     "seconds_per_case": "s / case",
-    "randomization_spearman": "randomisation Spearman",
+    "randomization.spearman_whole": "randomisation Spearman (whole)",
+    "randomization.spearman_in_mask": "randomisation Spearman (in mask)",
+    "randomization.random_model_auroc": "randomised model's AUROC",
+    "randomization.decision_changed_rate": "randomised model decides",
+    "own_auroc_min": "own-feature AUROC (lower)",
+    "cross_auroc_max": "other-feature AUROC (higher)",
+    "spearman_in_mask": "Spearman of the two models' maps (in mask)",
+    "n_cases": "cases",
+    "mass_ratio_uniform": "/ uniform",
+    "mass_on_marker_clean_teacher": "mass on marker, clean teacher",
+    "mass_ratio_uniform_clean_teacher": "/ uniform, clean teacher",
     "target_rate": "target rate",
     "l1_outside_lesions": "L1 outside lesions",
     "mass_on_marker": "mass on marker",
@@ -167,6 +189,14 @@ def write_report(
         for key, caption in (("models", "Models"), ("agent_agreement", "Agent agreement")):
             if key in block:
                 parts.append(f"<h3>{caption}</h3>" + _kv_table(_flatten(block[key]), (section, key), targets))
+        if isinstance(block.get("model_swap"), Mapping):
+            parts.append(
+                "<h3>Model swap</h3>"
+                '<p class="note">Two models of the same images, each deciding on a different planted feature; '
+                "each model's map scored (pixel AUROC inside the lungs / field of view) against its OWN "
+                "feature and against the OTHER model's. An explainer that follows the model scores high on "
+                "its own and near 0.5 on the other.</p>" + _swap_table(section, block["model_swap"], targets)
+            )
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes.get(section, [])]
         parts.append(_figures_html([f for f in figs if f.get("_kind") != "shortcut"]))
         _add_section(body, nav, section, parts)
@@ -330,15 +360,25 @@ def _title(section: str) -> str:
     return _SECTION_TITLES.get(section, section)
 
 
+def _get(row: Mapping[str, Any], key: str) -> Any:
+    """``row[key]`` where ``key`` may be a dotted path into nested mappings; None when absent."""
+    value: Any = row
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def _methods(block: Mapping[str, Any]) -> list[str]:
     """The method rows of a section: entries holding at least one of :data:`METRICS`."""
-    return [k for k, v in block.items() if isinstance(v, Mapping) and any(m in v for m in METRICS)]
+    return [k for k, v in block.items() if isinstance(v, Mapping) and any(_get(v, m) is not None for m in METRICS)]
 
 
 def _columns(block: Mapping[str, Any]) -> list[str]:
     """The metrics some method row of ``block`` has, in :data:`METRICS` order."""
     rows = [block[k] for k in _methods(block)]
-    return [m for m in METRICS if any(m in r for r in rows)]
+    return [m for m in METRICS if any(_get(r, m) is not None for r in rows)]
 
 
 def _sections(results: Mapping[str, Any]) -> list[str]:
@@ -370,7 +410,7 @@ def _methods_table(section: str, block: Mapping[str, Any], targets: _Targets, su
         title = f' title="{html.escape(about, quote=True)}"' if about else ""
         rows.append(
             f"<tr><th{title}>{html.escape(str(name))}</th>"
-            + "".join(_cell(vals.get(m), (section, str(name), m), targets) for m in metrics)
+            + "".join(_cell(_get(vals, m), (section, str(name), m), targets) for m in metrics)
             + "</tr>"
         )
     return (
@@ -407,17 +447,37 @@ def _kv_table(rows: Sequence[tuple[str, Any]], path: tuple[str, ...] = (), targe
     return '<table class="kv">\n' + "\n".join(out) + "\n</table>"
 
 
+def _rows_table(path: tuple[str, ...], block: Mapping[str, Any], columns: Sequence[str], targets: _Targets) -> list[str]:
+    """Rows ``<tr>`` of a method table of ``block`` (method -> mapping; ``_``-prefixed keys skipped):
+    the header, then one row per method with the ``columns`` some method has."""
+    rows = {str(k): v for k, v in block.items() if not str(k).startswith("_") and isinstance(v, Mapping)}
+    cols = [c for c in columns if any(_get(v, c) is not None for v in rows.values())]
+    out = ["<tr><th>method</th>" + "".join(f'<th title="{c}">{html.escape(_LABELS.get(c, c))}</th>' for c in cols) + "</tr>"]
+    for name, vals in rows.items():
+        cells = "".join(_cell(_get(vals, c), (*path, name, c), targets) for c in cols)
+        out.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    return out
+
+
 def _shortcut_table(section: str, sc: Mapping[str, Any], targets: _Targets) -> str:
-    rows = [f"<tr><th>method</th><th>{_LABELS['mass_on_marker']}</th></tr>"]
-    for name, vals in sc.items():
-        if str(name).startswith("_") or not isinstance(vals, Mapping):
-            continue
-        cell = _cell(vals.get("mass_on_marker"), (section, "shortcut", str(name), "mass_on_marker"), targets)
-        rows.append(f"<tr><th>{html.escape(str(name))}</th>{cell}</tr>")
+    rows = _rows_table((section, "shortcut"), sc, SHORTCUT_COLUMNS, targets)
     ref = sc.get("_marker_area_fraction")
     if ref is not None:
         rows.append(f"<tr><th><em>expected by chance (marker area)</em></th>{_cell(ref)}</tr>")
     return f'<table class="shortcut" id="{section}-shortcut">\n' + "\n".join(rows) + "\n</table>"
+
+
+def _swap_table(section: str, swap: Mapping[str, Any], targets: _Targets) -> str:
+    """The model-swap table: per method, each model's map scored on its own and on the other's feature."""
+    rows = _rows_table((section, "model_swap"), swap, SWAP_COLUMNS, targets)
+    models = swap.get("_models", {})
+    about = ", ".join(f"{k}: {v}" for k, v in models.items()) if isinstance(models, Mapping) else ""
+    return (
+        f'<table class="swap" id="{section}-model-swap">\n'
+        + "\n".join(rows)
+        + "\n</table>"
+        + (f'<p class="note">{html.escape(about)}</p>' if about else "")
+    )
 
 
 def _environment(results: Mapping[str, Any]) -> str:

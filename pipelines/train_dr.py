@@ -14,12 +14,28 @@ from typing import Any
 __all__ = ["load_fundus_arrays", "train_diffusion", "train_dr_classifier"]
 
 
-def load_fundus_arrays(data: Path | None, n: int, seed: int, size: int) -> tuple[Any, Any, dict[str, Any]]:
-    """Images ``(N, 3, S, S)`` and labels ``(N,)`` as tensors, plus a description of the source."""
+def load_fundus_arrays(
+    data: Path | None,
+    n: int,
+    seed: int,
+    size: int,
+    label: str = "referable",
+    phantom_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Images ``(N, 3, S, S)`` and labels ``(N,)`` as tensors, plus a description of the source.
+
+    ``label`` and ``phantom_overrides`` (phantoms only; :func:`medxai.data.fundus_set`): referable DR or
+    one lesion type present; fields of the phantom preset to replace.
+    """
     import numpy as np
     import torch
 
     if data is not None:
+        if label != "referable" or phantom_overrides:
+            raise ValueError(
+                f"--data {str(data)!r}: its images and labels 'y' are used as they are; a label other than "
+                f"'referable' ({label!r}) or phantom overrides apply to phantoms only."
+            )
         if not data.is_file() or data.suffix != ".npz":
             raise ValueError(f"--data {str(data)!r} must be an existing .npz written by StackSet.save (arrays x, y).")
         with np.load(data, allow_pickle=False) as f:
@@ -31,8 +47,11 @@ def load_fundus_arrays(data: Path | None, n: int, seed: int, size: int) -> tuple
         return torch.from_numpy(x).float(), torch.from_numpy(y).long(), {"data": str(data), "n": int(len(x))}
     from medxai.data import fundus_set
 
-    s = fundus_set(n, seed, size=size)
-    return torch.from_numpy(s.x), torch.from_numpy(s.y), {"phantom": "fundus", "n": n, "phantom_seed": seed, "size": size}
+    s = fundus_set(n, seed, size=size, label=label, phantom_overrides=phantom_overrides)
+    source = {"phantom": "fundus", "n": n, "phantom_seed": seed, "size": size, "label": label}
+    if phantom_overrides:
+        source["phantom_overrides"] = dict(phantom_overrides)
+    return torch.from_numpy(s.x), torch.from_numpy(s.y), source
 
 
 def train_diffusion(
@@ -121,11 +140,18 @@ def train_dr_classifier(
     seconds: float | None = None,
     steps: int | None = None,
     trust_code: bool = False,
+    label: str | None = None,
+    phantom_overrides: dict[str, Any] | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """Train the plain (or, with ``robust``, the adversarially robust) classifier of a DR config.
 
     ``trust_code`` (or ``trust_code: true`` in the config) lets ``class_path`` name a class outside the
-    allow-list of :mod:`medxai.trust`.
+    allow-list of :mod:`medxai.trust`. ``label`` and ``phantom_overrides`` (phantom data only) replace
+    ``train.data.label`` (default ``referable``; see :data:`medxai.data.FUNDUS_LABELS`) and
+    ``train.data.phantom_overrides`` (fields of :class:`medxai.phantoms.FundusPhantomConfig`). ``init``:
+    weights of the same architecture to start from (e.g. the plain classifier, fine-tuned adversarially
+    for the robust one: a fraction of the steps from scratch).
     """
     import torch
 
@@ -157,8 +183,19 @@ def train_dr_classifier(
         raise ConfigError(f"{config_path}: {err}") from err
     size = int(cfg.get("image_size"))
     data_section = cfg.section("train.data", {})
+    label = str(label or data_section.get("label", "referable"))
+    phantom_overrides = dict(phantom_overrides or data_section.get("phantom_overrides") or {})
+    from medxai.data import FUNDUS_LABELS
+
+    if label not in FUNDUS_LABELS:
+        raise ConfigError(f"{config_path}: train.data.label must be one of {', '.join(FUNDUS_LABELS)}, got {label!r}.")
     x, y, source = load_fundus_arrays(
-        data, int(n if n is not None else data_section.get("n", 400)), int(data_section.get("seed", 0)), size
+        data,
+        int(n if n is not None else data_section.get("n", 400)),
+        int(data_section.get("seed", 0)),
+        size,
+        label,
+        phantom_overrides,
     )
     kwargs = dict(section.get("init_kwargs", {}))
     if "generator" in cls.__init__.__code__.co_varnames:
@@ -166,6 +203,13 @@ def train_dr_classifier(
     else:
         kwargs_build = kwargs
     model = cls(**kwargs_build)
+    if init is not None:
+        from medxai.training.checkpoint import load_weights
+
+        try:
+            model.load_state_dict({k: v.float() for k, v in load_weights(init).items()})
+        except RuntimeError as err:
+            raise ConfigError(f"--init {str(init)!r} does not fit {section['class_path']}: {err}") from err
     hist = train_classifier(model, x, y, tcfg, robust=rcfg)
     target = Path(out) if out is not None else cfg.path(f"{key}.path")
     held = data_section.get("val_n")
@@ -173,10 +217,12 @@ def train_dr_classifier(
     val_path = cfg.path("train.data.val_path") if data_section.get("val_path") else None
     metrics: dict[str, Any] = {}
     if held or val_path is not None:
-        if val_path is not None and val_path.is_file():
+        if val_path is not None and val_path.is_file() and label == "referable" and not phantom_overrides:
             xv, yv, _ = load_fundus_arrays(val_path, 0, 0, size)
         else:
-            xv, yv, _ = load_fundus_arrays(None, int(held or 100), int(data_section.get("val_seed", 10_000)), size)
+            xv, yv, _ = load_fundus_arrays(
+                None, int(held or 100), int(data_section.get("val_seed", 10_000)), size, label, phantom_overrides
+            )
         metrics = evaluate_classifier(model, xv, yv)
         if rcfg is not None:
             from medxai.training.robust import robust_accuracy
@@ -195,6 +241,7 @@ def train_dr_classifier(
             "validation": metrics,
             "source": source,
             "config_source": str(config_path),
+            "init": None if init is None else str(init),
         },
     )
     hist["validation"] = metrics

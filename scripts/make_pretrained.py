@@ -26,9 +26,10 @@ weights already shipped (how the current entry was made):
 
     python scripts/make_pretrained.py --latent-reference-only
 
-``medxai bench --pretrained`` also trains, in every run, the models that only the bench uses: the
-shortcut scenario's teacher and agent, the randomised teacher's agent and one NN-Explainer per
-teacher (about 18 of its 38 minutes). They are products of the bench config alone (seeded), so they
+``medxai bench --pretrained`` also needs the models that only the bench uses: the shortcut
+scenario's teacher and agent, the model swap's emphysema teacher and agent and its two DR classifier
+pairs (haemorrhages only, exudates only), the randomised teacher's agent and one NN-Explainer per
+model (about 25 minutes of training on 2 cores). They are products of the bench config alone (seeded), so they
 ship too: run the full bench once into a model cache, then copy them (how the current files were made):
 
     medxai bench -o bench_out --pretrained --models bench_models

@@ -104,6 +104,13 @@ class CTPhantomConfig:
         Probability of the pacemaker when its presence is independent of the label.
     emphysema_rate
         Probability that a case has emphysema holes (the distractor).
+    emphysema_holes
+        Range ``[low, high)`` of the number of holes in a case with emphysema.
+    emphysema_radius_mm
+        Range of the hole radii (mm).
+    marker_lead_radius_mm
+        Radius of the pacemaker lead (mm; at least 0.3 voxel). A real lead is ~1.3 mm, sub-pixel on a
+        64-pixel stack; the bench's shortcut scenario uses a thicker one so the marker is learnable.
     vessel_points
         Attractor points per lung that shape the vessel tree (more = finer tree, slower).
     """
@@ -120,6 +127,9 @@ class CTPhantomConfig:
     label_slope: float = 25.0
     marker_rate: float = 0.1
     emphysema_rate: float = 0.5
+    emphysema_holes: tuple[int, int] = (8, 60)
+    emphysema_radius_mm: tuple[float, float] = (2.5, 8.0)
+    marker_lead_radius_mm: float = 1.3
     vessel_points: int = 250
 
     def __post_init__(self) -> None:
@@ -131,6 +141,15 @@ class CTPhantomConfig:
         _check_range("lung_height_mm", self.lung_height_mm, 120.0, 350.0)
         _check_range("coverage", self.coverage, 1.0, 2.0)
         _check_range("noise_hu", self.noise_hu, 0.0, 200.0)
+        _check_range("emphysema_holes", self.emphysema_holes, 1, 1000)
+        if self.emphysema_holes[1] <= self.emphysema_holes[0]:
+            raise ValueError(f"emphysema_holes must be [low, high) with low < high, got {self.emphysema_holes!r}")
+        _check_range("emphysema_radius_mm", self.emphysema_radius_mm, 0.5, 40.0)
+        if not (0.3 <= self.marker_lead_radius_mm <= 20.0):
+            raise ValueError(
+                f"marker_lead_radius_mm must be in [0.3, 20], got {self.marker_lead_radius_mm}; "
+                "pass e.g. marker_lead_radius_mm=1.3"
+            )
         for name in ("p_no_fibrosis", "marker_rate", "emphysema_rate"):
             v = getattr(self, name)
             if not (0.0 <= v <= 1.0):
@@ -590,10 +609,10 @@ def make_ct_case(
     # --- distractor: emphysema holes anywhere in the lungs -----------------------------------
     distractor = np.zeros(shape, bool)
     has_emph = r_emph.random() < cfg.emphysema_rate
-    n_holes = int(r_emph.integers(8, 60))
+    n_holes = int(r_emph.integers(*cfg.emphysema_holes))
     lung_idx = np.flatnonzero(lungs)
     centres = lung_idx[r_emph.integers(0, lung_idx.size, n_holes)]
-    radii = r_emph.uniform(2.5, 8.0, n_holes)
+    radii = r_emph.uniform(*cfg.emphysema_radius_mm, n_holes)
     hole_hu = r_emph.uniform(-995.0, -965.0)
     if has_emph:
         holes = np.zeros(shape, np.float32)
@@ -646,7 +665,7 @@ def make_ct_case(
     marker_m = np.zeros(shape, bool)
     if has_marker:
         lead = np.zeros(shape, np.float32)
-        r_lead = max(1.3, 0.3 * sx)
+        r_lead = max(cfg.marker_lead_radius_mm, 0.3 * sx)
         for p, q in zip(lead_pts[:-1], lead_pts[1:]):
             rasterise_tube(lead, p + to_grid, q + to_grid, r_lead, sp_zyx)
         can = (np.abs(Z - z_can) < 22.0) & (np.abs(Y - y_can) < max(4.0, 0.6 * sy)) & (np.abs(X - x_can) < 20.0) & body

@@ -84,6 +84,12 @@ class FundusPhantomConfig:
         Put the stamp inside the field of view (near its edge) instead of in an image corner.
     p_clipped
         Probability that the field of view is cut flat at the top and bottom.
+    lesion_mix
+        ``"graded"``: lesion counts drawn to match a grade from ``grade_prior`` (lesion types come
+        together, as in real DR); ``"independent"``: haemorrhages and exudates each present with
+        probability 1/2 independently of each other (no cotton-wool spots), so a model can be trained
+        on one lesion type without learning the other through their correlation (the bench's model swap).
+        The grade is computed from the placed lesions either way.
     """
 
     size: int = 128
@@ -91,8 +97,11 @@ class FundusPhantomConfig:
     marker_rate: float = 0.1
     marker_in_fov: bool = False
     p_clipped: float = 0.5
+    lesion_mix: str = "graded"
 
     def __post_init__(self) -> None:
+        if self.lesion_mix not in ("graded", "independent"):
+            raise ValueError(f"lesion_mix must be 'graded' or 'independent', got {self.lesion_mix!r}; pass lesion_mix='graded'")
         if not (64 <= int(self.size) <= 4096):
             raise ValueError(f"size must be in [64, 4096], got {self.size}; pass e.g. size=128")
         prior = np.asarray(self.grade_prior, dtype=float)
@@ -204,6 +213,15 @@ def _draw_counts(rng: np.random.Generator, grade: int) -> dict[str, int]:
     else:
         c = (ri(8, 25), ri(20, 35), ri(1, 4), ri(3, 6))
     return dict(zip(("microaneurysms", "haemorrhages", "exudate_clusters", "cotton_wool"), c))
+
+
+def _draw_independent_counts(rng: np.random.Generator) -> dict[str, int]:
+    """Counts with haemorrhages and exudate clusters each present with probability 1/2, independently."""
+    ri = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    ma = ri(0, 8)
+    he = ri(8, 20) if rng.random() < 0.5 else 0
+    ex = ri(2, 4) if rng.random() < 0.5 else 0
+    return {"microaneurysms": ma, "haemorrhages": he, "exudate_clusters": ex, "cotton_wool": 0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,7 +444,7 @@ def make_fundus_case(
     target = int(r_les.choice(5, p=np.asarray(cfg.grade_prior))) if grade is None else int(grade)
     if grade is not None:
         r_les.random()
-    want = _draw_counts(r_les, target)
+    want = _draw_counts(r_les, target) if cfg.lesion_mix == "graded" else _draw_independent_counts(r_les)
     placed = {"microaneurysms": 0, "haemorrhages": 0, "exudate_clusters": 0, "exudate_dots": 0, "cotton_wool": 0}
     f_ma = np.zeros((S, S), np.float32)
     f_he = np.zeros((S, S), np.float32)

@@ -46,8 +46,15 @@ logger = logging.getLogger(__name__)
 
 def load_ct_config(path: str | Path) -> Config:
     """Load and validate ``configs/ct_prognosis.yaml`` (and the autoencoder config it names)."""
+    from medxai.data import CT_LABELS
+
     cfg = load_config(path, CT_PROGNOSIS_SCHEMA)
     autoencoder_config(cfg)  # validate the referenced file too
+    if str(cfg.get("data.label", "outcome")) not in CT_LABELS:
+        raise ConfigError(f"{cfg.source}: data.label must be one of {', '.join(CT_LABELS)}, got {cfg.get('data.label')!r}.")
+    over = cfg.get("data.phantom_overrides", None) or {}
+    if not isinstance(over, dict):
+        raise ConfigError(f"{cfg.source}: data.phantom_overrides must be a mapping of phantom fields, got {over!r}.")
     return cfg
 
 
@@ -88,6 +95,8 @@ def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = N
         shortcut=float(cfg.get("data.shortcut", 0.0)),
         stack=stack_config(cfg),
         progress=step,
+        phantom_overrides=cfg.get("data.phantom_overrides", None) or {},
+        label=str(cfg.get("data.label", "outcome")),
     )
     return {
         "stacks": s.x,
@@ -135,6 +144,8 @@ def load_data(
                 "stack": cfg.section("stack"),
                 "phantom": str(cfg.get("data.phantom", "test")),
                 "shortcut": float(cfg.get("data.shortcut", 0.0)),
+                "phantom_overrides": cfg.get("data.phantom_overrides", None) or {},
+                "label": str(cfg.get("data.label", "outcome")),
             },
             sort_keys=True,
             default=str,

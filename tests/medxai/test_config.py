@@ -197,3 +197,15 @@ def test_schema_errors_name_the_file_and_field(tmp_path: Path) -> None:
 def test_overrides_in_the_old_layout_are_refused(key: str, new: str) -> None:
     with pytest.raises(ConfigError, match=rf"x\.yaml: override '{key}' names the old config layout; use {new} instead"):
         Config({}, "x.yaml").with_overrides({key: 4})
+
+
+def test_ct_data_label_is_checked_at_load(tmp_path: Path) -> None:
+    from medxai.training.ct import load_ct_config
+
+    base = yaml.safe_load(CT.read_text())
+    base["autoencoder"]["config"] = str(REPO / "configs" / base["autoencoder"]["config"])
+    base["data"]["label"] = "fibrosis"
+    with pytest.raises(ConfigError, match=r"bad\.yaml: data\.label must be one of outcome, emphysema, got 'fibrosis'"):
+        load_ct_config(_write(tmp_path / "bad.yaml", base))
+    base["data"]["label"] = "emphysema"
+    assert load_ct_config(_write(tmp_path / "ok.yaml", base)).get("data.label") == "emphysema"

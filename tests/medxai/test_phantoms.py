@@ -150,6 +150,13 @@ def test_ct_marker_switch_changes_only_marker_region():
     assert np.array_equal(on.hu[~near], off.hu[~near])
 
 
+def test_ct_marker_lead_radius_makes_a_thicker_lead():
+    thin = make_ct_case(9, CT_TINY, marker=True)
+    thick = make_ct_case(9, dataclasses.replace(CT_TINY, marker_lead_radius_mm=4.0), marker=True)
+    assert thick.masks["marker"].sum() > 1.5 * thin.masks["marker"].sum()
+    assert (thick.label, thick.extent) == (thin.label, thin.extent)  # only the marker changes
+
+
 def test_ct_label_model(ct_biased):
     for c in ct_biased:
         assert c.risk == pytest.approx(float(sigmoid(CT_TINY.label_intercept + CT_TINY.label_slope * c.extent)))
@@ -196,6 +203,10 @@ def test_ct_invalid_arguments():
         make_ct_case(-1, CT_TINY)
     with pytest.raises(TypeError, match="seed"):
         make_ct_case(1.5, CT_TINY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="emphysema_holes"):
+        CTPhantomConfig(emphysema_holes=(10, 10))
+    with pytest.raises(ValueError, match="marker_lead_radius_mm"):
+        CTPhantomConfig(marker_lead_radius_mm=50.0)
     with pytest.raises(ValueError, match="name"):
         ct_config("huge")
     assert ct_config("benchmark").matrix == 256
@@ -320,6 +331,8 @@ def test_fundus_invalid_arguments():
         FundusPhantomConfig(size=16)
     with pytest.raises(ValueError, match="grade_prior"):
         FundusPhantomConfig(grade_prior=(1.0, 1.0, 0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="lesion_mix"):
+        FundusPhantomConfig(lesion_mix="random")
     with pytest.raises(ValueError, match="grade"):
         make_fundus_case(0, grade=7)
     with pytest.raises(ValueError, match="shortcut"):

@@ -18,7 +18,8 @@ from medxai.explainers.base import Explainer
 from medxai.registry import ANY_IMAGE, CT_STACK, FUNDUS, methods, register_method
 from pipelines.cli import main
 
-CT_KEYS = ("flip_rate", "recon_psnr_db", "loc_auroc", "seconds_per_case", "randomization_spearman")
+CT_KEYS = ("flip_rate", "recon_psnr_db", "loc_auroc", "seconds_per_case", "randomization")
+RANDOMIZATION_KEYS = ("spearman_in_mask", "spearman_whole", "random_model_auroc", "decision_changed_rate")
 FUNDUS_KEYS = ("target_rate", "l1_outside_lesions", "loc_auroc", "seconds_per_case")
 # the bench runs every registered method: the attribution ones are whatever the registry holds
 ATTRIBUTION = tuple(s.name for s in methods(CT_STACK) if not s.counterfactual)
@@ -43,11 +44,14 @@ def test_results_follow_the_documented_schema(bench: Path) -> None:
         assert set(CT_KEYS) <= set(ct[method]), method
         assert _in(ct[method]["loc_auroc"], 0, 1), (method, ct[method])
         assert _in(ct[method]["seconds_per_case"], 0, 600)
-        rho = ct[method]["randomization_spearman"]
-        assert rho is None or _in(rho, -1, 1)
+        rnd = ct[method]["randomization"]
+        assert set(RANDOMIZATION_KEYS) <= set(rnd), (method, rnd)
+        assert _in(rnd["spearman_whole"], -1, 1) and _in(rnd["decision_changed_rate"], 0, 1), (method, rnd)
+        # a re-initialised DenseNet outputs one class for every image: no decision to explain
+        assert rnd["decision_changed_rate"] == ct["diffexplainer"]["randomization"]["decision_changed_rate"]
     # the counterfactual metrics belong to DiffExplainer only
     dx = ct["diffexplainer"]
-    assert _in(dx["flip_rate"], 0, 1) and _in(dx["recon_psnr_db"], 0, 100) and _in(dx["randomization_spearman"], -1, 1)
+    assert _in(dx["flip_rate"], 0, 1) and _in(dx["recon_psnr_db"], 0, 100)
     assert all(ct[m]["flip_rate"] is None and ct[m]["recon_psnr_db"] is None for m in ATTRIBUTION)
     assert _in(ct["agent_agreement"], 0, 1)
     # the score-vs-step curves the report draws: one row per case, one value per signed step
@@ -57,6 +61,24 @@ def test_results_follow_the_documented_schema(bench: Path) -> None:
     for method in ("diffexplainer", *ATTRIBUTION):
         row = ct["shortcut"][method]
         assert _in(row["mass_on_marker"], 0, 1) and _in(row["mass_on_marker_clean_teacher"], 0, 1), method
+    # model swap: every method explained for both teachers, each map scored on both features
+    for half, methods_run in (("ct", ("diffexplainer", *ATTRIBUTION)), ("fundus", ("dvce", *ATTRIBUTION))):
+        swap = r[half]["model_swap"]
+        assert swap["_n_cases"] > 0, (half, swap)
+        for method in methods_run:
+            row = swap[method]
+            assert len(row["own_auroc"]) == 2 and len(row["cross_auroc"]) == 2, (half, method, row)
+            own, cross = list(row["own_auroc"].values()), list(row["cross_auroc"].values())
+            # NaN (written null) propagates: a model whose feature no explained case shows has no figure
+            assert row["own_auroc_min"] == (None if None in own else min(own)), (half, method, row)
+            assert row["cross_auroc_max"] == (None if None in cross else max(cross)), (half, method, row)
+            # ... and every method is held to the same faithfulness rules in the report
+            assert f"{half}.model_swap.{method}.own_auroc_min" in r["targets"]
+            assert f"{half}.{method}.randomization.spearman_in_mask" in r["targets"]
+    assert r["ct"]["model_swap"]["_emphysema_teacher"]["auroc_on_emphysema"] is not None
+    assert _in(fu["dvce"]["randomization"]["spearman_in_mask"], -1, 1)
+    sc = ct["shortcut"]
+    assert sc["_n_contradicting"] >= 0 and "ratio" in sc["_marker_in_reconstruction"]
     for method in ("dvce", "dvce_no_cone", "dvce_no_distance"):
         assert set(FUNDUS_KEYS) <= set(fu[method])
         assert _in(fu[method]["target_rate"], 0, 1) and _in(fu[method]["l1_outside_lesions"], 0, 1)
@@ -80,7 +102,7 @@ def test_results_follow_the_documented_schema(bench: Path) -> None:
 def test_report_shows_every_image_in_chromium(bench: Path) -> None:
     report = bench / "report.html"
     text = report.read_text()
-    for heading in ("CT", "Fundus", "Shortcut", "Research use, not for diagnosis"):
+    for heading in ("CT", "Fundus", "Shortcut", "Model swap", "Research use, not for diagnosis"):
         assert heading in text
     assert chromium() is not None, INSTALL_HINT
     seen = images_in_chromium(report)
@@ -120,7 +142,8 @@ def test_cached_models_are_loaded_not_retrained(bench: Path, tmp_path: Path, one
     assert "ct" not in r and (out / "report.html").is_file()
     # the method registered beside the others was benchmarked and reported like them, nothing else changed
     row = r["fundus"][one_file_method]
-    assert _in(row["loc_auroc"], 0, 1) and row["target_rate"] is None and _in(row["randomization_spearman"], -1, 1)
+    assert _in(row["loc_auroc"], 0, 1) and row["target_rate"] is None and _in(row["randomization"]["spearman_whole"], -1, 1)
+    assert _in(r["fundus"]["model_swap"][one_file_method]["own_auroc_min"], 0, 1)
     assert r["methods"][one_file_method]["ran"] == ["fundus"]
     assert f">{one_file_method}</th>" in (out / "report.html").read_text()
 

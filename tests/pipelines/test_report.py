@@ -31,11 +31,11 @@ def make_results() -> dict:
                 "recon_psnr_db": 31.2345,
                 "loc_auroc": 0.934,
                 "seconds_per_case": 12.5,
-                "randomization_spearman": 0.041,
+                "randomization": {"spearman_whole": 0.041, "spearman_in_mask": 0.02, "random_model_auroc": 0.51},
                 "sweep": {"signed_steps": steps, "teacher_target_prob": teacher, "agent_target_prob": agent},
             },
-            "gradcam": {"loc_auroc": 0.71, "seconds_per_case": 0.02, "randomization_spearman": 0.12},
-            "rise": {"loc_auroc": float("nan"), "seconds_per_case": 4.1, "randomization_spearman": None},
+            "gradcam": {"loc_auroc": 0.71, "seconds_per_case": 0.02, "randomization": {"spearman_whole": 0.12}},
+            "rise": {"loc_auroc": float("nan"), "seconds_per_case": 4.1, "randomization": {"spearman_whole": None}},
             EVIL: {"loc_auroc": 0.55},
             "agent_agreement": {"spearman": 0.81, "top1": 0.9},
             "models": {"teacher": {"heldout_auroc": 0.953}, "agent": {"heldout_auroc": 0.91}},
@@ -44,12 +44,23 @@ def make_results() -> dict:
                 "gradcam": {"mass_on_marker": 0.05},
                 "_marker_area_fraction": 0.02,
             },
+            "model_swap": {
+                "_models": {"fibrosis": "the teacher", "emphysema": "the swap teacher"},
+                "diffexplainer": {"own_auroc_min": 0.91, "cross_auroc_max": 0.48, "spearman_in_mask": 0.1, "n_cases": 6},
+                "gradcam": {"own_auroc_min": 0.62, "cross_auroc_max": 0.7, "n_cases": 6},
+            },
         },
         "fundus": {
             "dvce": {"target_rate": 0.88, "l1_outside_lesions": 0.0123, "loc_auroc": 0.81, "seconds_per_case": 2.5},
             "dvce_no_cone": {"target_rate": 0.95, "l1_outside_lesions": 0.0456, "loc_auroc": 0.62, "seconds_per_case": 2.4},
         },
-        "targets": {"ct.diffexplainer.flip_rate": [">=", 0.95], "ct.gradcam.loc_auroc": [">=", 0.9]},
+        "targets": {
+            "ct.diffexplainer.flip_rate": [">=", 0.95],
+            "ct.gradcam.loc_auroc": [">=", 0.9],
+            "ct.model_swap.diffexplainer.own_auroc_min": [">=", 0.85],
+            "ct.model_swap.gradcam.cross_auroc_max": ["<=", 0.6],
+            "ct.diffexplainer.randomization.spearman_in_mask": ["<=", 0.3],
+        },
         "versions": {"medxai": "0.1.0", "torch": "2.13.0"},
         "config": {"seed": 0, "ct": {"n_cases": 6}, "note": "<b>bold?</b>"},
         "started": "2025-01-01T00:00:00",
@@ -115,6 +126,10 @@ def test_report_has_every_section_and_table(report: Path) -> None:
     assert ">0.971<" in text and ">31.2<" in text and ">0.0123<" in text and ">\u2013<" in text and ">NaN<" in text
     # targets: flip rate met (green), gradcam AUROC missed (red)
     assert re.search(r'class="num met"[^>]*>0.971<', text) and re.search(r'class="num unmet"[^>]*>0.710<', text)
+    # the model-swap table and nested randomisation figures, held to their targets like any metric
+    assert 'id="ct-model-swap"' in text and "the swap teacher" in text
+    assert re.search(r'class="num met"[^>]*>0.910<', text) and re.search(r'class="num unmet"[^>]*>0.700<', text)
+    assert re.search(r'class="num met"[^>]*>0.0200<', text) and "randomisation Spearman (in mask)" in text
     # no external resources: the report works offline
     assert not re.search(r'(src|href)="(https?:)?//', text) and "<link" not in text
 
