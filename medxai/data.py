@@ -69,6 +69,11 @@ class StackSet:
             return StackSet(f["x"], f["y"], f["extent"], masks, f["has_marker"], f["seeds"])
 
 
+def _preset_fields(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Phantom-preset overrides as the frozen config wants them (YAML lists -> tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
+
+
 def _relabel(s: StackSet, label: str, allowed: tuple[str, ...], mask: Mapping[str, str]) -> StackSet:
     """``s`` with ``y`` replaced by "the mask ``mask[label]`` has a pixel on the model's grid" (the label
     is what the model can see, not what the volume holds outside the stack)."""
@@ -139,9 +144,8 @@ def ct_stack_set(
     names = ("biomarker", "distractor", "marker", "lungs")
     if label not in CT_LABELS:
         raise ValueError(f"label must be one of {CT_LABELS}, got {label!r}")
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in (phantom_overrides or {}).items()}
     tf = CTStackTransform(stack or CTStackConfig(size=size), label_keys=names)
-    cases = iter_ct_cohort(n, seed, ct_config(phantom, **over), shortcut=shortcut)
+    cases = iter_ct_cohort(n, seed, ct_config(phantom, **_preset_fields(phantom_overrides)), shortcut=shortcut)
     s = _build(cases, tf, lambda c: (np.array(c.hu), c.spacing, c.origin, np.eye(3)), names, progress)
     return _relabel(s, label, CT_LABELS, {"emphysema": "distractor"})
 
@@ -171,7 +175,6 @@ def fundus_set(
     if label not in FUNDUS_LABELS:
         raise ValueError(f"label must be one of {FUNDUS_LABELS}, got {label!r}")
     tf = FundusTransform(FundusConfig(size=size), label_keys=names)
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in (phantom_overrides or {}).items()}
-    cases = iter_fundus_cohort(n, seed, fundus_config(phantom, **over), shortcut=shortcut)
+    cases = iter_fundus_cohort(n, seed, fundus_config(phantom, **_preset_fields(phantom_overrides)), shortcut=shortcut)
     s = _build(cases, tf, lambda c: (np.array(c.rgb),), names, progress)
     return _relabel(s, label, FUNDUS_LABELS, {k: k for k in FUNDUS_LABELS[1:]})

@@ -315,6 +315,11 @@ def _maps_spearman(a: np.ndarray, b: np.ndarray) -> float:
     return _nanmedian([spearman(x, y) for x, y in zip(a, b)])
 
 
+def _present(masks: np.ndarray) -> np.ndarray:
+    """Per case, whether its mask ``(N, ...)`` has any pixel: bool ``(N,)``."""
+    return np.asarray(masks).reshape(len(masks), -1).max(1) > 0
+
+
 def _spearman_in(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     """Median over cases of the Spearman correlation of two maps ``(N, S, S)`` inside ``region``
     ``(N, S, S)`` (the lungs, the field of view): change the model never looks at cannot carry it."""
@@ -807,7 +812,7 @@ def _ct_section(
         }
     }
     gt2d = test.masks["biomarker"].max(axis=1)  # (N, S, S): projection over the four slices
-    pos = np.flatnonzero((test.y == 1) & (gt2d.reshape(len(gt2d), -1).sum(1) > 0))[: s.explain_n]
+    pos = np.flatnonzero((test.y == 1) & _present(gt2d))[: s.explain_n]
     if not len(pos):
         raise ValueError(
             f"the held-out CT cohort (seed {s.ct_test_seed}, {s.ct_test_n} cases) has no positive case with a "
@@ -928,7 +933,7 @@ def _ct_section(
         ),
     )
     marker2d = sc_test.masks["marker"].max(axis=1)
-    has = marker2d.reshape(len(marker2d), -1).sum(1) > 0
+    has = _present(marker2d)
     sc_idx = np.flatnonzero(has & (sc_test.y == 1))[: s.explain_n]
     sc_probs = _probabilities(sc_teacher, sc_test.x)
     clean_probs = _probabilities(teacher, sc_test.x)
@@ -997,11 +1002,11 @@ def _ct_section(
         lambda: ct_stack_set(s.swap_test_n, s.swap_test_seed, phantom=phantom, stack=stack, phantom_overrides=s.swap_phantom),
     )
     truth = {"fibrosis": swap.masks["biomarker"].max(axis=1), "emphysema": swap.masks["distractor"].max(axis=1)}
-    has_both = (truth["fibrosis"].reshape(len(swap.x), -1).max(1) > 0) & (truth["emphysema"].reshape(len(swap.x), -1).max(1) > 0)
-    both = np.flatnonzero(has_both)[: s.explain_n]
+    emph_label = _present(truth["emphysema"]).astype(np.int64)
+    both = np.flatnonzero(_present(truth["fibrosis"]) & (emph_label > 0))[: s.explain_n]
     swap_lungs = swap.masks["lungs"].max(axis=1)[both]
     em_probs = _probabilities(em_teacher, swap.x)
-    emph_label = (truth["emphysema"].reshape(len(swap.x), -1).max(1) > 0).astype(np.int64)
+    fib_probs = _probabilities(teacher, swap.x)
     model_swap: dict[str, Any] = {
         "_models": {
             "fibrosis": "the CT teacher (label: one-year mortality, driven by fibrosis)",
@@ -1014,8 +1019,8 @@ def _ct_section(
             "decision_changed_rate": _decision_changed_rate(em_probs),
         },
         "_fibrosis_teacher": {
-            "auroc_on_emphysema": _auroc(_probabilities(teacher, swap.x)[:, 1], emph_label),
-            "auroc_on_outcome": _auroc(_probabilities(teacher, swap.x)[:, 1], swap.y),
+            "auroc_on_emphysema": _auroc(fib_probs[:, 1], emph_label),
+            "auroc_on_outcome": _auroc(fib_probs[:, 1], swap.y),
         },
     }
     swap_maps: dict[str, dict[str, np.ndarray]] = {}
@@ -1092,7 +1097,7 @@ def _fundus_section(
         }
     }
     lesions = test.masks["lesions"][:, 0]
-    idx = np.flatnonzero((test.y == 1) & (lesions.reshape(len(lesions), -1).sum(1) > 0))[: s.explain_n]
+    idx = np.flatnonzero((test.y == 1) & _present(lesions))[: s.explain_n]
     if not len(idx):
         raise ValueError(
             f"the held-out fundus cohort (seed {s.fundus_test_seed}, {s.fundus_test_n} images) has no referable "
@@ -1228,7 +1233,7 @@ def _fundus_model_swap(
         lambda: fundus_set(s.fundus_swap_test_n, s.fundus_swap_test_seed, size=size, phantom_overrides=s.fundus_swap_phantom),
     )
     truth_all = {k: test.masks[k][:, 0] for k in labels}
-    present = {k: v.reshape(len(v), -1).max(1) > 0 for k, v in truth_all.items()}
+    present = {k: _present(v) for k, v in truth_all.items()}
     both = np.flatnonzero(present[labels[0]] & present[labels[1]])[: s.explain_n]
     result: dict[str, Any] = {
         "_models": {k: f"DR classifier (and its robust twin) whose label is '{k} in the crop'" for k in labels},

@@ -70,6 +70,17 @@ def stack_config(cfg: Config) -> Any:
         raise ConfigError(f"{cfg.source}: section 'stack' is invalid: {err}") from err
 
 
+def _cohort_settings(cfg: Config) -> dict[str, Any]:
+    """The ``data`` settings that decide a phantom cohort besides its size and seed: what
+    :func:`phantom_stacks` passes to ``ct_stack_set`` and what the cache key of :func:`load_data` holds."""
+    return {
+        "phantom": str(cfg.get("data.phantom", "test")),
+        "shortcut": float(cfg.get("data.shortcut", 0.0)),
+        "phantom_overrides": cfg.get("data.phantom_overrides", None) or {},
+        "label": str(cfg.get("data.label", "outcome")),
+    }
+
+
 def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Make ``n`` phantom cases and their stacks (the cohort of ``medxai.phantoms.iter_ct_cohort``).
 
@@ -88,16 +99,7 @@ def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = N
         if progress is not None:
             progress("phantoms", done[0], n)
 
-    s = ct_stack_set(
-        n,
-        seed,
-        phantom=str(cfg.get("data.phantom", "test")),
-        shortcut=float(cfg.get("data.shortcut", 0.0)),
-        stack=stack_config(cfg),
-        progress=step,
-        phantom_overrides=cfg.get("data.phantom_overrides", None) or {},
-        label=str(cfg.get("data.label", "outcome")),
-    )
+    s = ct_stack_set(n, seed, stack=stack_config(cfg), progress=step, **_cohort_settings(cfg))
     return {
         "stacks": s.x,
         "labels": s.y,
@@ -138,15 +140,7 @@ def load_data(
     # every setting that changes the cohort is part of the key, so a stale cache is never reused
     key = np.asarray(
         json.dumps(
-            {
-                "n": n,
-                "seed": seed,
-                "stack": cfg.section("stack"),
-                "phantom": str(cfg.get("data.phantom", "test")),
-                "shortcut": float(cfg.get("data.shortcut", 0.0)),
-                "phantom_overrides": cfg.get("data.phantom_overrides", None) or {},
-                "label": str(cfg.get("data.label", "outcome")),
-            },
+            {"n": n, "seed": seed, "stack": cfg.section("stack"), **_cohort_settings(cfg)},
             sort_keys=True,
             default=str,
         )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_DIFFAE_NET, write_tiny_diffae_config
 
 from dicom_io import StudyInfo, Volume, read_series, write_ct_series
 from medxai.diffusion import DiffusionAutoencoder, save_autoencoder
@@ -21,15 +22,7 @@ from medxai.phantoms import ct_config, make_ct_case
 from medxai.training.checkpoint import save_weights
 from pipelines.cli import EXIT_BAD_INPUT, main
 
-NET = {
-    "image_size": 32,
-    "in_channels": 1,
-    "base_channels": 8,
-    "channel_mults": [1, 2],
-    "num_res_blocks": 1,
-    "z_dim": 8,
-    "dropout": 0.0,
-}
+NET = TINY_DIFFAE_NET
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +39,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     agent = Agent(4 * NET["z_dim"], 16, 2, teacher.head)
     agent.set_latent_stats(torch.randn(16, 4 * NET["z_dim"], generator=torch.Generator().manual_seed(0)))
     save_agent(agent, root / "agent.safetensors")
-    (root / "diffae.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "network": NET,
-                "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
-                "training": {"steps": 10, "batch_size": 4, "lr": 1e-3},
-            }
-        )
-    )
+    write_tiny_diffae_config(root, steps=10)
     config = {
         "input": "ct_stack",
         "method": "diffexplainer",

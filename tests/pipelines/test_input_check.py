@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import write_tiny_diffae_config
 
 from dicom_io import StudyInfo, Volume, write_ct_series
 from medxai.config import ConfigError, load_config
@@ -324,24 +325,7 @@ def test_shipped_autoencoder_has_references() -> None:
 def test_train_autoencoder_records_its_reference(tmp_path: Path) -> None:
     from medxai.training.ct import load_ct_config, train_autoencoder_from_config
 
-    net = {
-        "image_size": 32,
-        "in_channels": 1,
-        "base_channels": 8,
-        "channel_mults": [1, 2],
-        "num_res_blocks": 1,
-        "z_dim": 8,
-        "dropout": 0.0,
-    }
-    (tmp_path / "diffae.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "network": net,
-                "schedule": {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
-                "training": {"steps": 2, "batch_size": 4, "lr": 1e-3},
-            }
-        )
-    )
+    write_tiny_diffae_config(tmp_path, steps=2)
     cfg = {
         "input": "ct_stack",
         "method": "diffexplainer",
