@@ -588,15 +588,22 @@ class ModelCache:
         self.configs["fundus"] = cfg.with_overrides(over)
         return self.configs["fundus"]
 
-    def _dr_classifiers(self, prefix: str, paths: Mapping[str, Path], steps: Mapping[str, int], **kwargs: Any) -> None:
-        """Load-or-train the plain and the robust DR classifier into ``paths`` (``label`` /
-        ``phantom_overrides`` in ``kwargs`` make them model-swap classifiers, the robust one then
-        fine-tuned from the plain one)."""
+    def _dr_classifiers(
+        self,
+        prefix: str,
+        paths: Mapping[str, Path],
+        steps: Mapping[str, int],
+        robust_from_plain: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Load-or-train the plain and the robust DR classifier into ``paths``; ``robust_from_plain``:
+        the robust one is the plain one fine-tuned adversarially; ``kwargs`` go to
+        :func:`~pipelines.train_dr.train_dr_classifier` (``label`` / ``phantom_overrides``)."""
         from pipelines.train_dr import train_dr_classifier
 
         s = self.s
         for key, robust in (("classifier", False), ("robust_classifier", True)):
-            init = paths["classifier"] if robust and kwargs.get("label") else None
+            init = paths["classifier"] if robust and robust_from_plain else None
             self._note(
                 f"{prefix}_{key}",
                 paths[key],
@@ -621,7 +628,14 @@ class ModelCache:
         paths = {k: d / f"{k}.safetensors" for k in ("classifier", "robust_classifier")}
         # the robust one starts from the plain one (adversarial fine-tuning: a fraction of the steps)
         steps = {**s.train_steps, **s.fundus_swap_steps}
-        self._dr_classifiers(f"fundus_{label}", paths, steps, label=label, phantom_overrides=dict(s.fundus_swap_phantom))
+        self._dr_classifiers(
+            f"fundus_{label}",
+            paths,
+            steps,
+            robust_from_plain=True,
+            label=label,
+            phantom_overrides=dict(s.fundus_swap_phantom),
+        )
         cfg = base.with_overrides(
             {
                 "classifier.path": str(paths["classifier"]),

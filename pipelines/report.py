@@ -15,12 +15,15 @@ labels the row.
 Keys read from ``results`` (all optional)::
 
     <section>: {<method>: {flip_rate, recon_psnr_db, target_rate, l1_outside_lesions, loc_auroc,
-                           seconds_per_case, randomization_spearman, method?: registered name,
+                           seconds_per_case, randomization?: {spearman_whole, spearman_in_mask,
+                           random_model_auroc, decision_changed_rate}, method?: registered name,
                            sweep?: {signed_steps: [S], teacher_target_prob: [[S] per case],
                                     agent_target_prob?: [[S] per case]}},   # probabilities, not logits
                 agent_agreement?: number | {name: number},
                 models?: {name: number | {name: number}},
-                shortcut?: {<method>: {mass_on_marker}, _marker_area_fraction: number}}
+                shortcut?: {<method>: {mass_on_marker, mass_ratio_uniform, ...}, _marker_area_fraction: number},
+                model_swap?: {<method>: {own_auroc_min, cross_auroc_max, spearman_in_mask, n_cases},
+                              _models: {name: description}}}
                (the bench writes the sections "ct" and "fundus")
     methods: {<registered name>: {summary: str, ...}}                 # row labels
     targets: {"ct.diffexplainer.flip_rate": [">=", 0.95], ...}   # dotted path into results
