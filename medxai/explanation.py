@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -107,6 +107,9 @@ class CounterfactualSweep:
     agent_logits, agent_origin_logits : array, optional
         ``(B, S, K)`` and ``(B, K)``: the agent's logits (DiffExplainer's distilled student) at every
         step and at the origin.
+    second_logits, second_origin_logits, second_query_logits : array, optional
+        ``(B, S, K)``, ``(B, K)``, ``(B, K)``: the logits of a second classifier the method compares
+        with the black box (DiG-IN's disagreement) at every step, at the origin and on the query.
     activation : {"softmax", "sigmoid"}
         How logits become probabilities.
     """
@@ -118,7 +121,23 @@ class CounterfactualSweep:
     origin_logits: ArrayLike | None = None
     agent_logits: ArrayLike | None = None
     agent_origin_logits: ArrayLike | None = None
+    second_logits: ArrayLike | None = None
+    second_origin_logits: ArrayLike | None = None
+    second_query_logits: ArrayLike | None = None
     activation: str = "softmax"
+
+    #: the fields with a leading batch axis (what select / concat act on)
+    _BATCHED: ClassVar[tuple[str, ...]] = (
+        "images",
+        "logits",
+        "origin",
+        "origin_logits",
+        "agent_logits",
+        "agent_origin_logits",
+        "second_logits",
+        "second_origin_logits",
+        "second_query_logits",
+    )
 
     def __post_init__(self) -> None:
         steps = tuple(float(s) for s in self.steps)
@@ -183,15 +202,8 @@ class CounterfactualSweep:
         def pick(a: ArrayLike | None) -> np.ndarray | None:
             return None if a is None else _np(a)[sl]
 
-        return dataclasses.replace(
-            self,
-            images=pick(self.images),
-            logits=pick(self.logits),
-            origin=pick(self.origin),
-            origin_logits=pick(self.origin_logits),
-            agent_logits=pick(self.agent_logits),
-            agent_origin_logits=pick(self.agent_origin_logits),
-        )
+        picked: dict[str, Any] = {f: pick(getattr(self, f)) for f in self._BATCHED}
+        return dataclasses.replace(self, **picked)
 
     @classmethod
     def concat(cls, sweeps: Sequence[CounterfactualSweep]) -> CounterfactualSweep:
@@ -199,16 +211,8 @@ class CounterfactualSweep:
         first = sweeps[0]
         if any(s.steps != first.steps for s in sweeps):
             raise ValueError("sweeps with different steps cannot be joined.")
-        return cls(
-            steps=first.steps,
-            images=_cat([s.images for s in sweeps]),
-            logits=_cat([s.logits for s in sweeps]),
-            origin=_cat([s.origin for s in sweeps]),
-            origin_logits=_cat([s.origin_logits for s in sweeps]),
-            agent_logits=_cat([s.agent_logits for s in sweeps]),
-            agent_origin_logits=_cat([s.agent_origin_logits for s in sweeps]),
-            activation=first.activation,
-        )
+        joined = {f: _cat([getattr(s, f) for s in sweeps]) for f in cls._BATCHED}
+        return cls(steps=first.steps, activation=first.activation, **joined)
 
     def summary(self, case: int = 0) -> dict[str, Any]:
         """JSON-ready probabilities of one case (what a person reads; logits kept under that name)."""
@@ -223,6 +227,11 @@ class CounterfactualSweep:
             out["agent_probabilities"] = self.agent_probabilities[case].tolist()  # type: ignore[index]
         if self.agent_origin_logits is not None:
             out["agent_origin_probabilities"] = self.agent_origin_probabilities[case].tolist()  # type: ignore[index]
+        for name in ("second_logits", "second_origin_logits", "second_query_logits"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name.replace("logits", "probabilities")] = probabilities(value, self.activation)[case].tolist()
+                out[name] = _np(value)[case].tolist()
         return out
 
 
@@ -529,6 +538,11 @@ class Explanation:
                     logits=np.asarray(s["logits"])[None],
                     origin=z["origin"][None] if "origin" in z.files else None,
                     activation=meta.get("activation", "softmax"),
+                    **{
+                        k: np.asarray(s[k])[None]
+                        for k in ("second_logits", "second_origin_logits", "second_query_logits")
+                        if s.get(k) is not None
+                    },
                 )
         return cls(
             method=meta["method"],
@@ -634,17 +648,28 @@ def strip_image(
             return None
         return float(probabilities(logits, explanation.activation)[..., k])
 
+    sw = explanation.sweep
+    second = sw is not None and sw.second_logits is not None
+
+    def second_line(logits: ArrayLike | None) -> str:
+        """The second classifier's probability (a comparing method), under the black box's."""
+        p = prob(logits)
+        return "" if not second or p is None else f"\n2nd p={p:.2f}"
+
+    def pick(a: ArrayLike | None, *index: int) -> np.ndarray | None:
+        return None if a is None else _np(a)[(0,) + index]
+
     cols: list[tuple[str, list[np.ndarray]]] = []
     qlog = None if explanation.logits is None else _np(explanation.logits)[0]
-    cols.append((label("query", prob(qlog)), _tiles(query)))
-    sw = explanation.sweep
+    q2 = None if sw is None else pick(sw.second_query_logits)
+    cols.append((label("query", prob(qlog)) + second_line(q2), _tiles(query)))
     if sw is not None:
         if sw.origin is not None:
-            cols.append(
-                (label("recon", prob(None if sw.origin_logits is None else _np(sw.origin_logits)[0])), _tiles(_np(sw.origin)[0]))
-            )
+            name = label("recon", prob(pick(sw.origin_logits))) + second_line(pick(sw.second_origin_logits))
+            cols.append((name, _tiles(_np(sw.origin)[0])))
         for i, s in enumerate(sw.steps):
-            cols.append((label(f"{s:+g}", prob(_np(sw.logits)[0, i])), _tiles(_np(sw.images)[0, i])))
+            name = label(f"{s:+g}", prob(_np(sw.logits)[0, i])) + second_line(pick(sw.second_logits, i))
+            cols.append((name, _tiles(_np(sw.images)[0, i])))
         ends = [s for s in (sw.negative_steps[:1] + sw.positive_steps[-1:])]
         diffs = [sw.difference(s, query[None])[0] for s in ends]
         scale = float(max([np.abs(d).max() for d in diffs] + [1e-6]))
@@ -659,7 +684,7 @@ def strip_image(
         cols.append(("heatmap", [_heat(explanation.heatmaps_numpy()[0].sum(0))] * n_rows))
     h, w = cols[0][1][0].shape[:2]
     tile_w = max(w, 64)
-    header = 14
+    header = 26 if second else 14
     canvas = np.zeros((header + n_rows * h, len(cols) * tile_w, 3), np.uint8)
     for j, (_, tiles) in enumerate(cols):
         for r in range(n_rows):

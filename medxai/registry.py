@@ -12,7 +12,8 @@ file there.
 
 Inputs a method takes (:data:`CT_STACK`, :data:`FUNDUS`, :data:`TENSOR`) say which explain jobs can
 run it; ``needs`` names the extra models it is built with beyond the black box (``"autoencoder"``,
-``"agent"``, ``"diffusion"``, ``"robust_model"``, ``"nn_explainer"``), which the job loads from the
+``"agent"``, ``"diffusion"``, ``"robust_model"``, ``"nn_explainer"``, ``"second_model"``: the classifier
+a comparing method sets against the black box), which the job loads from the
 config section :data:`MODEL_SECTIONS` names. A method's settings come from the config section named
 after the method (``diffexplainer:``, ``dvce:``, ``gradcam:``, ...; absent = the defaults).
 """
@@ -58,6 +59,7 @@ MODEL_SECTIONS: dict[str, str] = {
     "diffusion": "diffusion",
     "robust_model": "robust_classifier",
     "nn_explainer": "nn_explainer_network",
+    "second_model": "second_model",
 }
 _KNOWN_NEEDS = set(MODEL_SECTIONS)
 

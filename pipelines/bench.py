@@ -98,6 +98,16 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ct.shortcut._shortcut_teacher.accuracy_where_marker_contradicts_label": ("<=", 0.30),
     "ct.shortcut.diffexplainer.mass_ratio_uniform": (">=", 10.0),
     "ct.shortcut.diffexplainer.mass_ratio_uniform_clean_teacher": ("<=", 2.0),
+    "ct.digin.disagreement_rate": (">=", 0.80),
+    "ct.digin.shortcut_marker_mass_ratio": (">=", 10.0),
+    "ct.digin.model_swap_own_auroc_min": (">=", 0.85),
+    "ct.digin.neuron_activation_ratio": (">=", 5.0),
+    "ct.digin.neuron_selectivity": (">=", 3.0),
+    "ct.digin.neuron_cf_direction_rate": (">=", 0.90),
+    "ct.digin.seconds_per_image": ("<=", 60.0),
+    "ct.digin.peak_rss_gib": ("<=", 2.0),
+    "fundus.uvce.target_rate": (">=", 0.90),
+    "fundus.uvce.l1_outside_lesions": ("<=", 0.02),
 }
 
 #: faithfulness rules (METHODS.md section 9) applied to EVERY method a run measured, so the report shows
@@ -186,6 +196,13 @@ class BenchSettings:
     train_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: per CT model set (``ct_shortcut``, ``ct_emphysema``): fields of its config's ``training.teacher``
     teacher_training: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    #: DiG-IN (pipelines.bench_digin): starts per scenario, the held-out cohort the shortcut starts come
+    #: from (its seed and size), how many top units are visualised and from how many samples each
+    digin_n: int = 4
+    digin_seed: int = 7006
+    digin_cohort_n: int = 40
+    digin_top_units: int = 3
+    digin_vis_starts: int = 2
     train_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
     train_n: Mapping[str, int] = dataclasses.field(default_factory=dict)
     base_dir: str = "."
@@ -662,11 +679,15 @@ def bench_methods(cfg: Config) -> BenchMethods:
     """Every method registered for ``cfg``'s ``input`` kind whose extra models the config names (or the
     bench makes: the NN-Explainer network), split into counterfactual and attribution methods."""
     from medxai.registry import MODEL_SECTIONS, methods
+    from pipelines.bench_digin import DIGIN_METHODS
     from pipelines.models import input_kind
 
     kind = input_kind(cfg)
     run, skipped = [], {}
     for spec in methods(kind):
+        if spec.name in DIGIN_METHODS:
+            skipped[spec.name] = "an optimisation per image: measured in its own scenarios (ct.digin, fundus.uvce)"
+            continue
         missing = [MODEL_SECTIONS[r] for r in spec.needs if r not in _BENCH_ROLES and not cfg.has(MODEL_SECTIONS[r])]
         if missing:
             skipped[spec.name] = f"{cfg.source} has no section {', '.join(missing)} for the model(s) it needs"
@@ -681,12 +702,7 @@ def method_models(spec: Any, cfg: Config, provided: Mapping[str, Any] | None = N
     NN-Explainer or randomised classifiers), the rest loaded from ``cfg`` by :mod:`pipelines.models`."""
     from pipelines.models import load_method_models
 
-    roles = (*spec.needs, *spec.optional)
-    given = {k: v for k, v in (provided or {}).items() if k in roles}
-    rest = dataclasses.replace(
-        spec, needs=tuple(r for r in spec.needs if r not in given), optional=tuple(r for r in spec.optional if r not in given)
-    )
-    return {**load_method_models(cfg, rest), **given}
+    return load_method_models(cfg, spec, provided=provided)
 
 
 def _build(spec: Any, cfg: Config, black_box: Any, models: Mapping[str, Any], settings: Any = None) -> Any:
@@ -1517,10 +1533,14 @@ def run_bench(
     figs = _Figures(out_dir)
     catalogue: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {"quick": quick, "started": started}
+    from pipelines.bench_digin import digin_ct, digin_fundus
+
     if only in (None, "ct"):
         results["ct"] = _ct_section(models, settings, figs, progress, clock, catalogue)
+        results["ct"]["digin"] = digin_ct(models, settings, progress, clock)
     if only in (None, "fundus"):
         results["fundus"] = _fundus_section(models, settings, figs, progress, clock, catalogue)
+        results["fundus"]["uvce"] = digin_fundus(models, settings, progress, clock)
     results.update(
         {
             "seconds": round(time.perf_counter() - t0, 1),

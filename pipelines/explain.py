@@ -310,7 +310,9 @@ def _latent_checks(cfg: Any, exp: Any, x: Any, checks: list[InputCheck], limits:
     # an exact sampler (EDICT) reproduces ANY input, so its reconstruction error says nothing about
     # whether the query is what the autoencoder was trained on: the check is shown as not run
     exact = exp.parameters.get("sampler") == "edict"
-    if exp.sweep is not None and exp.sweep.origin is not None and not exact:
+    # a DiG-IN chain started from fresh noise: its origin is a sample, not a reconstruction of the query
+    sampled = exp.parameters.get("start") == "sample"
+    if exp.sweep is not None and exp.sweep.origin is not None and not exact and not sampled:
         import torch
 
         recon = reconstruction_mse(x, torch.as_tensor(np.asarray(exp.sweep.origin)))
@@ -341,12 +343,38 @@ def _p(probs: np.ndarray, k: int) -> float:
 
 def _target_probability(exp: Any, k: int) -> dict[str, Any]:
     """P(target) of case 0 of ``exp``: on the query, at every sweep step, at the sweep's origin."""
+    from medxai.explanation import probabilities
+
     out: dict[str, Any] = {"query": _p(exp.probabilities[0], k)}
     if exp.sweep is not None:
         out["steps"] = {float(s): _p(exp.sweep.probabilities[0, i], k) for i, s in enumerate(exp.sweep.steps)}
         if exp.sweep.origin_logits is not None:
             out["origin"] = _p(exp.sweep.origin_probabilities[0], k)
+        sw = exp.sweep
+        if sw.second_logits is not None:  # a comparing method: the second model on the same images
+            second = {
+                "steps": {float(s): _p(probabilities(sw.second_logits, sw.activation)[0, i], k) for i, s in enumerate(sw.steps)}
+            }
+            for name, logits in (("query", sw.second_query_logits), ("origin", sw.second_origin_logits)):
+                if logits is not None:
+                    second[name] = _p(probabilities(logits, sw.activation)[0], k)
+            out["second_model"] = second
     return out
+
+
+def _second_model(cfg: Any, second_config: str | os.PathLike[str], spec: Any, trust_code: bool) -> Any:
+    """The black box of ``second_config`` (same input kind as ``cfg``), for a method that compares two models."""
+    from pipelines import models as job_models
+
+    if "second_model" not in (*spec.needs, *spec.optional):
+        raise ValueError(f"--second-config is for methods that compare two models (digin-disagreement); {spec.name!r} uses one.")
+    other = _load_config(second_config, None)
+    if job_models.input_kind(other) != job_models.input_kind(cfg):
+        raise ValueError(
+            f"{other.source} explains {job_models.input_kind(other)} inputs but {cfg.source} explains "
+            f"{job_models.input_kind(cfg)}; the two models must take the same inputs."
+        )
+    return job_models.load_black_box(other, trust_code=trust_code)
 
 
 def _note(kind: str, exp: Any, k: int, limits: Any) -> str | None:
@@ -438,6 +466,7 @@ def run_explain(
     overwrite: bool = False,
     progress: Progress | None = None,
     dicom: bool = True,
+    second_config: str | os.PathLike[str] | None = None,
 ) -> ExplainResult:
     """Explain every case of ``source`` with one registered method and write the per-case layout.
 
@@ -471,6 +500,9 @@ def run_explain(
     dicom : bool
         When the input is DICOM, also write the DICOM objects (SC overlays, Parametric Map, SEG, derived
         counterfactual CT series) into each case folder.
+    second_config : path, optional
+        Another job config whose black box is the second model of a comparing method
+        (``digin-disagreement``: two configs, one per model); instead of a ``second_model`` section.
 
     Returns
     -------
@@ -553,7 +585,10 @@ def run_explain(
     # ------------------------------------------------------------------------------ models + explain
     try:
         black_box = job_models.load_black_box(cfg, trust_code=trust_code)
-        extra = job_models.load_method_models(cfg, spec, trust_code=trust_code, progress=progress)
+        provided: dict[str, Any] = {}
+        if second_config is not None:
+            provided["second_model"] = _second_model(cfg, second_config, spec, trust_code)
+        extra = job_models.load_method_models(cfg, spec, trust_code=trust_code, progress=progress, provided=provided)
         kwargs: dict[str, Any] = {"seed": seed}
         if "progress" in inspect.signature(spec.cls).parameters:
             kwargs["progress"] = progress

@@ -164,6 +164,7 @@ def _missing_section(cfg: Config, spec: MethodSpec, role: str, section: str) -> 
         "diffusion": "diffusion: {path: ..., pretrained: fundus/ddpm.safetensors}",
         "robust_classifier": "robust_classifier: {kind: class_path, class_path: ..., path: ..., num_classes: 2}",
         "nn_explainer_network": "nn_explainer_network: {path: FOLDER, pretrained: nn_explainer_ct}",
+        "second_model": "second_model: {kind: class_path, class_path: ..., path: ..., num_classes: 2} (or --second-config FILE)",
     }.get(section, f"{section}: {{path: ...}}")
     return ConfigError(
         f"{cfg.source}: method {spec.name!r} needs the {role} model, but the config has no section '{section}'; "
@@ -193,7 +194,7 @@ def _load_role(cfg: Config, role: str, kind: str, trust_code: bool) -> Any:
                 f"{ddpm.config.image_size} or use a diffusion model trained at that size."
             )
         return ddpm
-    if role == "robust_model":
+    if role in ("robust_model", "second_model"):
         return _classifier(cfg, MODEL_SECTIONS[role], kind, trust_code)
     if role == "nn_explainer":
         from medxai.explainers.nn_explainer import load_nn_explainer
@@ -204,7 +205,12 @@ def _load_role(cfg: Config, role: str, kind: str, trust_code: bool) -> Any:
 
 
 def load_method_models(
-    cfg: Config, spec: MethodSpec, *, trust_code: bool = False, progress: ProgressFn | None = None
+    cfg: Config,
+    spec: MethodSpec,
+    *,
+    trust_code: bool = False,
+    progress: ProgressFn | None = None,
+    provided: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The extra models of method ``spec``: ``role -> model`` (CPU, eval mode).
 
@@ -217,6 +223,7 @@ def load_method_models(
     * ``diffusion``: :class:`~medxai.diffusion.ddpm.ImageDDPM` (``diffusion.path``; its image size must
       be the job's);
     * ``robust_model``: a classifier from the ``robust_classifier`` section (a TeacherSpec);
+    * ``second_model``: the classifier compared with the black box (``second_model`` section, a TeacherSpec);
     * ``nn_explainer``: ``(network, NNExplainerConfig)`` from the ``nn_explainer_network.path`` folder.
 
     Parameters
@@ -228,6 +235,9 @@ def load_method_models(
         See :func:`load_black_box`.
     progress : callable, optional
         ``progress(f"load {role}", done, total)`` after each model.
+    provided : mapping, optional
+        ``role -> model`` made elsewhere (a second config's black box, the bench's own networks): used
+        as given, their sections not needed.
 
     Raises
     ------
@@ -236,12 +246,13 @@ def load_method_models(
         weights are missing (see :meth:`medxai.config.Config.weights`).
     """
     kind = input_kind(cfg)
-    roles = [r for r in spec.needs]
-    for role in spec.needs:
+    given = {k: v for k, v in (provided or {}).items() if k in (*spec.needs, *spec.optional) and v is not None}
+    roles = [r for r in spec.needs if r not in given]
+    for role in roles:
         if not cfg.has(MODEL_SECTIONS[role]):
             raise _missing_section(cfg, spec, role, MODEL_SECTIONS[role])
-    roles += [r for r in spec.optional if r not in roles and cfg.has(MODEL_SECTIONS[r])]
-    models: dict[str, Any] = {}
+    roles += [r for r in spec.optional if r not in roles and r not in given and cfg.has(MODEL_SECTIONS[r])]
+    models: dict[str, Any] = dict(given)
     for i, role in enumerate(roles):
         models[role] = _load_role(cfg, role, kind, trust_code)
         if progress is not None:

@@ -74,8 +74,23 @@ SHORTCUT_COLUMNS: tuple[str, ...] = (
     "mass_on_marker_clean_teacher",
     "mass_ratio_uniform_clean_teacher",
 )
+#: the DiG-IN figures of ``ct.digin`` shown in the report, in this order (pipelines/bench_digin.py)
+DIGIN_ROWS: tuple[str, ...] = (
+    "disagreement_rate",
+    "shortcut_marker_mass_ratio",
+    "model_swap_own_auroc_min",
+    "model_swap.fibrosis_over_emphysema.auroc_in_lungs",
+    "model_swap.emphysema_over_fibrosis.auroc_in_lungs",
+    "neuron_activation_ratio",
+    "neuron_selectivity",
+    "neuron_cf_direction_rate",
+    "seconds_per_image",
+    "seconds_per_image_batched",
+    "peak_rss_gib",
+    "n_starts_per_scenario",
+)
 #: what besides method rows makes a top-level results entry a section
-_SECTION_PARTS = frozenset({"models", "agent_agreement", "shortcut", "model_swap"})
+_SECTION_PARTS = frozenset({"models", "agent_agreement", "shortcut", "model_swap", "digin"})
 #: top-level results entries that are never sections
 _NOT_SECTIONS = frozenset({"targets", "versions", "config", "models", "methods", "stage_seconds", "started", "seconds", "quick"})
 _LABELS = {
@@ -199,6 +214,17 @@ def write_report(
                 "each model's map scored (pixel AUROC inside the lungs / field of view) against its OWN "
                 "feature and against the OTHER model's. An explainer that follows the model scores high on "
                 "its own and near 0.5 on the other.</p>" + _swap_table(section, block["model_swap"], targets)
+            )
+        if isinstance(block.get("digin"), Mapping):
+            digin = block["digin"]
+            parts.append(
+                "<h3>DiG-IN</h3>"
+                '<p class="note">Scenarios with known answers (docs/digin.md): images the shortcut teacher calls '
+                "'death' and the clean one does not (change on the pacemaker, over its area share); the fibrosis "
+                "and emphysema teachers disagreeing (change on the feature of the model whose decision moves, "
+                "AUROC in the lungs); the top unit for 'death' visualised (activation over its mean on real "
+                "images; over the other top units') and driven down from real positives.</p>"
+                + _kv_table([(k, _get(digin, k)) for k in DIGIN_ROWS if _get(digin, k) is not None], (section, "digin"), targets)
             )
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes.get(section, [])]
         parts.append(_figures_html([f for f in figs if f.get("_kind") != "shortcut"]))

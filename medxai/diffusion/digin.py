@@ -361,9 +361,15 @@ class DiGInEngine:
                     best_img[better], best_loss[better], best_it[better] = img[better], plain.cpu()[better], it
                 if final:
                     break
-                loss = sum(w * objective(self.gen.to_images(p), augment) for w, p in zip(weights, preds))
                 opt.zero_grad()
-                loss.sum().backward()  # type: ignore[union-attr]
+                # each loss step's classifier graph is built and freed on its own (memory: one classifier
+                # pass over the crops, not three); their gradients on x0 then go back through the chain once
+                grads = []
+                for w, p in zip(weights, preds):
+                    leaf = p.detach().requires_grad_(True)
+                    (w * objective(self.gen.to_images(leaf), augment)).sum().backward()
+                    grads.append(leaf.grad)
+                torch.autograd.backward(preds, grad_tensors=grads)
                 opt.step()
             with torch.no_grad():  # back onto the sphere of the initial noise (DiG-IN keeps ||x_T|| fixed)
                 scale = norm0 / x_T.flatten(1).norm(dim=1).clamp_min(1e-12)

@@ -30,6 +30,7 @@ __all__ = [
     "Disagreement",
     "NeuronCounterfactual",
     "NeuronObjective",
+    "Penalised",
     "UniversalVCE",
     "last_linear_input",
 ]
@@ -164,16 +165,42 @@ class UniversalVCE:
     """
 
     def __init__(self, model: nn.Module, target: int, start: torch.Tensor, mask: torch.Tensor, distance: float = 10.0) -> None:
-        self.model, self.target, self.distance = model, int(target), float(distance)
-        self.start, self.outside = start.detach(), (1.0 - mask.float()).detach()
+        self.model, self.target = model, int(target)
+        self.penalised = Penalised(self._cross_entropy, start, 1.0 - mask.float(), distance)
 
-    def __call__(self, images: torch.Tensor, augment: Augment | None = None) -> torch.Tensor:
+    def _cross_entropy(self, images: torch.Tensor, augment: Augment | None) -> torch.Tensor:
         v = _views(images, augment)
         ce = F.cross_entropy(self.model(v), torch.full((v.shape[0],), self.target, device=v.device), reduction="none")
-        return _per_image(ce, images, augment) + self.distance * _masked_sq(images, self.start, self.outside)
+        return _per_image(ce, images, augment)
+
+    def __call__(self, images: torch.Tensor, augment: Augment | None = None) -> torch.Tensor:
+        return self.penalised(images, augment)
 
 
-class NeuronCounterfactual:
+class Penalised:
+    """Any objective plus ``distance`` times the mean squared change from ``start`` over the ``kept``
+    pixels: the result moves only as far as the objective needs, and only where ``kept`` is 0.
+
+    Parameters
+    ----------
+    objective : callable
+        ``objective(images, augment) -> (B,)``.
+    start : torch.Tensor
+        The query images.
+    kept : torch.Tensor
+        ``1`` where the image must stay as it is, broadcastable to ``start``.
+    distance : float
+    """
+
+    def __init__(self, objective: Any, start: torch.Tensor, kept: torch.Tensor, distance: float = 10.0) -> None:
+        self.objective, self.distance = objective, float(distance)
+        self.start, self.kept = start.detach(), kept.float().detach()
+
+    def __call__(self, images: torch.Tensor, augment: Augment | None = None) -> torch.Tensor:
+        return self.objective(images, augment) + self.distance * _masked_sq(images, self.start, self.kept)
+
+
+class NeuronCounterfactual(Penalised):
     """A neuron objective from a real image, the change kept out of ``mask``: ``neuron(images)`` plus
     ``distance`` times the squared change INSIDE ``mask`` (DiG-IN's neuron counterfactuals keep the
     object and let the unit's evidence change elsewhere).
@@ -189,8 +216,5 @@ class NeuronCounterfactual:
     """
 
     def __init__(self, neuron: NeuronObjective, start: torch.Tensor, mask: torch.Tensor, distance: float = 10.0) -> None:
-        self.neuron, self.distance = neuron, float(distance)
-        self.start, self.inside = start.detach(), mask.float().detach()
-
-    def __call__(self, images: torch.Tensor, augment: Augment | None = None) -> torch.Tensor:
-        return self.neuron(images, augment) + self.distance * _masked_sq(images, self.start, self.inside)
+        super().__init__(neuron, start, mask, distance)
+        self.neuron = neuron

@@ -44,6 +44,12 @@ def register(app: typer.Typer) -> None:
         no_dicom: bool = typer.Option(
             False, "--no-dicom", help="Do not write the DICOM objects (SC, Parametric Map, SEG, derived series) for DICOM inputs."
         ),
+        second_config: Path | None = typer.Option(
+            None,
+            "--second-config",
+            help="A second job config whose black box is compared with this one's (--method digin-disagreement: "
+            "images the first model puts in the target class and the second does not).",
+        ),
         trust_code: bool = trust_code_option(),
         force: bool = typer.Option(
             False,
@@ -88,6 +94,7 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 progress=progress,
                 dicom=not no_dicom,
+                second_config=second_config,
             )
         for case in result.cases:
             ids = " / ".join(escape(str(v)) for v in (case.patient_id, case.series_instance_uid) if v)
@@ -99,6 +106,13 @@ def register(app: typer.Typer) -> None:
                 steps = ", ".join(f"{s:+g}: {p:.3f}" for s, p in tp["steps"].items())
                 origin = f"reconstruction {tp['origin']:.3f}; " if "origin" in tp else ""
                 console.print(f"  P(class {case.target_class}) on the counterfactuals: {origin}{steps}")
+            if "second_model" in tp:
+                sm = tp["second_model"]
+                steps = ", ".join(f"{s:+g}: {p:.3f}" for s, p in sm["steps"].items())
+                console.print(
+                    f"  second model, P(class {case.target_class}): query {sm.get('query', float('nan')):.3f}; "
+                    f"reconstruction {sm.get('origin', float('nan')):.3f}; {steps}"
+                )
             _print_check(console, {**case.input_check, "reasons": case.reasons, "notes": list(case.notes)})
             for f in case.files.values():
                 console.print(f"  wrote {escape(str(f))}")

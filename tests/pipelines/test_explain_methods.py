@@ -37,6 +37,10 @@ TINY = {
     "integrated_gradients": {"n_steps": 4},
     "occlusion": {"mask_size": 16, "overlap": 0.0},
     "dvce": {"num_steps": 4, "skip_steps": 2, "batch_size": 1},
+    **{
+        name: {"engine": {"steps": 3, "iterations": 1, "n_crops": 2, "loss_weights": [1.0]}, "batch_size": 1}
+        for name in ("digin-disagreement", "digin-uvce", "digin-neuron")
+    },
 }
 
 
@@ -68,6 +72,8 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         },
     )
     cfg["autoencoder"]["config"] = str(REPO / "configs" / cfg["autoencoder"]["config"])
+    # the model digin-disagreement compares the black box with: the shipped shortcut teacher
+    cfg["second_model"] = {**cfg["teacher"], "path": str(pretrained_dir() / "ct_shortcut" / "teacher.safetensors")}
     cfg["run_dir"] = str(root / "run")
     for name, settings in TINY.items():
         if name != "dvce":
@@ -137,6 +143,56 @@ def test_every_ct_method_runs_from_the_cli(ct: dict[str, Any], method: str, caps
         heat = np.asarray(nib.load(str(case / "heatmap.nii.gz")).dataobj).transpose(2, 1, 0)
         on_slices = [float(heat[k].sum()) for k in sorted(set(meta["provenance"]["slice_indices"]))]
         assert min(on_slices) > 0 and len({round(v, 3) for v in on_slices}) == len(on_slices), on_slices
+    if method == "digin-disagreement":  # both models' probabilities, printed and stored
+        assert "second model, P(class 1)" in printed
+        assert len(meta["sweep"]["second_query_probabilities"]) == 2 and "disagreement_reached" in meta["diagnostics"]
+
+
+def test_disagreement_with_a_second_config(ct: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two job configs, one per model: the second config's black box is the second model (no
+    second_model section needed); a config for another input kind is refused naming both files."""
+    cfg = yaml.safe_load(ct["config"].read_text())
+    del cfg["second_model"]
+    first = tmp_path / "site_a.yaml"
+    first.write_text(yaml.safe_dump(cfg))
+    cfg["teacher"]["path"] = str(pretrained_dir() / "ct_emphysema" / "teacher.safetensors")
+    second = tmp_path / "site_b.yaml"
+    second.write_text(yaml.safe_dump(cfg))
+    args = ["explain", "-c", str(first), "-i", str(ct["dicom"]), "-m", "digin-disagreement"]
+    assert main([*args, "-o", str(tmp_path / "none")]) == EXIT_BAD_INPUT  # no second model at all
+    assert "second_model" in " ".join(capsys.readouterr().err.split())
+    assert main([*args, "-o", str(tmp_path / "o"), "--second-config", str(second)]) == 0, capsys.readouterr().err
+    meta = json.loads((_case_dir(tmp_path / "o", "digin-disagreement") / "explanation.json").read_text())
+    from medxai.config import load_config
+    from pipelines.models import load_black_box
+
+    x = np.load(_case_dir(tmp_path / "o", "digin-disagreement") / "counterfactuals.npz")["query"][None]
+    with torch.no_grad():
+        expected = torch.softmax(load_black_box(load_config(second))(torch.from_numpy(x)), 1)[0].numpy()
+    np.testing.assert_allclose(meta["sweep"]["second_query_probabilities"], expected, rtol=1e-4, atol=1e-6)
+    dr = tmp_path / "dr.yaml"
+    dr.write_text((REPO / "configs" / "dr_fundus.yaml").read_text())
+    assert main([*args, "-o", str(tmp_path / "o2"), "--second-config", str(dr)]) == EXIT_BAD_INPUT
+    assert "the two models must take the same inputs" in " ".join(capsys.readouterr().err.split())
+
+
+def test_digin_units_sharded_and_resumable(ct: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Neuron visualisation of the top units of "death": each unit one item, split by --shard, written
+    atomically, skipped when a rerun finds it."""
+    from medxai.config import load_config
+    from medxai.explainers.digin import top_units
+    from pipelines.models import load_black_box
+
+    units = top_units(load_black_box(load_config(ct["config"])), 1, 2)
+    args = ["digin-units", "-c", str(ct["config"]), "-i", str(ct["dicom"]), "-o", str(tmp_path / "u"), "--top", "2"]
+    assert main([*args, "--shard", "1/2"]) == 0, capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "u").iterdir()] == [f"unit_{units[1]}"]
+    assert main(args) == 0  # the rest: only the first unit is new
+    assert "1 unit(s) visualised" in " ".join(capsys.readouterr().out.split())
+    meta = json.loads((tmp_path / "u" / f"unit_{units[0]}" / "unit.json").read_text())
+    assert meta["unit"] == units[0] and meta["rank_by_head_weight"] == 1 and meta["class_index"] == 1
+    assert set(meta["other_top_units_ratio"]) == {str(units[1])} and (tmp_path / "u" / f"unit_{units[0]}" / "unit.png").is_file()
+    assert main(args) == 0 and "0 unit(s) visualised" in " ".join(capsys.readouterr().out.split())
 
 
 def _check_derived_series(case: Path, ct: Volume, meta: dict[str, Any]) -> None:
@@ -298,11 +354,12 @@ def fundus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg["dvce"].update(TINY["dvce"])
     cfg["dvce"]["guidance"]["n_augmentations"] = 1
     cfg["rise"] = TINY["rise"]
+    cfg["digin-uvce"] = TINY["digin-uvce"]
     (root / "dr.yaml").write_text(yaml.safe_dump(cfg))
     return {"root": root, "config": root / "dr.yaml", "photo": case / "image.dcm", "png": case / "image.png"}
 
 
-@pytest.mark.parametrize("method", ["dvce", "rise"])
+@pytest.mark.parametrize("method", ["dvce", "rise", "digin-uvce"])
 def test_fundus_methods_write_the_same_layout_and_an_sc_overlay(
     fundus: dict[str, Any], method: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,8 +379,9 @@ def test_fundus_methods_write_the_same_layout_and_an_sc_overlay(
     ds = pydicom.dcmread(sc)
     assert ds.StudyInstanceUID == photo.source.study_instance_uid and ds.SamplesPerPixel == 3
     assert f"P(target): {meta['probabilities'][0]:.3f} ->" in ds.DerivationDescription
-    if method == "dvce":
+    if method in ("dvce", "digin-uvce"):
         assert meta["sweep"]["steps"] == [1.0] and (case / "counterfactuals.npz").is_file()
+    if method == "dvce":
         corner = heat[: heat.shape[0] // 20, : heat.shape[1] // 20]
         assert float(np.abs(corner).max()) == 0.0  # DVCE changes only the field of view
         assert "robust_logits" in meta["diagnostics"]
