@@ -152,7 +152,8 @@ class Config:
     resolved_weights : dict
         ``section -> {"path": str, "pretrained": bool}`` for every model :meth:`weights` resolved
         (``pretrained``: the shipped weights stood in for a missing ``path``); jobs write it into
-        their provenance.
+        their provenance. The jobs' model loaders add what they find on load
+        (a classifier's ``kind``, ``input_shape``, ``num_classes``; the CT teacher's and agent's ``mode``).
     """
 
     def __init__(self, data: Mapping[str, Any], source: str | os.PathLike[str] = "<config>", overridden: Any = ()) -> None:

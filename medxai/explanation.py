@@ -618,7 +618,7 @@ def _heat(h: np.ndarray) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def _tiles(images: np.ndarray) -> list[np.ndarray]:
+def image_tiles(images: np.ndarray) -> list[np.ndarray]:
     """``(C, H, W)`` -> one RGB tile per row: an RGB image (C = 3 in [0, 1]) or one tile per channel."""
     if images.shape[0] == 3:
         return [np.clip(np.round(np.moveaxis(images, 0, -1) * 255), 0, 255).astype(np.uint8)]
@@ -662,14 +662,14 @@ def strip_image(
     cols: list[tuple[str, list[np.ndarray]]] = []
     qlog = None if explanation.logits is None else _np(explanation.logits)[0]
     q2 = None if sw is None else pick(sw.second_query_logits)
-    cols.append((label("query", prob(qlog)) + second_line(q2), _tiles(query)))
+    cols.append((label("query", prob(qlog)) + second_line(q2), image_tiles(query)))
     if sw is not None:
         if sw.origin is not None:
             name = label("recon", prob(pick(sw.origin_logits))) + second_line(pick(sw.second_origin_logits))
-            cols.append((name, _tiles(_np(sw.origin)[0])))
+            cols.append((name, image_tiles(_np(sw.origin)[0])))
         for i, s in enumerate(sw.steps):
             name = label(f"{s:+g}", prob(_np(sw.logits)[0, i])) + second_line(pick(sw.second_logits, i))
-            cols.append((name, _tiles(_np(sw.images)[0, i])))
+            cols.append((name, image_tiles(_np(sw.images)[0, i])))
         ends = [s for s in (sw.negative_steps[:1] + sw.positive_steps[-1:])]
         diffs = [sw.difference(s, query[None])[0] for s in ends]
         scale = float(max([np.abs(d).max() for d in diffs] + [1e-6]))

@@ -59,6 +59,7 @@ import numpy as np
 
 from medxai.config import Config, ConfigError, load_config
 from medxai.progress import ProgressFn
+from pipelines.bench_common import auroc, build_method, explain_all, nanmean, nanmedian, present, probabilities, region_auroc
 from pipelines.provenance import json_safe, package_versions
 
 __all__ = [
@@ -308,33 +309,11 @@ class StageClock:
             self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - t0, 2)
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    return float(a.mean()) if a.size else float("nan")
-
-
-def _nanmedian(values: Sequence[float]) -> float:
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    return float(np.median(a)) if a.size else float("nan")
-
-
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from medxai.metrics import pixel_auroc
-
-    labels = np.asarray(labels).astype(bool)
-    return pixel_auroc(scores, labels) if 0 < labels.sum() < labels.size else float("nan")
-
-
 def _maps_spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Median over cases of the Spearman correlation of two methods' maps (the randomisation check)."""
     from medxai.metrics import spearman
 
-    return _nanmedian([spearman(x, y) for x, y in zip(a, b)])
-
-
-def _present(masks: np.ndarray) -> np.ndarray:
-    """Per case, whether its mask ``(N, ...)`` has any pixel: bool ``(N,)``."""
-    return np.asarray(masks).reshape(len(masks), -1).max(1) > 0
+    return nanmedian([spearman(x, y) for x, y in zip(a, b)])
 
 
 def _spearman_in(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
@@ -342,15 +321,7 @@ def _spearman_in(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     ``(N, S, S)`` (the lungs, the field of view): change the model never looks at cannot carry it."""
     from medxai.metrics import spearman
 
-    return _nanmedian([spearman(x[m], y[m]) for x, y, m in zip(a, b, np.asarray(region) > 0.5) if m.sum() > 1])
-
-
-def _region_auroc(maps: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
-    """Mean over cases of the pixel AUROC of ``maps`` against ``truth`` counting only the pixels of
-    ``region`` (all ``(N, S, S)``); cases without a truth pixel in the region are left out."""
-    from medxai.metrics.counterfactual_dr import lesion_auroc
-
-    return _nanmean(lesion_auroc(maps, truth, np.asarray(region) > 0.5).tolist())
+    return nanmedian([spearman(x[m], y[m]) for x, y, m in zip(a, b, np.asarray(region) > 0.5) if m.sum() > 1])
 
 
 def _decision_changed_rate(probs: np.ndarray) -> float:
@@ -368,8 +339,8 @@ def _randomization(
     return {
         "spearman_in_mask": _spearman_in(trained, random, region),
         "spearman_whole": _maps_spearman(trained, random),
-        "random_model_auroc": _region_auroc(random, truth, region),
-        "trained_model_auroc": _region_auroc(trained, truth, region),
+        "random_model_auroc": region_auroc(random, truth, region),
+        "trained_model_auroc": region_auroc(trained, truth, region),
         "decision_changed_rate": _decision_changed_rate(random_probs),
         "n_cases": int(len(trained)),
     }
@@ -380,8 +351,8 @@ def _swap_scores(maps: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray
     and against the OTHER model's (region AUROC), and how alike the two models' maps are in the region."""
     a, b = list(maps)
     other = {a: b, b: a}
-    own = {m: _region_auroc(maps[m], truths[m], region) for m in (a, b)}
-    cross = {m: _region_auroc(maps[m], truths[other[m]], region) for m in (a, b)}
+    own = {m: region_auroc(maps[m], truths[m], region) for m in (a, b)}
+    cross = {m: region_auroc(maps[m], truths[other[m]], region) for m in (a, b)}
     return {
         "own_auroc": own,
         "cross_auroc": cross,
@@ -408,7 +379,7 @@ def _marker_contrast(x: np.ndarray, recon: np.ndarray, marker: np.ndarray) -> di
             ring = ndimage.binary_dilation(m, iterations=2, structure=in_plane) & ~m
             if m.any() and ring.any():
                 vals.append(float(im[m].mean() - im[ring].mean()))
-        return _nanmean(vals)
+        return nanmean(vals)
 
     q, r = contrast(x), contrast(recon)
     return {"query_contrast": q, "reconstruction_contrast": r, "ratio": r / q if q else float("nan")}
@@ -422,16 +393,6 @@ def _randomised(model: Any, seed: int) -> Any:
 
     clone = copy.deepcopy(model)
     return init_with_generator(clone, torch.Generator().manual_seed(seed)).eval()
-
-
-def _probabilities(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The model's softmax probabilities ``(N, K)`` on ``x`` ``(N, C, S, S)``."""
-    import torch
-
-    with torch.no_grad():
-        return np.concatenate(
-            [torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy() for i in range(0, len(x), batch)]
-        )
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -705,14 +666,6 @@ def method_models(spec: Any, cfg: Config, provided: Mapping[str, Any] | None = N
     return load_method_models(cfg, spec, provided=provided)
 
 
-def _build(spec: Any, cfg: Config, black_box: Any, models: Mapping[str, Any], settings: Any = None) -> Any:
-    """``spec.build`` with the settings of ``cfg``'s section of the method and the config's seed."""
-    from pipelines.models import method_settings
-
-    settings = method_settings(cfg, spec) if settings is None else settings
-    return spec.build(black_box, settings, models, seed=int(cfg.get("seed", 0)))
-
-
 def _attribution_explainers(
     specs: Sequence[Any], cfg: Config, black_box: Any, nn: Callable[[], tuple[Any, Any]]
 ) -> dict[str, Any]:
@@ -721,33 +674,7 @@ def _attribution_explainers(
     provided: dict[str, Any] = {}
     if any("nn_explainer" in (*s.needs, *s.optional) for s in specs):
         provided["nn_explainer"] = nn()
-    return {s.name: _build(s, cfg, black_box, method_models(s, cfg, provided)) for s in specs}
-
-
-# -------------------------------------------------------------------------------------- explaining
-def explain_all(
-    explainer: Any,
-    x: np.ndarray,
-    target: int,
-    batch: int = 4,
-    mask: Any = None,
-    report: Callable[[int, int], None] | None = None,
-) -> tuple[Any, float]:
-    """The :class:`~medxai.explanation.Explanation` of ``x`` ``(N, C, S, S)`` for class ``target``,
-    explained ``batch`` cases at a time and joined (:meth:`~medxai.explanation.Explanation.concat`),
-    and seconds per case. ``mask`` ``(N, 1, S, S)``: per-case regions for methods that take one."""
-    import torch
-
-    from medxai.explanation import Explanation
-
-    t0 = time.perf_counter()
-    parts = []
-    for i in range(0, len(x), batch):
-        m = None if mask is None else mask[i : i + batch]
-        parts.append(explainer.explain(torch.from_numpy(x[i : i + batch]), target, mask=m))
-        if report is not None:
-            report(min(i + batch, len(x)), len(x))
-    return Explanation.concat(parts), (time.perf_counter() - t0) / max(1, len(x))
+    return {s.name: build_method(s, cfg, black_box, method_models(s, cfg, provided)) for s in specs}
 
 
 def explain_maps(
@@ -832,17 +759,17 @@ def _ct_section(
     stack = stack_config(cfg)
     test = clock.time("ct_test_cohort", lambda: ct_stack_set(s.ct_test_n, s.ct_test_seed, phantom=phantom, stack=stack))
     teacher = load_black_box(cfg)
-    probs = _probabilities(teacher, test.x)
+    probs = probabilities(teacher, test.x)
     out: dict[str, Any] = {
         "models": {
-            "teacher_heldout_auroc": _auroc(probs[:, 1], test.y),
+            "teacher_heldout_auroc": auroc(probs[:, 1], test.y),
             "teacher_heldout_accuracy": float((probs.argmax(1) == test.y).mean()),
             "n_test": int(len(test.y)),
             "n_test_positive": int(test.y.sum()),
         }
     }
     gt2d = test.masks["biomarker"].max(axis=1)  # (N, S, S): projection over the four slices
-    pos = np.flatnonzero((test.y == 1) & _present(gt2d))[: s.explain_n]
+    pos = np.flatnonzero((test.y == 1) & present(gt2d))[: s.explain_n]
     if not len(pos):
         raise ValueError(
             f"the held-out CT cohort (seed {s.ct_test_seed}, {s.ct_test_n} cases) has no positive case with a "
@@ -854,7 +781,7 @@ def _ct_section(
         report = (lambda done, total: progress(spec.name, done, total)) if progress and show else None
 
         def run() -> tuple[Any, float]:
-            return explain_all(_build(spec, c, black_box, method_models(spec, c)), x, target, batch=8, report=report)
+            return explain_all(build_method(spec, c, black_box, method_models(spec, c)), x, target, batch=8, report=report)
 
         return clock.time(stage, run)
 
@@ -884,14 +811,14 @@ def _ct_section(
             "method": spec.name,
             "settings": json_safe(exp.parameters),
             "flip_rate": summ["flip_rate"],
-            "recon_psnr_db": _nanmean(summ["psnr"]),
-            "recon_ssim": _nanmean(summ["ssim"]),
-            "loc_auroc": _nanmean(heatmap_auroc(heat[name], gt2d)),
-            "loc_auroc_per_slice": _nanmean(summ["heatmap_auroc"]),
+            "recon_psnr_db": nanmean(summ["psnr"]),
+            "recon_ssim": nanmean(summ["ssim"]),
+            "loc_auroc": nanmean(heatmap_auroc(heat[name], gt2d)),
+            "loc_auroc_per_slice": nanmean(summ["heatmap_auroc"]),
             "seconds_per_case": secs,
             "monotonicity": summ["monotonicity"],
             "change_outside_lungs": summ["change_outside_lungs"],
-            "score_change_reconstruction": _nanmean(summ["score_change_reconstruction"]),
+            "score_change_reconstruction": nanmean(summ["score_change_reconstruction"]),
             "n_cases": int(len(test.x)),
             "sweep": _sweep_curves(exp, target),
         }
@@ -915,7 +842,7 @@ def _ct_section(
         maps[name] = m
         out[name] = {
             "method": name,
-            "loc_auroc": _nanmean(heatmap_auroc(m, gt2d[pos])),
+            "loc_auroc": nanmean(heatmap_auroc(m, gt2d[pos])),
             "seconds_per_case": t,
             "n_cases": int(len(pos)),
             "flip_rate": None,
@@ -928,7 +855,7 @@ def _ct_section(
     lungs2d = test.masks["lungs"].max(axis=1)
     rand_cfg = models.ct("ct_random")
     rand_teacher = load_black_box(rand_cfg)
-    rand_probs = _probabilities(rand_teacher, test.x)
+    rand_probs = probabilities(rand_teacher, test.x)
     rand_maps: dict[str, np.ndarray] = {}
     for spec in found.counterfactual:
         rexp, _ = counterfactual(spec, rand_cfg, rand_teacher, test.x[r], f"ct_random_{spec.name}")
@@ -963,10 +890,10 @@ def _ct_section(
         ),
     )
     marker2d = sc_test.masks["marker"].max(axis=1)
-    has = _present(marker2d)
+    has = present(marker2d)
     sc_idx = np.flatnonzero(has & (sc_test.y == 1))[: s.explain_n]
-    sc_probs = _probabilities(sc_teacher, sc_test.x)
-    clean_probs = _probabilities(teacher, sc_test.x)
+    sc_probs = probabilities(sc_teacher, sc_test.x)
+    clean_probs = probabilities(teacher, sc_test.x)
     flipped = has != (sc_test.y == 1)  # cases where the marker contradicts the label
     shortcut: dict[str, Any] = {
         "_n_cases": int(len(sc_idx)),
@@ -975,13 +902,13 @@ def _ct_section(
         "_phantom_overrides": dict(s.shortcut_phantom),
         "_marker_area_fraction": float(marker2d[sc_idx].mean()) if len(sc_idx) else None,
         "_shortcut_teacher": {
-            "auroc_biased_split": _auroc(sc_probs[:, 1], sc_test.y),
+            "auroc_biased_split": auroc(sc_probs[:, 1], sc_test.y),
             "accuracy_where_marker_contradicts_label": float((sc_probs.argmax(1) == sc_test.y)[flipped].mean())
             if flipped.any()
             else None,
         },
         "_clean_teacher": {
-            "auroc_biased_split": _auroc(clean_probs[:, 1], sc_test.y),
+            "auroc_biased_split": auroc(clean_probs[:, 1], sc_test.y),
             "accuracy_where_marker_contradicts_label": float((clean_probs.argmax(1) == sc_test.y)[flipped].mean())
             if flipped.any()
             else None,
@@ -1006,8 +933,8 @@ def _ct_section(
             clean_maps[name], _ = clock.maps(f"ct_shortcut_clean_{name}", ex, xs, target)
         uniform = float(marker2d[sc_idx].mean())
         for name in sc_maps:
-            on = _nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])])
-            on_clean = _nanmean([mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])])
+            on = nanmean([mass_on_mask(h, k) for h, k in zip(sc_maps[name], marker2d[sc_idx])])
+            on_clean = nanmean([mass_on_mask(h, k) for h, k in zip(clean_maps[name], marker2d[sc_idx])])
             shortcut[name] = {
                 "mass_on_marker": on,
                 "mass_ratio_uniform": on / uniform if uniform > 0 else None,
@@ -1032,11 +959,11 @@ def _ct_section(
         lambda: ct_stack_set(s.swap_test_n, s.swap_test_seed, phantom=phantom, stack=stack, phantom_overrides=s.swap_phantom),
     )
     truth = {"fibrosis": swap.masks["biomarker"].max(axis=1), "emphysema": swap.masks["distractor"].max(axis=1)}
-    emph_label = _present(truth["emphysema"]).astype(np.int64)
-    both = np.flatnonzero(_present(truth["fibrosis"]) & (emph_label > 0))[: s.explain_n]
+    emph_label = present(truth["emphysema"]).astype(np.int64)
+    both = np.flatnonzero(present(truth["fibrosis"]) & (emph_label > 0))[: s.explain_n]
     swap_lungs = swap.masks["lungs"].max(axis=1)[both]
-    em_probs = _probabilities(em_teacher, swap.x)
-    fib_probs = _probabilities(teacher, swap.x)
+    em_probs = probabilities(em_teacher, swap.x)
+    fib_probs = probabilities(teacher, swap.x)
     model_swap: dict[str, Any] = {
         "_models": {
             "fibrosis": "the CT teacher (label: one-year mortality, driven by fibrosis)",
@@ -1044,13 +971,13 @@ def _ct_section(
         },
         "_n_cases": int(len(both)),
         "_emphysema_teacher": {
-            "auroc_on_emphysema": _auroc(em_probs[:, 1], emph_label),
-            "auroc_on_outcome": _auroc(em_probs[:, 1], swap.y),
+            "auroc_on_emphysema": auroc(em_probs[:, 1], emph_label),
+            "auroc_on_outcome": auroc(em_probs[:, 1], swap.y),
             "decision_changed_rate": _decision_changed_rate(em_probs),
         },
         "_fibrosis_teacher": {
-            "auroc_on_emphysema": _auroc(fib_probs[:, 1], emph_label),
-            "auroc_on_outcome": _auroc(fib_probs[:, 1], swap.y),
+            "auroc_on_emphysema": auroc(fib_probs[:, 1], emph_label),
+            "auroc_on_outcome": auroc(fib_probs[:, 1], swap.y),
         },
     }
     swap_maps: dict[str, dict[str, np.ndarray]] = {}
@@ -1116,18 +1043,18 @@ def _fundus_section(
     classifier = load_black_box(cfg)
     extra = {spec.name: method_models(spec, cfg) for spec in found.counterfactual}
     robust = next((m["robust_model"] for m in extra.values() if m.get("robust_model") is not None), None)
-    probs = _probabilities(classifier, test.x)
-    rprobs = _probabilities(robust, test.x) if robust is not None else None
+    probs = probabilities(classifier, test.x)
+    rprobs = probabilities(robust, test.x) if robust is not None else None
     out: dict[str, Any] = {
         "models": {
-            "classifier_heldout_auroc": _auroc(probs[:, 1], test.y),
-            "robust_classifier_heldout_auroc": _auroc(rprobs[:, 1], test.y) if rprobs is not None else None,
+            "classifier_heldout_auroc": auroc(probs[:, 1], test.y),
+            "robust_classifier_heldout_auroc": auroc(rprobs[:, 1], test.y) if rprobs is not None else None,
             "n_test": int(len(test.y)),
             "n_test_referable": int(test.y.sum()),
         }
     }
     lesions = test.masks["lesions"][:, 0]
-    idx = np.flatnonzero((test.y == 1) & _present(lesions))[: s.explain_n]
+    idx = np.flatnonzero((test.y == 1) & present(lesions))[: s.explain_n]
     if not len(idx):
         raise ValueError(
             f"the held-out fundus cohort (seed {s.fundus_test_seed}, {s.fundus_test_n} images) has no referable "
@@ -1145,7 +1072,7 @@ def _fundus_section(
         settings[spec.name] = method_settings(cfg, spec)
         runs = _variants(spec, settings[spec.name], s)
         for i, (key, variant, vs) in enumerate(runs):
-            ex = _build(spec, cfg, classifier, extra[spec.name], vs)
+            ex = build_method(spec, cfg, classifier, extra[spec.name], vs)
             mask = fov_t if spec.uses_mask else None
             exp, secs = clock.time(
                 f"fundus_{spec.name}" + (f"_{variant}" if variant else ""),
@@ -1159,7 +1086,7 @@ def _fundus_section(
                 "loc_auroc": m["lesion_auroc"],
                 # closeness of the counterfactual to the query (with zero guidance from the inversion
                 # start this is the "the output IS the query" figure)
-                "psnr_db": _nanmean(psnr(torch.as_tensor(np.asarray(exp.sweep.at(m["step"]))), torch.from_numpy(x)).tolist()),
+                "psnr_db": nanmean(psnr(torch.as_tensor(np.asarray(exp.sweep.at(m["step"]))), torch.from_numpy(x)).tolist()),
                 "start": getattr(vs, "start", None),
                 "seconds_per_case": secs,
                 "variant": variant,
@@ -1185,7 +1112,7 @@ def _fundus_section(
         maps[name] = m_
         out[name] = {
             "method": name,
-            "loc_auroc": _nanmean(lesion_auroc(m_, lesions[idx], fov)),
+            "loc_auroc": nanmean(lesion_auroc(m_, lesions[idx], fov)),
             "seconds_per_case": t,
             "n_cases": int(len(x)),
             "target_rate": None,
@@ -1196,7 +1123,7 @@ def _fundus_section(
     # classifier too; maps compared inside the field of view
     r = np.arange(min(s.randomization_n, len(x)))
     rand = _randomised(model, seed + 1000)
-    rand_probs = _probabilities(rand, test.x)
+    rand_probs = probabilities(rand, test.x)
     rand_maps: dict[str, np.ndarray] = {}
     for spec in found.counterfactual:
         if spec.name not in out:
@@ -1205,7 +1132,7 @@ def _fundus_section(
             role: (_randomised(m, seed + 1001) if role in _CLASSIFIER_ROLES and m is not None else m)
             for role, m in extra[spec.name].items()
         }
-        ex = _build(spec, cfg, rand, rmodels, settings[spec.name])
+        ex = build_method(spec, cfg, rand, rmodels, settings[spec.name])
         rexp, _ = clock.time(
             f"fundus_random_{spec.name}",
             lambda ex=ex, spec=spec: explain_all(ex, x[r], target, batch=len(r), mask=fov_t[r] if spec.uses_mask else None),
@@ -1263,8 +1190,8 @@ def _fundus_model_swap(
         lambda: fundus_set(s.fundus_swap_test_n, s.fundus_swap_test_seed, size=size, phantom_overrides=s.fundus_swap_phantom),
     )
     truth_all = {k: test.masks[k][:, 0] for k in labels}
-    present = {k: _present(v) for k, v in truth_all.items()}
-    both = np.flatnonzero(present[labels[0]] & present[labels[1]])[: s.explain_n]
+    has = {k: present(v) for k, v in truth_all.items()}
+    both = np.flatnonzero(has[labels[0]] & has[labels[1]])[: s.explain_n]
     result: dict[str, Any] = {
         "_models": {k: f"DR classifier (and its robust twin) whose label is '{k} in the crop'" for k in labels},
         "_n_cases": int(len(both)),
@@ -1279,13 +1206,13 @@ def _fundus_model_swap(
     for k in labels:
         cfg = models.fundus_swap(k)
         classifier = load_black_box(cfg)
-        probs = _probabilities(classifier, test.x)
+        probs = probabilities(classifier, test.x)
         result[f"_{k}_classifier"] = {
-            "auroc_on_own_label": _auroc(probs[:, 1], present[k].astype(np.int64)),
-            "auroc_on_other_label": _auroc(probs[:, 1], present[labels[1 - labels.index(k)]].astype(np.int64)),
+            "auroc_on_own_label": auroc(probs[:, 1], has[k].astype(np.int64)),
+            "auroc_on_other_label": auroc(probs[:, 1], has[labels[1 - labels.index(k)]].astype(np.int64)),
         }
         for i, spec in enumerate(found.counterfactual):
-            ex = _build(spec, cfg, classifier, method_models(spec, cfg), method_settings(cfg, spec))
+            ex = build_method(spec, cfg, classifier, method_models(spec, cfg), method_settings(cfg, spec))
             exp, _ = clock.time(
                 f"fundus_swap_{k}_{spec.name}",
                 lambda ex=ex, spec=spec: explain_all(ex, x, target, batch=len(x), mask=fov_t if spec.uses_mask else None),

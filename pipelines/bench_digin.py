@@ -68,11 +68,11 @@ def _one_image(cfg: Config, sc_cfg: Config, x: np.ndarray) -> tuple[float, float
     import torch
 
     from medxai.registry import get_method
-    from pipelines.bench import _build
+    from pipelines.bench_common import build_method
     from pipelines.models import load_black_box
 
     spec = get_method("digin-disagreement")
-    ex = _build(
+    ex = build_method(
         spec, cfg, load_black_box(sc_cfg), {"second_model": load_black_box(cfg), "autoencoder": _generator(cfg, "autoencoder")}
     )
     t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
     from medxai.metrics import mass_on_mask
     from medxai.registry import get_method
     from medxai.training.ct import stack_config
-    from pipelines.bench import _auroc, _build, _nanmean, _present, _region_auroc, explain_all
+    from pipelines.bench_common import auroc, build_method, explain_all, nanmean, present, region_auroc
     from pipelines.models import load_black_box, method_settings
 
     cfg, sc_cfg, em_cfg = models.ct("ct"), models.ct("ct_shortcut"), models.ct("ct_emphysema")
@@ -142,7 +142,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
     seconds: list[float] = []
 
     def disagree(f: Any, g: Any, x: np.ndarray, stage: str) -> Any:
-        ex = _build(spec, cfg, f, {"second_model": g, "autoencoder": ae})
+        ex = build_method(spec, cfg, f, {"second_model": g, "autoencoder": ae})
         exp, secs = clock.time(stage, lambda: explain_all(ex, x, _DEATH, batch=len(x)))
         seconds.append(secs)
         out["settings"][spec.name] = exp.parameters
@@ -167,7 +167,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
         for rate in (0.0, 1.0)
     }
     marker = cohort[1.0].masks["marker"].max(axis=1)
-    start = np.flatnonzero((cohort[0.0].y == 0) & _present(marker))[:n]
+    start = np.flatnonzero((cohort[0.0].y == 0) & present(marker))[:n]
     sc: dict[str, Any] = {"n": int(len(start))}
     if len(start):
         exp = disagree(short, clean, cohort[0.0].x[start], "digin_shortcut")
@@ -182,7 +182,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
                 "p_g_result": _second_p(exp)[:, _DEATH].tolist(),
             }
         )
-        out["shortcut_marker_mass_ratio"] = _nanmean((on / np.maximum(uniform, 1e-12)).tolist())
+        out["shortcut_marker_mass_ratio"] = nanmean((on / np.maximum(uniform, 1e-12)).tolist())
         reached.append(exp.diagnostics["disagreement_reached"])
     out["shortcut"] = sc
 
@@ -192,7 +192,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
         lambda: ct_stack_set(s.swap_test_n, s.swap_test_seed, phantom=phantom, stack=stack, phantom_overrides=s.swap_phantom),
     )
     truth = {"fibrosis": swap.masks["biomarker"].max(axis=1), "emphysema": swap.masks["distractor"].max(axis=1)}
-    both = np.flatnonzero(_present(truth["fibrosis"]) & _present(truth["emphysema"]))[:n]
+    both = np.flatnonzero(present(truth["fibrosis"]) & present(truth["emphysema"]))[:n]
     lungs = swap.masks["lungs"].max(axis=1)
     sw: dict[str, Any] = {"n": int(len(both))}
     if len(both):
@@ -200,7 +200,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
         aurocs = []
         for name, (f, g, feature) in pairs.items():
             exp = disagree(f, g, swap.x[both], f"digin_swap_{name}")
-            auc = _region_auroc(change(exp), truth[feature][both], lungs[both])
+            auc = region_auroc(change(exp), truth[feature][both], lungs[both])
             aurocs.append(auc)
             sw[name] = {
                 "changed_feature": feature,
@@ -214,7 +214,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
     out["model_swap"] = sw
     if reached:
         out["disagreement_rate"] = float(np.concatenate(reached).mean())
-    out["seconds_per_image_batched"] = _nanmean(seconds)  # the scenarios above, all starts in one batch
+    out["seconds_per_image_batched"] = nanmean(seconds)  # the scenarios above, all starts in one batch
     one = cohort[0.0].x[start[:1]] if len(start) else cohort[0.0].x[:1]
     secs, rss = clock.time("digin_one_image", lambda: _isolated(cfg, sc_cfg, one))
     out["seconds_per_image"], out["peak_rss_gib"] = secs, rss
@@ -257,9 +257,9 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
     }
 
     # --- neuron counterfactuals: the top unit driven down on held-out positives, change inside the lungs
-    pos = np.flatnonzero((test.y == 1) & _present(test.masks["biomarker"].max(axis=1)))[:n]
+    pos = np.flatnonzero((test.y == 1) & present(test.masks["biomarker"].max(axis=1)))[:n]
     if len(pos):
-        ex = _build(neuron_spec, cfg, clean, {"autoencoder": ae})
+        ex = build_method(neuron_spec, cfg, clean, {"autoencoder": ae})
         mask = torch.from_numpy(test.masks["lungs"].max(axis=1)[pos][:, None].astype(np.float32))
         exp, secs = clock.time(
             "digin_neuron_counterfactual", lambda: explain_all(ex, test.x[pos], _DEATH, batch=len(pos), mask=mask)
@@ -282,7 +282,7 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
     out["_teachers"] = {
         "shortcut_p_death_on_starts": _p(short, cohort[0.0].x[start]),
         "clean_p_death_on_starts": _p(clean, cohort[0.0].x[start]),
-        "emphysema_teacher_auroc_on_emphysema": _auroc(_p(emph, swap.x), _present(truth["emphysema"]).astype(int)),
+        "emphysema_teacher_auroc_on_emphysema": auroc(_p(emph, swap.x), present(truth["emphysema"]).astype(int)),
     }
     if progress:
         progress("digin", 1, 1)
@@ -290,9 +290,9 @@ def digin_ct(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, Any]:
 
 
 def _p(model: Any, x: np.ndarray) -> list[float]:
-    from pipelines.bench import _probabilities
+    from pipelines.bench_common import probabilities
 
-    return _probabilities(model, x)[:, _DEATH].tolist() if len(x) else []
+    return probabilities(model, x)[:, _DEATH].tolist() if len(x) else []
 
 
 def _second_p(exp: Any) -> np.ndarray:
@@ -309,7 +309,7 @@ def digin_fundus(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, An
     from medxai.data import fundus_set
     from medxai.metrics.counterfactual_dr import fov_from_images, l1_outside_lesions, summarise_dr_counterfactuals
     from medxai.registry import get_method
-    from pipelines.bench import _build, _nanmean, _present, explain_all
+    from pipelines.bench_common import build_method, explain_all, nanmean, present
     from pipelines.models import load_black_box, target_class
 
     cfg = models.fundus()
@@ -317,13 +317,13 @@ def digin_fundus(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, An
     target = target_class(cfg)
     test = clock.time("fundus_test_cohort", lambda: fundus_set(s.fundus_test_n, s.fundus_test_seed, size=size))
     lesions = test.masks["lesions"][:, 0]
-    idx = np.flatnonzero((test.y == 1) & _present(lesions))[: s.digin_n]
+    idx = np.flatnonzero((test.y == 1) & present(lesions))[: s.digin_n]
     if not len(idx):
         return {"n_cases": 0}
     x = test.x[idx]
     fov = fov_from_images(x)
     spec = get_method("digin-uvce")
-    ex = _build(spec, cfg, load_black_box(cfg), {"diffusion": _generator(cfg, "diffusion")})
+    ex = build_method(spec, cfg, load_black_box(cfg), {"diffusion": _generator(cfg, "diffusion")})
     t0 = time.perf_counter()
     # the field of view as the mask, as `medxai explain` passes it (the change is free inside it)
     fov_t = torch.from_numpy(fov[:, None].astype(np.float32))
@@ -336,10 +336,10 @@ def digin_fundus(models: Any, s: Any, progress: Any, clock: Any) -> dict[str, An
         "target_rate": m["target_rate"],
         "l1_outside_lesions": m["l1_outside_lesions"],
         # what the optimisation changed, without the DDIM inversion's own error
-        "l1_outside_lesions_from_reconstruction": _nanmean(
+        "l1_outside_lesions_from_reconstruction": nanmean(
             l1_outside_lesions(origin, exp.sweep.at(1.0), lesions[idx], fov).tolist()
         ),
-        "l1_reconstruction_outside_lesions": _nanmean(l1_outside_lesions(x, origin, lesions[idx], fov).tolist()),
+        "l1_reconstruction_outside_lesions": nanmean(l1_outside_lesions(x, origin, lesions[idx], fov).tolist()),
         "loc_auroc": m["lesion_auroc"],
         "seconds_per_case": secs,
         "wall_seconds": time.perf_counter() - t0,

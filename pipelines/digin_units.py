@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 def _inputs(cfg: Any, kind: str, src: Path) -> np.ndarray:
     """The job's transformed inputs ``(N, C, S, S)`` of every case in ``src`` (as ``medxai explain`` reads them)."""
     from medxai.registry import CT_STACK
-    from pipelines.explain import _make_transform, _read_ct, _read_photo
+    from pipelines.explain import make_transform, read_ct_volumes, read_photo
 
-    objs = _read_ct(src, False) if kind == CT_STACK else [_read_photo(src)]
-    transform = _make_transform(cfg, kind)
+    objs = read_ct_volumes(src, False) if kind == CT_STACK else [read_photo(src)]
+    transform = make_transform(cfg, kind)
     images = []
     for obj in objs:
         if kind == CT_STACK:
@@ -58,15 +58,15 @@ def run_units(
 
     from atomicfs import atomic_dir
     from medxai.explainers.digin import chain_generator, head_weights, top_units, visualise_units
-    from medxai.explanation import _tiles
+    from medxai.explanation import image_tiles
     from medxai.registry import get_method
     from pipelines import models as job_models
-    from pipelines.explain import _load_config
+    from pipelines.explain import load_job_config
     from pipelines.shard import current_shard
 
     me = current_shard(shard)
     try:
-        cfg = _load_config(config, None)
+        cfg = load_job_config(config, None)
         kind = job_models.input_kind(cfg)
         k = job_models.target_class(cfg) if class_index is None else int(class_index)
         spec = get_method("digin-neuron", kind)
@@ -118,7 +118,7 @@ def run_units(
             np.savez_compressed(tmp / "images.npz", images=images.numpy(), starts=x.numpy(), activations=acts.numpy())
             from PIL import Image
 
-            tiles = np.concatenate([np.concatenate(_tiles(im.numpy()), axis=0) for im in images], axis=1)
+            tiles = np.concatenate([np.concatenate(image_tiles(im.numpy()), axis=0) for im in images], axis=1)
             Image.fromarray(tiles).save(tmp / "unit.png")
             (tmp / "unit.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         written.append(out_dir / f"unit_{u}")

@@ -221,14 +221,14 @@ def list_methods(input_kind: str | None = None) -> list[dict[str, Any]]:
     ]
 
 
-def _load_config(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None) -> Any:
+def load_job_config(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None) -> Any:
     from medxai.config import load_config
 
     cfg = load_config(config)
     return cfg.with_overrides(dict(overrides)) if overrides else cfg
 
 
-def _read_ct(src: Path, skip_unreadable: bool) -> list[Volume]:
+def read_ct_volumes(src: Path, skip_unreadable: bool) -> list[Volume]:
     """Every CT series of a DICOM folder (every image series when none is CT: the modality check then
     names them), or the one volume of a file."""
     if src.is_dir():
@@ -247,7 +247,7 @@ def _read_ct(src: Path, skip_unreadable: bool) -> list[Volume]:
     return [img]
 
 
-def _read_photo(src: Path) -> Photo:
+def read_photo(src: Path) -> Photo:
     photo = read_image(src)
     if not isinstance(photo, Photo):
         raise ValueError(
@@ -368,7 +368,7 @@ def _second_model(cfg: Any, second_config: str | os.PathLike[str], spec: Any, tr
 
     if "second_model" not in (*spec.needs, *spec.optional):
         raise ValueError(f"--second-config is for methods that compare two models (digin-disagreement); {spec.name!r} uses one.")
-    other = _load_config(second_config, None)
+    other = load_job_config(second_config, None)
     if job_models.input_kind(other) != job_models.input_kind(cfg):
         raise ValueError(
             f"{other.source} explains {job_models.input_kind(other)} inputs but {cfg.source} explains "
@@ -404,7 +404,7 @@ def _step_label(step: float) -> str:
     return "minus" if step < 0 else "plus"
 
 
-def _make_transform(cfg: Any, kind: str) -> Any:
+def make_transform(cfg: Any, kind: str) -> Any:
     """The input transform of the job: the four-slice CT stack or the fundus field-of-view crop."""
     from medxai.config import ConfigError
 
@@ -529,7 +529,7 @@ def run_explain(
         raise ValueError(f"input {str(src)!r} does not exist; pass a DICOM folder, a volume file or a photo.")
     check_output_outside_input(out_dir, src, option="-o/--out")
     try:
-        cfg = _load_config(config, overrides)
+        cfg = load_job_config(config, overrides)
         kind = job_models.input_kind(cfg)
         name = method or cfg.get("method", None)
         if not name:
@@ -549,7 +549,7 @@ def run_explain(
 
     # ------------------------------------------------------------------ read + transform + cheap checks
     try:
-        inputs: list[Volume | Photo] = list(_read_ct(src, skip_unreadable)) if kind == CT_STACK else [_read_photo(src)]
+        inputs: list[Volume | Photo] = list(read_ct_volumes(src, skip_unreadable)) if kind == CT_STACK else [read_photo(src)]
     except Exception as e:
         raise StepError("read input", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)) from e
     folders = [_case_folder(out_dir, obj, src, spec.name) for obj in inputs]
@@ -561,7 +561,7 @@ def run_explain(
             f"an explanation of this input with method {spec.name!r} already exists in '{existing[0]}'; medxai does "
             "not replace it silently. Pass --overwrite (overwrite=True) to replace it, or choose another output folder."
         )
-    transform = _make_transform(cfg, kind)
+    transform = make_transform(cfg, kind)
     checks: list[InputCheck] = []
     datas: list[Any] = []
     for obj in inputs:
@@ -649,7 +649,7 @@ def run_explain(
             prov["source_shape_hw"] = list(obj.shape)
         try:
             with atomic_dir(folder, replace=overwrite) as tmp:
-                files = _write_case(tmp, one, x[b : b + 1].numpy(), grid, obj, target, spec, dicom, prov)
+                files = write_case(tmp, one, x[b : b + 1].numpy(), grid, obj, target, spec, dicom, prov)
         except FileExistsError as e:
             raise ValueError(
                 f"an explanation appeared in '{folder}' while this one was being written (another "
@@ -684,7 +684,7 @@ def run_explain(
     return ExplainResult(out_dir, spec.name, kind, str(cfg.source), tuple(cases), time.perf_counter() - t_start)
 
 
-def _write_case(
+def write_case(
     tmp: Path,
     exp: Any,
     query: np.ndarray,

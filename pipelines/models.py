@@ -12,7 +12,11 @@ method, extra models. This module reads them from the config the way every job d
 
 Weights come from :meth:`medxai.config.Config.weights`: a section's ``path`` (relative to the config
 file) or, while it does not exist, the shipped ``pretrained:`` weights (logged and recorded in
-``cfg.resolved_weights`` for the output's provenance). Model classes outside the allow-list of
+``cfg.resolved_weights`` for the output's provenance). Every classifier is run once at load on a
+dummy batch of the job's input (:func:`medxai.networks.teacher.check_teacher_output`; the contract in
+words is :func:`input_contract`) and ``cfg.resolved_weights[section]`` gains its ``kind`` and
+``input_shape``; the CT teacher's and the agent's ``mode`` (``features`` or ``logits``,
+:func:`medxai.networks.teacher.teacher_mode`) are recorded and logged too. Model classes outside the allow-list of
 :mod:`medxai.trust` load only with ``trust_code`` (``--trust-code``, or ``trust_code: true`` in the config).
 
 Example
@@ -41,6 +45,7 @@ from medxai.registry import CT_STACK, FUNDUS, MODEL_SECTIONS, MethodSpec
 __all__ = [
     "BLACK_BOX_SECTIONS",
     "JOB_INPUTS",
+    "input_contract",
     "input_kind",
     "load_black_box",
     "load_method_models",
@@ -115,9 +120,38 @@ def _image_geometry(cfg: Config, kind: str) -> tuple[int, int]:
     return 3, int(cfg.get("image_size"))
 
 
+def input_contract(cfg: Config, kind: str) -> str:
+    """What the classifier of a ``kind`` job receives, in words (quoted when a model rejects it).
+
+    Parameters
+    ----------
+    cfg : Config
+        The job config (its ``stack:`` section for CT, ``image_size`` for fundus).
+    kind : {"ct_stack", "fundus"}
+    """
+    channels, size = _image_geometry(cfg, kind)
+    if kind == CT_STACK:
+        from medxai.training.ct import stack_config
+
+        st = stack_config(cfg)
+        lo, hi = st.window_level - st.window_width / 2, st.window_level + st.window_width / 2
+        return (
+            f"{channels} axial CT slices as channels, taken at fractions {list(st.fractions)} of the lungs' "
+            f"craniocaudal extent (apex first), LPS view, {size}x{size} pixels, HU clipped to [{lo:g}, {hi:g}] "
+            f"(window level {st.window_level:g}, width {st.window_width:g}) and scaled to [0, 1]; set by stack.fractions, "
+            "stack.size, stack.window_level and stack.window_width"
+        )
+    return (
+        f"an RGB fundus field-of-view crop, {size}x{size} pixels, scaled from 0-255 to [0, 1], zero outside the "
+        "field of view; set by image_size"
+    )
+
+
 def _classifier(cfg: Config, section: str, kind: str, trust_code: bool) -> torch.nn.Module:
-    """A classifier (black box or robust guide) from a TeacherSpec section, in eval mode."""
-    from medxai.networks.teacher import load_teacher, teacher_spec_from_dict
+    """A classifier (black box or robust guide) from a TeacherSpec section, in eval mode, checked
+    against the job's input (:func:`input_contract`); its kind, input shape and (CT teacher) mode are
+    logged and recorded in ``cfg.resolved_weights[section]``."""
+    from medxai.networks.teacher import load_teacher, teacher_mode, teacher_spec_from_dict
     from medxai.trust import trusts_code
 
     channels, size = _image_geometry(cfg, kind)
@@ -135,7 +169,38 @@ def _classifier(cfg: Config, section: str, kind: str, trust_code: bool) -> torch
             f"{cfg.source}: {section}.in_channels is {spec.in_channels} but the {kind.replace('_', ' ')} inputs have "
             f"{channels} channels; set it to {channels}."
         )
-    return load_teacher(spec, trust_code=trust, source=cfg.source, key=section).eval()
+    if spec.image_size != size:  # the check below would otherwise run at a size the job never gives
+        field = "stack.size" if kind == CT_STACK else "image_size"
+        raise ConfigError(
+            f"{cfg.source}: {section}.image_size is {spec.image_size} but the inputs are {size}x{size} ({field}); "
+            f"remove {section}.image_size or set {field} to {spec.image_size}."
+        )
+    model = load_teacher(spec, trust_code=trust, source=cfg.source, key=section, contract=input_contract(cfg, kind)).eval()
+    info = cfg.resolved_weights.setdefault(section, {"path": spec.path})
+    info.update(kind=spec.kind, input_shape=[channels, size, size], num_classes=spec.num_classes)  # (C, S, S)
+    if section == BLACK_BOX_SECTIONS[CT_STACK] and kind == CT_STACK:  # the model the DiffExplainer agent distils
+        mode, _ = teacher_mode(model, spec.classifier_layer, where=f"{section}.classifier_layer", source=cfg.source)
+        info["mode"] = mode
+        if spec.classifier_layer:
+            why = f"the agent distils the input of {spec.classifier_layer!r}"
+        else:
+            why = f"no {section}.classifier_layer: the agent is distilled on logits"
+            if isinstance(model, torch.jit.ScriptModule):
+                why += ", the only mode of a TorchScript teacher"
+        logger.info(
+            "%s: %s is %s %s, input (B, %d, %d, %d) -> logits (B, %d); teacher mode: %s (%s)",
+            cfg.source,
+            section,
+            spec.kind,
+            spec.path,
+            channels,
+            size,
+            size,
+            spec.num_classes,
+            mode,
+            why,
+        )
+    return model
 
 
 def load_black_box(cfg: Config, *, trust_code: bool = False) -> torch.nn.Module:
@@ -179,8 +244,12 @@ def _load_role(cfg: Config, role: str, kind: str, trust_code: bool) -> Any:
         return load_autoencoder_from_config(cfg)
     if role == "agent":
         from medxai.networks.agent import load_agent
+        from medxai.networks.teacher import FEATURES_MODE, LOGITS_MODE
 
-        return load_agent(cfg.weights(MODEL_SECTIONS[role])).eval()
+        agent = load_agent(cfg.weights(MODEL_SECTIONS[role])).eval()
+        # how it was distilled: features mode copies the teacher's layer and freezes it
+        cfg.resolved_weights[MODEL_SECTIONS[role]]["mode"] = FEATURES_MODE if agent.frozen_head else LOGITS_MODE
+        return agent
     if role == "diffusion":
         from medxai.diffusion.ddpm import load_ddpm
 

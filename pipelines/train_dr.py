@@ -4,6 +4,11 @@ The functions behind ``medxai train diffusion`` and ``medxai train classifier [-
 (:mod:`pipelines.commands.train_dr` is their command-line layer), and what ``medxai bench`` trains its
 fundus models with. Both train on fundus phantoms (:func:`medxai.data.fundus_set`) unless ``data``
 names an ``.npz`` written by ``StackSet.save`` (arrays ``x`` ``(N, 3, S, S)`` in [0, 1] and ``y`` ``(N,)``).
+
+Both take ``device`` (``auto``/``cpu``/``cuda``) and ``resume``: with ``save_every > 0`` in the training
+settings a checkpoint ``<out stem>.resume.pt`` is kept beside the weights and ``resume=True``
+continues from it (:func:`medxai.training.trainers.train_loop`). Both run in one process (torchrun with
+several ranks is refused).
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ def load_fundus_arrays(
     return torch.from_numpy(s.x), torch.from_numpy(s.y), source
 
 
+def _check_start(init: Path | None, resume: bool) -> None:
+    if init is not None and resume:
+        raise TypeError(
+            f"--init {str(init)!r} and --resume exclude each other: --resume continues the interrupted run "
+            "from its checkpoint (weights included); --init starts a new run from other weights."
+        )
+
+
 def train_diffusion(
     config_path: Path,
     out: Path,
@@ -63,10 +76,13 @@ def train_diffusion(
     seconds: float | None = None,
     steps: int | None = None,
     init: Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the unconditional fundus DDPM of ``config_path`` and save it to ``out`` (.safetensors + .json).
 
-    ``init`` continues from saved weights (same architecture; the optimiser state starts afresh).
+    ``init`` starts from saved weights (same architecture; the optimiser state starts afresh);
+    ``resume`` continues an interrupted run exactly (weights, optimiser, EMA, generator).
     """
     import logging
 
@@ -75,10 +91,15 @@ def train_diffusion(
     from medxai.config import ConfigError, load_config
     from medxai.diffusion.autoencoder import ScheduleConfig
     from medxai.diffusion.ddpm import DDPMNetConfig, ImageDDPM, save_ddpm
+    from medxai.training.checkpoint import resume_path
     from medxai.training.dvce import train_ddpm
+    from medxai.training.runtime import resolve_device, single_process
     from medxai.training.trainers import TrainConfig
 
     log = logging.getLogger(__name__)
+    _check_start(init, resume)
+    single_process("DDPM")
+    dev = resolve_device(device)
     cfg = load_config(config_path, {"network": dict, "network.image_size": int, "training": dict, "training.steps": int})
     try:
         net_cfg = DDPMNetConfig.from_dict(cfg.section("network"))
@@ -123,7 +144,8 @@ def train_diffusion(
     def save(step: int) -> None:
         save_ddpm(model, out, {**meta_base, "steps": step})
 
-    hist = train_ddpm(model, x, tcfg, save=save)
+    hist = train_ddpm(model.to(dev), x, tcfg, save=save, checkpoint=resume_path(out, "ddpm"), resume=resume)
+    model.cpu()
     losses = hist.pop("losses")
     hist["previous_steps"] = meta_base["previous_steps"]
     save_ddpm(model, out, {**meta_base, "history": {**hist, "losses_every_10": losses[::10]}})
@@ -143,6 +165,8 @@ def train_dr_classifier(
     label: str | None = None,
     phantom_overrides: dict[str, Any] | None = None,
     init: Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the plain (or, with ``robust``, the adversarially robust) classifier of a DR config.
 
@@ -151,16 +175,21 @@ def train_dr_classifier(
     ``train.data.label`` (default ``referable``; see :data:`medxai.data.FUNDUS_LABELS`) and
     ``train.data.phantom_overrides`` (fields of :class:`medxai.phantoms.FundusPhantomConfig`). ``init``:
     weights of the same architecture to start from (e.g. the plain classifier, fine-tuned adversarially
-    for the robust one: a fraction of the steps from scratch).
+    for the robust one: a fraction of the steps from scratch). ``device``, ``resume``: the module docstring.
     """
     import torch
 
     from medxai.config import ConfigError, load_config
     from medxai.networks.classifiers import load_class
-    from medxai.training.checkpoint import save_weights
+    from medxai.training.checkpoint import resume_path, save_weights
     from medxai.training.dvce import RobustConfig, evaluate_classifier, train_classifier
+    from medxai.training.runtime import resolve_device, single_process
     from medxai.training.trainers import TrainConfig
     from medxai.trust import trusts_code
+
+    _check_start(init, resume)
+    single_process("robust classifier" if robust else "classifier")
+    dev = resolve_device(device)
 
     cfg = load_config(config_path, {"image_size": int, "classifier": dict, "train": dict, "train.classifier": dict})
     key = "robust_classifier" if robust else "classifier"
@@ -210,8 +239,9 @@ def train_dr_classifier(
             model.load_state_dict({k: v.float() for k, v in load_weights(init).items()})
         except RuntimeError as err:
             raise ConfigError(f"--init {str(init)!r} does not fit {section['class_path']}: {err}") from err
-    hist = train_classifier(model, x, y, tcfg, robust=rcfg)
     target = Path(out) if out is not None else cfg.path(f"{key}.path")
+    hist = train_classifier(model.to(dev), x, y, tcfg, robust=rcfg, checkpoint=resume_path(target, key), resume=resume)
+    model.cpu()
     held = data_section.get("val_n")
     # relative to the config file, as every path in a config
     val_path = cfg.path("train.data.val_path") if data_section.get("val_path") else None

@@ -154,20 +154,41 @@ class DiffusionAutoencoder(nn.Module):
         return load_autoencoder(path, network, schedule)
 
     # -------------------------------------------------------------------- training
-    def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random draws of :meth:`training_loss` for images of ``shape`` ``(B, C, S, S)``, on the CPU:
+        timesteps ``t`` ``(B,)`` (drawn first) and noise ``eps`` ``(B, C, S, S)``.
+
+        Data-parallel training draws them for the whole global batch on every rank and passes each
+        rank its share, so the ranks together see what one process would.
+        """
+        t = torch.randint(0, self.schedule.num_train_timesteps, (shape[0],), generator=generator)
+        return t, torch.randn(shape, generator=generator)
+
+    def training_loss(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Epsilon-prediction MSE ``||eps(x_t, t, Enc(x0)) - eps||^2`` for images ``(B, C, S, S)`` in [0, 1].
 
-        ``t`` and ``eps`` are drawn from ``generator`` (on the CPU, then moved to the images' device).
+        ``t`` and ``eps`` are drawn from ``generator`` (:meth:`training_noise`, moved to the images'
+        device) unless ``noise`` gives them as ``(t (B,), eps (B, C, S, S))``.
         """
         self._check_images(x0, "x0")
         x = from_image_range(x0)
-        b = x.shape[0]
-        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=generator)
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
-        t = t.to(x.device)
-        x_t = self._train_scheduler.add_noise(x, noise, t)
+        t, eps = self.training_noise(tuple(x.shape), generator) if noise is None else noise
+        if t.shape != (x.shape[0],) or eps.shape != x.shape:
+            raise ValueError(
+                f"noise must be (t {(x.shape[0],)}, eps {tuple(x.shape)}), got ({tuple(t.shape)}, {tuple(eps.shape)})."
+            )
+        t, eps = t.to(x.device), eps.to(x.device)
+        x_t = self._train_scheduler.add_noise(x, eps, t)
         z = self.net.encode(x)
-        return F.mse_loss(self.net(x_t, t, z), noise)
+        return F.mse_loss(self.net(x_t, t, z), eps)
 
     # -------------------------------------------------------------------- encoding
     def encode_semantic(self, x: torch.Tensor) -> torch.Tensor:

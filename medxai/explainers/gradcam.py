@@ -105,6 +105,12 @@ class GradCAM(Explainer):
     _monai_cls: Any = _MonaiGradCAM
 
     def __init__(self, model: nn.Module, layer: str | None = None, normalize: bool = True, **kwargs: Any) -> None:
+        if isinstance(model, torch.jit.ScriptModule):  # its layers are not nn modules and take no hooks
+            raise ValueError(
+                f"{type(self).__name__} reads a layer's activations and gradients through hooks, which TorchScript models "
+                "do not take; explain a TorchScript model with occlusion, rise, integrated_gradients or diffexplainer, or "
+                "load it as kind class_path / monai_bundle (docs/byo_classifier.md)."
+            )
         super().__init__(model, **kwargs)
         self.layer = default_cam_layer(model) if layer is None else layer
         find_layer(model, self.layer)  # fail early with the list of valid names

@@ -9,20 +9,36 @@ Three sources (:func:`load_teacher`):
   ``trust_code`` the bundle config may hold no ``$`` expressions, no ``%`` macros and no ``_target_``
   outside the allow-list of :mod:`medxai.trust`; its ``network_def`` is then built by medxai from the
   literal arguments (``@`` references resolved, nothing evaluated). With ``trust_code`` MONAI's
-  ``ConfigParser`` builds it and evaluates the expressions;
+  ``ConfigParser`` builds it and evaluates the expressions. A ``configs/metadata.json`` whose
+  ``network_data_format`` states other input channels / spatial shape / classes than the job's is refused;
 * ``class_path``: ``package.module:Class`` + ``init_kwargs`` + a state dict (``.safetensors`` or
   ``torch.load(weights_only=True)``); without ``trust_code`` only allow-listed classes load.
 
-:class:`TeacherFeatures` returns logits and the features that enter the classification layer (a
-forward pre-hook on the named ``nn.Linear``), so the agent can distil features and copy the layer.
-When the layer cannot be hooked (TorchScript, a missing/non-linear layer) it falls back to
-logits-only distillation and logs a notice.
+Input contract (:func:`check_teacher_output`, run by :func:`load_teacher` on a dummy batch): the
+teacher takes float32 batches ``(B, in_channels, image_size, image_size)`` with values in [0, 1] and
+returns one tensor of logits ``(B, num_classes)`` (not probabilities). A model that rejects that
+batch or returns anything else is refused at load with one paragraph naming the config file, the
+section, the expected shape and what the model did.
+
+How the DiffExplainer agent learns the teacher (:func:`teacher_mode`, never a silent fallback):
+
+* **features** (the paper's): ``classifier_layer`` names the teacher's final ``nn.Linear``;
+  :class:`TeacherFeatures` reads that layer's input (a forward pre-hook), the agent distils those
+  penultimate features and copies the layer as its frozen layer 2. Needs a Python module
+  (``class_path`` or a ``monai_bundle`` with ``network_def``);
+* **logits**: no ``classifier_layer``; the agent is distilled on the logits and its layer 2 is
+  trained. The only mode for TorchScript teachers: their layers take no hooks.
+
+A ``classifier_layer`` that cannot be used (a TorchScript teacher, a missing or non-``nn.Linear``
+layer) is a ``ValueError`` at load, not a quiet switch to logits mode.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,11 +49,25 @@ from torch import nn
 from medxai.networks.classifiers import load_class
 from medxai.training.checkpoint import load_state_checked, load_weights
 
-__all__ = ["TeacherSpec", "TeacherFeatures", "load_teacher", "check_teacher_output", "teacher_spec_from_dict"]
+__all__ = [
+    "FEATURES_MODE",
+    "LOGITS_MODE",
+    "TeacherSpec",
+    "TeacherFeatures",
+    "load_teacher",
+    "check_teacher_output",
+    "teacher_mode",
+    "teacher_spec_from_dict",
+]
 
 logger = logging.getLogger(__name__)
 
 _KINDS = ("torchscript", "monai_bundle", "class_path")
+
+#: the agent distils the penultimate features and copies the teacher's classification layer
+FEATURES_MODE = "features"
+#: the agent is distilled on the logits only and trains its own layer 2
+LOGITS_MODE = "logits"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +91,8 @@ class TeacherSpec:
         Constructor arguments (kind ``class_path``).
     classifier_layer : str, optional
         Name of the final ``nn.Linear``; its input is the feature space the agent distils, its
-        weights become the agent's frozen layer 2. ``None``: logits-only distillation.
+        weights become the agent's frozen layer 2 (features mode). ``None``: logits-only
+        distillation (logits mode, the only one for TorchScript); see :func:`teacher_mode`.
     """
 
     kind: str
@@ -187,8 +218,76 @@ def _load_bundle(folder: Path, trust_code: bool = False, where: str = "teacher.p
     return net
 
 
-def load_teacher(spec: TeacherSpec, *, trust_code: bool = False, source: str | None = None, key: str = "teacher") -> nn.Module:
-    """Build the teacher described by ``spec`` (in eval mode) and check its output shape.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (metadata entries of another shape are not checked)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _check_bundle_metadata(folder: Path, spec: TeacherSpec, where: str, key: str) -> None:
+    """Compare a bundle's ``configs/metadata.json`` ``network_data_format`` with the job's input and classes.
+
+    MONAI bundles state their input there (``inputs.image``: ``num_channels``, ``spatial_shape``,
+    ``value_range``) and their output (``outputs.pred.num_channels``). A spatial size that differs from
+    the job's is refused even when the network would run (adaptive pooling runs at any size, on
+    inputs it was never trained for); a value range other than [0, 1] is a warning. Absent or
+    symbolic entries (``"16*n"``) are not checked.
+    """
+    meta_file = folder / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        return
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: {str(meta_file)!r} is not readable JSON ({err}); fix or remove it.") from err
+    fmt = _mapping(_mapping(meta).get("network_data_format"))
+    image, pred = _mapping(_mapping(fmt.get("inputs")).get("image")), _mapping(_mapping(fmt.get("outputs")).get("pred"))
+    channels, shape, classes = image.get("num_channels"), image.get("spatial_shape"), pred.get("num_channels")
+    job = (spec.in_channels, spec.image_size, spec.image_size)
+    said = None
+    if _is_int(channels) and channels != spec.in_channels:
+        said = f"inputs.image.num_channels is {channels}"
+    elif isinstance(shape, list) and all(_is_int(v) for v in shape) and tuple(shape) != job[1:]:
+        said = f"inputs.image.spatial_shape is {shape}"
+    if said is not None:
+        raise ValueError(
+            f"{where}: the bundle's {str(meta_file)!r} says the network takes other inputs (network_data_format."
+            f"{said}) than medxai gives it: (C, S, S) = {job}. Use a bundle made for this input, or set the config's "
+            "input settings (stack.fractions and stack.size, or image_size) to what the bundle was trained on."
+        )
+    if _is_int(classes) and classes != spec.num_classes:
+        raise ValueError(
+            f"{where}: the bundle's {str(meta_file)!r} says the network outputs {classes} classes (network_data_format."
+            f"outputs.pred.num_channels) but {key}.num_classes is {spec.num_classes}; set {key}.num_classes to {classes}."
+        )
+    value_range = image.get("value_range")
+    if not isinstance(value_range, list) or not all(isinstance(v, (int, float)) for v in value_range):
+        return
+    if [float(v) for v in value_range] != [0.0, 1.0]:
+        logger.warning(
+            "%s: the bundle's metadata gives the input value_range %s, but medxai's inputs are scaled to [0, 1]; "
+            "the network may need its own intensity scaling (README, 'Bring your own classifier').",
+            where,
+            value_range,
+        )
+
+
+def load_teacher(
+    spec: TeacherSpec,
+    *,
+    trust_code: bool = False,
+    source: str | None = None,
+    key: str = "teacher",
+    contract: str | None = None,
+) -> nn.Module:
+    """Build the teacher described by ``spec`` (in eval mode) and check it against the input contract.
+
+    The model is run once on a dummy batch ``(2, in_channels, image_size, image_size)``
+    (:func:`check_teacher_output`) and its ``classifier_layer``, if any, is checked to be usable
+    (:func:`teacher_mode`).
 
     Parameters
     ----------
@@ -200,6 +299,14 @@ def load_teacher(spec: TeacherSpec, *, trust_code: bool = False, source: str | N
         The config file, named in error messages.
     key : str
         The config section of the teacher (``"teacher"``, ``"classifier"``...), named in messages.
+    contract : str, optional
+        The input in words (slices, window, scaling...), quoted when the model rejects it.
+
+    Raises
+    ------
+    ValueError
+        If the model cannot be loaded, rejects the input, returns anything but logits
+        ``(B, num_classes)``, or names a ``classifier_layer`` that cannot be used.
     """
     prefix = f"{source}: " if source else ""
     path = Path(spec.path)
@@ -210,10 +317,15 @@ def load_teacher(spec: TeacherSpec, *, trust_code: bool = False, source: str | N
     if spec.kind == "torchscript":
         try:
             model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as err:
-            raise ValueError(f"teacher file {str(path)!r} is not a TorchScript archive ({err}).") from err
+        except Exception as err:  # whatever torch.jit.load raises means "not TorchScript"
+            raise ValueError(
+                f"{prefix}{key}.path {str(path)!r} is not a TorchScript archive ({_last_line(err)}); save the model "
+                f"with torch.jit.script(model).save(path) (or torch.jit.trace), or set {key}.kind to class_path / "
+                "monai_bundle for a state dict."
+            ) from err
     elif spec.kind == "monai_bundle":
         model = _load_bundle(path, trust_code, f"{prefix}{key}.path {str(path)!r}")
+        _check_bundle_metadata(path, spec, f"{prefix}{key}.path {str(path)!r}", key)
     else:
         cls = load_class(str(spec.class_path), trust_code=trust_code, where=f"{prefix}{key}.class_path")
         model = cls(**dict(spec.init_kwargs))
@@ -221,26 +333,151 @@ def load_teacher(spec: TeacherSpec, *, trust_code: bool = False, source: str | N
             raise ValueError(f"{prefix}{key}.class_path {spec.class_path!r} built a {type(model).__name__}, not an nn.Module.")
         load_state_checked(model, load_weights(path), str(path), f"teacher {spec.class_path}")
     model.eval()
-    check_teacher_output(model, spec.num_classes, spec.in_channels, spec.image_size, source=str(path))
+    check_teacher_output(
+        model,
+        spec.num_classes,
+        spec.in_channels,
+        spec.image_size,
+        source=f"{prefix}{key} ({spec.kind} {str(path)!r})",
+        key=key,
+        contract=contract,
+    )
+    teacher_mode(model, spec.classifier_layer, where=f"{key}.classifier_layer", source=source)
     return model
 
 
+def _last_line(err: BaseException, limit: int = 300) -> str:
+    """The last non-empty line of an error (TorchScript prepends its serialized traceback), shortened."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_line(err: BaseException) -> str:
+    """``"RuntimeError: <last line>"``, without repeating a type name TorchScript already wrote there."""
+    line = _last_line(err)
+    return line if re.match(r"[A-Za-z_.]*(Error|Exception): ", line) else f"{type(err).__name__}: {line}"
+
+
 @torch.no_grad()
-def check_teacher_output(model: nn.Module, num_classes: int, in_channels: int, image_size: int, source: str = "teacher") -> None:
-    """Raise ``ValueError`` unless ``model`` maps ``(1, in_channels, S, S)`` to logits ``(1, num_classes)``."""
-    x = torch.zeros(1, in_channels, image_size, image_size, device=_device_of(model))
+def check_teacher_output(
+    model: nn.Module,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    source: str = "teacher",
+    *,
+    key: str = "teacher",
+    contract: str | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``model`` maps a batch ``(2, in_channels, S, S)`` to logits ``(2, num_classes)``.
+
+    The dummy batch is one all-zero input and one mid-grey (0.5) input, float32 on the model's
+    device: a model that rejects the shape or dtype, ignores the batch dimension, returns a tuple /
+    dict, non-finite values or probabilities (rows in [0, 1] summing to 1) is refused.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In eval mode.
+    num_classes, in_channels, image_size : int
+        The expected logits K and input ``(C, S, S)``.
+    source : str
+        What the model is, for messages (e.g. ``"ct.yaml: teacher (torchscript 'm.ts')"``).
+    key : str
+        Its config section, for the fix (``teacher.num_classes``).
+    contract : str, optional
+        The input in words (slices, window, scaling), quoted when the model rejects it.
+    """
+    x = torch.zeros(2, in_channels, image_size, image_size, device=_device_of(model))
+    x[1] = 0.5
+    expected_in = f"float32 batches of shape (B, {in_channels}, {image_size}, {image_size}) with values in [0, 1]"
+    if contract:
+        expected_in += f" ({contract})"
+    expected_out = f"one tensor of logits (B, {num_classes}) ({key}.num_classes={num_classes})"
     try:
         out = model(x)
-    except RuntimeError as err:
-        raise ValueError(
-            f"teacher {source!r} rejected an input of shape {tuple(x.shape)} ({err}); check teacher.in_channels "
-            "and the stack size in the config."
-        ) from err
-    if not isinstance(out, torch.Tensor) or out.shape != (1, num_classes):
-        raise ValueError(
-            f"teacher {source!r} returned {getattr(out, 'shape', type(out).__name__)} for one input but the config "
-            f"says num_classes={num_classes} (expected (1, {num_classes})); fix teacher.num_classes or wrap the model."
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported the same way
+        # raised in the handler but not `from err`: the CLI's paragraph follows causes only, so TorchScript's
+        # long serialized traceback stays out of it and is still shown (as context) under --debug
+        raise ValueError(  # noqa: B904
+            f"{source} does not take the input medxai gives it: {expected_in}. Run on a dummy batch of shape "
+            f"{tuple(x.shape)} it raised {_error_line(err)}. Make the model take this input, or set the config's "
+            "input settings to what the model was trained on (README, 'Bring your own classifier')."
         )
+    did = None
+    if not isinstance(out, torch.Tensor):
+        did = f"returned a {type(out).__name__}, not a tensor; wrap the model so that forward returns only the logits"
+    elif tuple(out.shape) != (2, num_classes):
+        if out.ndim == 2 and out.shape[0] == 2:
+            fix = f"set {key}.num_classes to {out.shape[1]} if that is right"
+        else:
+            fix = "make forward return one row of logits per input (a model traced with batch 1 may have fixed it)"
+        did = f"returned shape {tuple(out.shape)} for a batch of 2 (expected (2, {num_classes})); {fix}"
+    elif not out.is_floating_point():
+        did = f"returned {out.dtype} values (class indices?), not float logits"
+    elif not bool(torch.isfinite(out).all()):
+        did = "returned non-finite values (NaN or inf) for an all-zero and a mid-grey input"
+    elif num_classes > 1 and bool(((out >= 0) & (out <= 1)).all()) and bool((out.sum(1) - 1).abs().max() < 1e-5):
+        did = (
+            "returned rows in [0, 1] that sum to 1: probabilities, not logits; medxai applies the softmax itself, so "
+            "remove the softmax from forward (or return torch.log of the probabilities)"
+        )
+    if did is not None:
+        raise ValueError(f"{source} must return {expected_out} for {expected_in}, but it {did}.")
+
+
+def teacher_mode(
+    model: nn.Module, classifier_layer: str | None, *, where: str = "teacher.classifier_layer", source: str | None = None
+) -> tuple[str, nn.Linear | None]:
+    """How the DiffExplainer agent learns ``model``: :data:`FEATURES_MODE` or :data:`LOGITS_MODE`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The teacher.
+    classifier_layer : str, optional
+        The name of its final ``nn.Linear`` (features mode), or ``None`` (logits mode).
+    where : str
+        The config field, named in messages.
+    source : str, optional
+        The config file, named in messages.
+
+    Returns
+    -------
+    (mode, layer)
+        ``("features", the nn.Linear)`` or ``("logits", None)``.
+
+    Raises
+    ------
+    ValueError
+        If ``classifier_layer`` is given but features mode cannot work: ``model`` is TorchScript
+        (no hooks), or the layer is missing or not an ``nn.Linear``. There is no silent fallback:
+        remove ``classifier_layer`` to choose logits mode.
+    """
+    if not classifier_layer:
+        return LOGITS_MODE, None
+    prefix = f"{source}: " if source else ""
+    logits_fix = f"remove {where} to distil on logits (logits mode: the agent trains its own layer 2)"
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            f"{prefix}{where} is {classifier_layer!r}, which asks for features mode (the agent distils the input of that "
+            "layer and copies its weights), but the teacher is a TorchScript module and TorchScript layers take no "
+            f"hooks, so its features cannot be read. Either {logits_fix}, or load the model as a Python module (kind "
+            "class_path, or a monai_bundle with network_def and models/model.pt) to keep features mode."
+        )
+    from medxai.networks.layers import find_layer
+
+    try:
+        layer = find_layer(model, classifier_layer)
+    except ValueError as err:
+        raise ValueError(f"{prefix}{where}: {err} Fix the name, or {logits_fix}.") from err
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(
+            f"{prefix}{where} is {classifier_layer!r}, a {type(layer).__name__}; features mode needs the teacher's final "
+            f"nn.Linear (its input is the feature space, its weights the agent's layer 2). Name that layer, or {logits_fix}."
+        )
+    return FEATURES_MODE, layer
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -260,35 +497,34 @@ class TeacherFeatures:
     classifier_layer : str, optional
         Name of its final ``nn.Linear``. Features are that layer's input ``(B, F)``.
 
+    Raises
+    ------
+    ValueError
+        If ``classifier_layer`` is given but cannot be read (:func:`teacher_mode`).
+
     Attributes
     ----------
+    mode : {"features", "logits"}
+        :data:`FEATURES_MODE` with a ``classifier_layer``, else :data:`LOGITS_MODE` (logged either way).
     has_features : bool
-        False when only logits are available (logits-only distillation).
+        False in logits mode (logits-only distillation).
     classifier : nn.Linear or None
         The classification layer (to copy into the agent).
     """
 
     def __init__(self, model: nn.Module, classifier_layer: str | None = None) -> None:
         self.model = model
-        self.classifier: nn.Linear | None = None
-        if classifier_layer and not isinstance(model, torch.jit.ScriptModule):
-            layer = dict(model.named_modules()).get(classifier_layer)
-            if layer is None:
-                from medxai.networks.layers import find_layer
-
-                find_layer(model, classifier_layer)  # raises with close matches
-            if isinstance(layer, nn.Linear):
-                self.classifier = layer
-            else:
-                logger.warning(
-                    "teacher layer %r is a %s, not nn.Linear: using logits-only distillation",
-                    classifier_layer,
-                    type(layer).__name__,
-                )
-        if self.classifier is None:
+        self.mode, self.classifier = teacher_mode(model, classifier_layer)  # raises rather than fall back
+        if self.classifier is not None:
+            logger.info(
+                "teacher mode: features (the %d inputs of %r; its weights become the agent's frozen layer 2)",
+                self.classifier.in_features,
+                classifier_layer,
+            )
+        else:
             logger.warning(
-                "teacher features unavailable (%s): the agent is distilled on logits only and its layer 2 is trained",
-                "TorchScript" if isinstance(model, torch.jit.ScriptModule) else "no classifier_layer",
+                "teacher mode: logits (%s): the agent is distilled on logits only and its layer 2 is trained",
+                "TorchScript teacher" if isinstance(model, torch.jit.ScriptModule) else "no teacher.classifier_layer",
             )
 
     @property

@@ -10,6 +10,10 @@ rebuild the network, and free metadata such as the training history). :func:`sav
 ``.safetensors`` files are read with safetensors, anything else with ``torch.load(weights_only=True)``.
 A state dict that does not fit a network raises one ``ValueError`` naming the file and the first
 mismatching keys/shapes.
+
+Resumable training keeps a second file beside the weights, ``<name>.resume.pt`` (:func:`resume_path`):
+the live weights, the optimiser, any EMA, the trainer's generator, the step count and the loss history
+(:func:`save_train_state`, read back with ``torch.load(weights_only=True)`` by :func:`load_train_state`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,10 @@ from torch import nn
 from atomicfs import atomic_path
 
 __all__ = [
+    "TRAIN_STATE_FORMAT",
+    "resume_path",
+    "save_train_state",
+    "load_train_state",
     "save_weights",
     "load_weights",
     "load_state_checked",
@@ -231,3 +239,110 @@ def load_pretrained(
             f"{str(sidecar)!r} describes kind={meta.get('kind')!r}, not {wanted}; pass the weights of the right model."
         )
     return load_weights(weights), meta, weights
+
+
+# ----------------------------------------------------------------------------- resumable training
+#: Version of the layout :func:`save_train_state` writes.
+TRAIN_STATE_FORMAT = 1
+
+
+def resume_path(weights: str | os.PathLike[str], name: str = "model") -> Path:
+    """The resume checkpoint of the weights ``weights``: ``<stem>.resume.pt`` beside them.
+
+    ``weights`` is a weights file or a folder as in :func:`pretrained_files` (``folder/<name>.resume.pt``).
+    """
+    file, _ = pretrained_files(weights, name)
+    return file.with_suffix(".resume.pt")
+
+
+def save_train_state(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    identity: Mapping[str, Any],
+    step: int,
+    losses: Sequence[float],
+    seconds: float,
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> Path:
+    """Write everything a trainer needs to continue exactly where it was, atomically.
+
+    Parameters
+    ----------
+    path : path
+        The checkpoint (``.resume.pt``, :func:`resume_path`); replaced as a whole or not at all.
+    what : str
+        The model trained (``"autoencoder"``, ``"teacher"``, ...); a resume of another model is refused.
+    identity : mapping
+        The settings a resumed run must share (learning rate, batch size, seed, data size, ...).
+    step : int
+        Optimiser steps done.
+    losses : sequence of float
+        The loss of every step so far.
+    seconds : float
+        Training time so far.
+    modules : mapping of str to nn.Module
+        ``"model"`` (the live weights) and any other state to restore (``"ema"``).
+    optimizer : torch.optim.Optimizer
+    generator : torch.Generator
+        The trainer's generator (batches, noise, flips, dropout): its state makes the rest of the
+        run draw what an uninterrupted run would have drawn.
+    """
+    state = {
+        "format": TRAIN_STATE_FORMAT,
+        "what": what,
+        "identity": dict(identity),
+        "step": int(step),
+        "losses": [float(v) for v in losses],
+        "seconds": float(seconds),
+        "modules": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()} for k, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+    }
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(final, lambda tmp: torch.save(state, tmp))
+    logger.info("%s checkpoint at step %d: %s", what, step, final)
+    return final
+
+
+def load_train_state(path: str | os.PathLike[str], *, what: str, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint of :func:`save_train_state` and check that it belongs to this run.
+
+    Raises
+    ------
+    ValueError
+        One paragraph naming the file: it does not exist, is no medxai training checkpoint, holds
+        another model (``what``), or was written with other settings (``identity``, the differing
+        fields named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(
+            f"cannot resume the {what}: there is no checkpoint {str(p)!r}. A run writes it every save_every steps "
+            "(training settings, save_every > 0) and when it ends; start once without --resume."
+        )
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{str(p)!r} is not a readable medxai training checkpoint ({type(err).__name__}: {err}).") from err
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ValueError(
+            f"{str(p)!r} is not a medxai training checkpoint of format {TRAIN_STATE_FORMAT}; "
+            "delete it and start without --resume."
+        )
+    if state.get("what") != what:
+        raise ValueError(
+            f"{str(p)!r} is a checkpoint of the {state.get('what')!r} training, not of the {what!r}; "
+            "pass the checkpoint of this model or start without --resume."
+        )
+    saved = state.get("identity", {})
+    diff = [f"{k}={saved.get(k)!r} there but {identity[k]!r} here" for k in identity if saved.get(k) != identity[k]]
+    if diff:
+        raise ValueError(
+            f"{str(p)!r} was written by a {what} run with other settings ({'; '.join(diff)}); resume with the settings "
+            "it was started with, or start without --resume."
+        )
+    return state

@@ -8,6 +8,12 @@ read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and ``labels`` ``(N,
 Paths come from the config (relative to the config file, :meth:`medxai.config.Config.path`):
 trainers write to ``<section>.path``; loaders read :meth:`~medxai.config.Config.weights`, which falls
 back to the section's shipped ``pretrained`` weights while ``path`` does not exist.
+
+Every trainer takes ``device`` (``auto``/``cpu``/``cuda``, :func:`medxai.training.runtime.resolve_device`)
+and ``resume``: with ``save_every > 0`` in its training settings it keeps ``<path stem>.resume.pt``
+beside its weights (:func:`medxai.training.checkpoint.resume_path`) and ``resume=True`` continues from
+it. Teacher and autoencoder run under ``torchrun`` with DistributedDataParallel (rank 0 builds the
+data cache first and writes the files); the agent trains in one process.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from medxai.config import CT_PROGNOSIS_SCHEMA, DIFFAE_SCHEMA, Config, ConfigError, load_config
 from medxai.progress import ProgressFn as Progress
+
+if TYPE_CHECKING:
+    from medxai.training.runtime import Ranks
 
 __all__ = [
     "load_ct_config",
@@ -272,13 +281,24 @@ def diffexplainer_steps(cfg: Config) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------- training
-def _train_cfg(section: dict[str, Any], source: str, field: str) -> Any:
+def _train_cfg(section: dict[str, Any], source: str, field: str, max_seconds: float | None = None) -> Any:
+    """The :class:`~medxai.training.trainers.TrainConfig` of a config section; ``max_seconds`` (--minutes) overrides."""
     from medxai.training.trainers import TrainConfig
 
+    if max_seconds is not None:
+        section = {**section, "max_seconds": max_seconds}
     try:
         return TrainConfig.from_dict(section)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: field '{field}' is invalid: {err}") from err
+
+
+def _train_data(cfg: Config, ranks: Ranks, progress: Progress | None, npz: str | Path | None) -> dict[str, np.ndarray]:
+    """The training stacks; under torchrun rank 0 first, so that only it writes the phantom cache."""
+    from medxai.training.runtime import rank_zero_first
+
+    with rank_zero_first(ranks):
+        return load_data(cfg, "train", progress, npz)
 
 
 def train_teacher_from_config(
@@ -287,61 +307,84 @@ def train_teacher_from_config(
     npz: str | Path | None = None,
     max_seconds: float | None = None,
     trust_code: bool = False,
+    *,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train the teacher on the training stacks and save it to ``teacher.path`` (``trust_code``: see :func:`new_teacher`)."""
-    from medxai.training.checkpoint import save_weights
+    """Train the teacher on the training stacks and save it to ``teacher.path`` (``trust_code``: see :func:`new_teacher`).
+
+    ``device``, ``resume`` and torchrun: see the module docstring.
+    """
+    from medxai.training.checkpoint import resume_path, save_weights
+    from medxai.training.runtime import distributed, resolve_device, torchrun_ranks
     from medxai.training.trainers import train_teacher
 
+    ranks = torchrun_ranks()
+    dev = resolve_device(device, ranks)
     model = new_teacher(cfg, trust_code)  # before the data: a refused class_path fails at once
-    data = load_data(cfg, "train", progress, npz)
-    tcfg = _train_cfg(cfg.section("training.teacher", {}), cfg.source, "training.teacher")
-    if max_seconds is not None:
-        import dataclasses
-
-        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
-    hist = train_teacher(
-        model,
-        torch.from_numpy(data["stacks"]),
-        torch.from_numpy(data["labels"]),
-        tcfg,
-        progress=progress,  # progress("teacher", step, steps)
-    )
+    tcfg = _train_cfg(cfg.section("training.teacher", {}), cfg.source, "training.teacher", max_seconds)
     path = cfg.path("teacher.path")
-    save_weights(
-        path, model.state_dict(), {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)}
-    )
+    with distributed(dev, ranks):
+        data = _train_data(cfg, ranks, progress, npz)
+        hist = train_teacher(
+            model.to(dev),
+            torch.from_numpy(data["stacks"]),
+            torch.from_numpy(data["labels"]),
+            tcfg,
+            progress=progress,  # progress("teacher", step, steps)
+            checkpoint=resume_path(path, "teacher"),
+            resume=resume,
+            ranks=ranks,
+        )
+    if ranks.writer:
+        meta = {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)}
+        save_weights(path, model.cpu().state_dict(), meta)
     return {"path": str(path), **_short(hist)}
 
 
 def train_autoencoder_from_config(
-    cfg: Config, progress: Progress | None = None, npz: str | Path | None = None, max_seconds: float | None = None
+    cfg: Config,
+    progress: Progress | None = None,
+    npz: str | Path | None = None,
+    max_seconds: float | None = None,
+    *,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train the diffusion autoencoder on all slices of the training stacks; save EMA weights."""
+    """Train the diffusion autoencoder on all slices of the training stacks; save EMA weights.
+
+    ``device``, ``resume`` and torchrun: see the module docstring (under torchrun only rank 0 measures
+    the reconstruction reference and writes).
+    """
     from medxai.diffusion import save_autoencoder
+    from medxai.training.checkpoint import resume_path
+    from medxai.training.runtime import distributed, resolve_device, torchrun_ranks
     from medxai.training.trainers import train_autoencoder
 
+    ranks = torchrun_ranks()
+    dev = resolve_device(device, ranks)
     ae_cfg = autoencoder_config(cfg)
-    data = load_data(cfg, "train", progress, npz)
-    tcfg = _train_cfg(ae_cfg.section("training"), ae_cfg.source, "training")
-    if max_seconds is not None:
-        import dataclasses
-
-        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
-    ae = new_autoencoder(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ae.to(device)
+    tcfg = _train_cfg(ae_cfg.section("training"), ae_cfg.source, "training", max_seconds)
+    ae = new_autoencoder(cfg).to(dev)
     path = cfg.path("autoencoder.path")
 
-    def checkpoint(step: int) -> None:
+    def save(step: int) -> None:
         save_autoencoder(ae, path, {"step": step})
 
-    hist = train_autoencoder(
-        ae,
-        torch.from_numpy(data["stacks"]),
-        tcfg,
-        progress=progress,  # progress("autoencoder", step, steps)
-        save=checkpoint,
-    )
+    with distributed(dev, ranks):
+        data = _train_data(cfg, ranks, progress, npz)
+        hist = train_autoencoder(
+            ae,
+            torch.from_numpy(data["stacks"]),
+            tcfg,
+            progress=progress,  # progress("autoencoder", step, steps)
+            save=save,
+            checkpoint=resume_path(path, "autoencoder"),
+            resume=resume,
+            ranks=ranks,
+        )
+    if not ranks.writer:
+        return {"path": str(path), **_short(hist)}
     ref, latent_ref = _recon_reference(cfg, ae, data, progress, npz)
     ae.cpu()
     meta: dict[str, Any] = {"history": _short(hist), "reconstruction_error": [ref.to_dict()]}
@@ -396,27 +439,44 @@ def train_agent_from_config(
     npz: str | Path | None = None,
     max_seconds: float | None = None,
     trust_code: bool = False,
+    *,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Distil the teacher into the agent on the training latents; save it to ``agent.path``
-    (``trust_code``: see :func:`load_teacher_from_config`)."""
+    (``trust_code``: see :func:`load_teacher_from_config`; ``device``, ``resume``: the module docstring).
+
+    One process only: the agent is a small linear model (torchrun with several ranks is refused).
+    """
     from medxai.networks.agent import Agent, save_agent
+    from medxai.training.checkpoint import resume_path
+    from medxai.training.runtime import resolve_device, single_process
     from medxai.training.trainers import agreement, compute_latents, train_agent
 
+    single_process("agent")
+    dev = resolve_device(device)
+    tcfg = _train_cfg(cfg.section("training.agent", {}), cfg.source, "training.agent", max_seconds)
     data = load_data(cfg, "train", progress, npz)
     stacks = torch.from_numpy(data["stacks"])
     tf, logits, feats = _teacher_outputs(cfg, stacks, trust_code)
-    ae = load_autoencoder_from_config(cfg)
+    ae = load_autoencoder_from_config(cfg).to(dev)
     latents = compute_latents(ae, stacks)
     feature_dim = tf.feature_dim or int(cfg.get("agent.feature_dim", 256))
     agent = Agent(
         latents.shape[1], feature_dim, logits.shape[1], tf.classifier, torch.Generator().manual_seed(int(cfg.get("seed")))
     )
-    tcfg = _train_cfg(cfg.section("training.agent", {}), cfg.source, "training.agent")
-    if max_seconds is not None:
-        import dataclasses
-
-        tcfg = dataclasses.replace(tcfg, max_seconds=max_seconds)
-    hist = train_agent(agent, latents, logits, feats, tcfg, progress=progress)  # progress("agent", step, steps)
+    path = cfg.path("agent.path")
+    hist = train_agent(
+        agent.to(dev),
+        latents,
+        logits,
+        feats,
+        tcfg,
+        progress=progress,  # progress("agent", step, steps)
+        checkpoint=resume_path(path, "agent"),
+        resume=resume,
+    )
+    agent.cpu()
     result = {**_short(hist)}
     try:  # held-out agreement
         test = load_data(cfg, "test", progress, None) if not npz else None
@@ -428,7 +488,6 @@ def train_agent_from_config(
         _, tlog, _ = _teacher_outputs(cfg, ts)
         with torch.no_grad():
             result["agreement_test"] = agreement(agent(agent.normalise(compute_latents(ae, ts))), tlog)
-    path = cfg.path("agent.path")
     save_agent(agent, path, {"history": result})
     return {"path": str(path), **result}
 

@@ -3,8 +3,9 @@ the in-domain feature network of the realism metrics.
 
 Every trainer runs :func:`medxai.training.trainers.train_loop` (the one loop, :func:`~medxai.training.trainers.fit`):
 its own ``torch.Generator`` (batches, noise, flips, attack starts), Adam with gradient clipping, a stop
-at ``steps`` or ``max_seconds``, whichever comes first. The DDPM keeps an EMA of its weights
-(:func:`~medxai.training.trainers.ema_model`) and ends with them loaded.
+at ``steps`` or ``max_seconds``, whichever comes first, and, given a ``checkpoint`` path, resume
+checkpoints every ``save_every`` steps (``resume=True`` continues from one). The DDPM keeps an EMA of
+its weights (:func:`~medxai.training.trainers.ema_model`) and ends with them loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from medxai.config import dataclass_from_mapping
 from medxai.networks.classifiers import recalibrate_batchnorm
 from medxai.progress import ProgressFn
-from medxai.training.trainers import TrainConfig, train_loop, train_with_ema
+from medxai.training.trainers import CheckpointPath, TrainConfig, train_loop, train_with_ema
 
 __all__ = [
     "RobustConfig",
@@ -84,10 +85,14 @@ def train_ddpm(
     progress: ProgressFn | None = None,
     save: Callable[[int], None] | None = None,
     flip: bool = True,
+    *,
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train an :class:`~medxai.diffusion.ddpm.ImageDDPM` on ``images`` ``(N, C, S, S)`` in its data range.
 
     Ends with the EMA weights in ``ddpm.unet``; ``save(step)`` is called with the EMA weights loaded.
+    ``checkpoint`` and ``resume``: :func:`~medxai.training.trainers.train_loop`.
     """
     ddpm.check_images(images, "images")
     dev = next(ddpm.parameters()).device
@@ -96,7 +101,18 @@ def train_ddpm(
         x = images[idx].to(dev)
         return ddpm.training_loss(_flip(x, gen) if flip else x, gen)
 
-    return train_with_ema(ddpm, ddpm.unet, images.shape[0], cfg, loss_fn, save=save, progress=progress, what="DDPM")
+    return train_with_ema(
+        ddpm,
+        ddpm.unet,
+        images.shape[0],
+        cfg,
+        loss_fn,
+        save=save,
+        progress=progress,
+        what="DDPM",
+        checkpoint=checkpoint,
+        resume=resume,
+    )
 
 
 def train_classifier(
@@ -108,10 +124,14 @@ def train_classifier(
     progress: ProgressFn | None = None,
     flip: bool = True,
     clamp: tuple[float, float] | None = (0.0, 1.0),
+    *,
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Class-balanced cross-entropy training of ``model`` on ``images`` ``(N, C, S, S)``, ``labels`` ``(N,)``.
 
     With ``robust`` the loss is TRADES or PGD adversarial training (:func:`medxai.training.robust.robust_loss`).
+    ``checkpoint`` and ``resume``: :func:`~medxai.training.trainers.train_loop`.
     """
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -135,7 +155,14 @@ def train_classifier(
         )
 
     hist = train_loop(
-        model, images.shape[0], cfg, loss_fn, progress=progress, what="robust classifier" if robust else "classifier"
+        model,
+        images.shape[0],
+        cfg,
+        loss_fn,
+        progress=progress,
+        what="robust classifier" if robust else "classifier",
+        checkpoint=checkpoint,
+        resume=resume,
     )
     recalibrate_batchnorm(model, images)
     hist["train_accuracy"] = evaluate_classifier(model, images, labels)["accuracy"]

@@ -5,19 +5,25 @@ classifier, diffusion autoencoder, agent.
 :func:`~medxai.explainers.nn_explainer.train_nn_explainer`, :func:`fit_classifier`): the caller
 owns the batches, the loss, the optimiser and one ``torch.Generator``; the loop does the steps,
 gradient clipping, the finite-loss check, per-epoch validation with early stopping and best-epoch
-restore, the wall-clock budget, step hooks (EMA, checkpoints) and progress.
+restore, the wall-clock budget, step hooks (EMA, checkpoints), progress, bf16 autocast on CUDA and,
+under torchrun, DistributedDataParallel (:mod:`medxai.training.runtime`).
 
-The :class:`TrainConfig` trainers draw random mini-batches from their own generator, use Adam with
-gradient clipping, stop at ``steps`` or ``max_seconds`` (whichever comes first) and may save
-checkpoints atomically through a ``save`` callback. The autoencoder (and the DVCE DDPM) keep an
-exponential moving average (EMA) of their weights (:func:`ema_model`) and end with it loaded.
+The :class:`TrainConfig` trainers (:func:`train_loop`) draw random mini-batches from their own
+generator, use Adam with gradient clipping, stop at ``steps`` or ``max_seconds`` (whichever comes
+first), may save weights through a ``save`` callback and, given a checkpoint path, write a resume
+checkpoint every ``save_every`` steps (:func:`medxai.training.checkpoint.save_train_state`): a run
+killed after a checkpoint and resumed ends with the same weights, bit for bit, as an uninterrupted
+run with the same seed. The autoencoder (and the DVCE DDPM) keep an exponential moving average (EMA)
+of their weights (:func:`ema_model`) and end with it loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -30,8 +36,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medxai.config import dataclass_from_mapping
 from medxai.networks.classifiers import recalibrate_batchnorm
 from medxai.progress import ProgressFn
+from medxai.training.checkpoint import load_state_checked, load_train_state, save_train_state
+from medxai.training.runtime import Ranks, autocast_for
 
 __all__ = [
+    "CheckpointPath",
     "TrainConfig",
     "FitResult",
     "fit",
@@ -74,7 +83,10 @@ class TrainConfig:
     seed : int
         Seed of the trainer's generator.
     save_every : int
-        Call ``save`` every this many steps (0: only at the end).
+        Every this many steps: write the resume checkpoint (trainers given one; also when the run
+        ends) and call ``save``. 0: no resume checkpoints; ``save`` only at the end.
+    bf16 : bool
+        Compute the loss under bfloat16 autocast on CUDA (ignored on the CPU, which stays float32).
     """
 
     steps: int = 1000
@@ -86,6 +98,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     save_every: int = 0
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -94,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0 (0: no checkpoints), got {self.save_every}.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -109,13 +124,13 @@ class FitResult:
     Parameters
     ----------
     steps : int
-        Optimiser steps taken.
+        Optimiser steps taken (a resumed run counts those before the checkpoint too).
     epochs : int
         Epochs run (the last one possibly cut short by ``max_steps`` or ``max_seconds``).
     seconds : float
-        Wall-clock time of the loop.
+        Wall-clock time of the loop (of every call that continued this record).
     losses : list of float
-        Training loss of every step.
+        Training loss of every step (under torchrun: of the global batch, averaged over the ranks).
     train_loss, val_loss : list of float
         Per epoch: mean training loss (weighted by batch size) and validation loss (the training
         loss when there is no validation data).
@@ -167,6 +182,81 @@ def _evaluate(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any], generat
     return total / max(count, 1)
 
 
+class _Objective(nn.Module):
+    """The loss as a module: DistributedDataParallel synchronises gradients of what runs in its forward."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_fn(batch, generator)
+
+
+def _objective(model: nn.Module, loss_fn: LossFn, ranks: Ranks | None) -> Callable[[Any, torch.Generator], torch.Tensor]:
+    """``loss_fn`` itself, or under several ranks the loss wrapped in DistributedDataParallel."""
+    if ranks is None or not ranks.active:
+        return loss_fn
+    from torch.nn.parallel import DistributedDataParallel
+
+    # device_ids=None: the batch (indices on the CPU) reaches loss_fn as it is
+    return DistributedDataParallel(_Objective(model, loss_fn), device_ids=None)
+
+
+def _agree(loss: torch.Tensor, late: bool, ranks: Ranks | None) -> tuple[float, bool]:
+    """The step's loss value and whether the time budget is spent, the same on every rank.
+
+    Under several ranks one all-reduce gives the mean of the ranks' losses (the global batch's loss:
+    every rank holds an equal share) and stops all ranks once any is out of time, so none waits for
+    a step that the others never take.
+    """
+    if ranks is None or not ranks.active:
+        return float(loss.detach()), late
+    import torch.distributed as dist
+
+    both = torch.stack([loss.detach().float(), torch.tensor(float(late), device=loss.device)])
+    dist.all_reduce(both)
+    return float(both[0]) / ranks.world_size, bool(both[1] > 0)
+
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _dropout_rng(model: nn.Module, generator: torch.Generator) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A per-step context for the forward pass that makes dropout draw from ``generator``.
+
+    Dropout layers draw from torch's global RNG. For a model with active dropout each step forks the
+    global RNG (CPU and the model's CUDA device), seeds the fork from ``generator`` and restores the
+    global state afterwards, so the masks depend on the trainer's generator alone (seeds, resume) and
+    nothing outside the step sees a change. Models without dropout draw nothing extra.
+    """
+    if not any(isinstance(m, _DROPOUT) and m.p > 0 for m in model.modules()):
+        return contextlib.nullcontext
+    device = next(model.parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            yield
+
+    return scope
+
+
+def _expected_steps(steps: int, first: int, elapsed: float, max_steps: int, max_seconds: float | None) -> int:
+    """The step count the run will end at: ``max_steps``, or fewer when the time budget ends it first
+    (projected from the pace of this call's steps), so a progress bar reads against the real bound."""
+    if max_seconds is None or steps <= first or elapsed <= 0:
+        return max_steps
+    projected = first + math.ceil((steps - first) * max_seconds / elapsed)
+    return max(steps, min(max_steps, projected))
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -187,6 +277,9 @@ def fit(
     after_epoch: Callable[[int, float, float], None] | None = None,
     progress: ProgressFn | None = None,
     stage: str = "model",
+    result: FitResult | None = None,
+    ranks: Ranks | None = None,
+    bf16: bool = False,
 ) -> FitResult:
     """The training loop of every medxai trainer.
 
@@ -195,7 +288,8 @@ def fit(
     ``after_step(step)``. After the epoch the model is scored on ``validation()`` (or, without it, by
     its mean training loss); ``patience`` epochs without a loss lower by ``min_delta`` stop the run
     and ``restore_best`` loads the best epoch's weights at the end. The model is in train mode while
-    it learns and in eval mode on return.
+    it learns and in eval mode on return. A model with active dropout gets its masks from
+    ``generator`` too (the global RNG is forked per step and left as it was).
 
     Parameters
     ----------
@@ -218,8 +312,8 @@ def fit(
     max_steps_per_epoch : int, optional
         Cap on the steps of one epoch (the rest of its batches are skipped).
     max_seconds : float, optional
-        Wall-clock budget: the run stops after the step that crosses it (that epoch is still
-        validated).
+        Wall-clock budget of this call: the run stops after the step during which it ran out (that
+        epoch is still validated).
     grad_clip : float, optional
         Gradient-norm clip; ``None``: no clipping.
     validation : callable, optional
@@ -231,18 +325,35 @@ def fit(
     restore_best : bool
         End with the weights of the epoch with the lowest validation loss.
     after_step : callable, optional
-        ``after_step(step)`` after every optimiser step (1-based): EMA updates, checkpoints.
+        ``after_step(step)`` after every optimiser step (1-based), once the step's loss is in
+        ``result.losses``: EMA updates, checkpoints.
     after_epoch : callable, optional
         ``after_epoch(epoch, train_loss, val_loss)`` after every epoch (0-based).
     progress : ProgressFn, optional
-        ``progress(stage, step, max_steps)`` after every step when ``max_steps`` is given, else
+        ``progress(stage, step, total)`` after every step when ``max_steps`` is given, where
+        ``total`` is ``max_steps`` or, when ``max_seconds`` will end the run first, the step count
+        projected from the pace so far (the last call has ``step == total``); else
         ``progress(stage, epoch + 1, max_epochs)`` after every epoch.
     stage : str
         Names the model in progress calls, logs and errors.
+    result : FitResult, optional
+        The record to fill in, updated in place (``after_step`` callbacks may read its losses). A
+        resumed run passes the steps, losses and seconds of its checkpoint: they count towards
+        ``max_steps`` (step mode, one epoch; its mean training loss then covers all steps).
+    ranks : Ranks, optional
+        Data parallelism under torchrun (process group open): the loss runs inside
+        DistributedDataParallel, which averages the ranks' gradients. ``loss_fn`` gets the global
+        batch and computes its rank's share (:meth:`Ranks.part`) as the mean over that share, so the
+        average is the global batch's gradient; the logged loss is averaged over the ranks.
+        Validation is not supported then.
+    bf16 : bool
+        Compute the loss under :func:`~medxai.training.runtime.autocast_for` the model's device
+        (bfloat16 on CUDA; nothing changes on the CPU).
 
     Returns
     -------
     FitResult
+        ``result`` when given.
 
     Raises
     ------
@@ -253,8 +364,20 @@ def fit(
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}.")
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+    result = FitResult() if result is None else result
+    first = result.steps
+    if first and max_epochs != 1:
+        raise ValueError(f"a run continued from step {first} must be in step mode (max_epochs=1), got max_epochs={max_epochs}.")
+    if ranks is not None and ranks.active and validation is not None:
+        raise TypeError("validation under several torchrun ranks is not supported; validate after training, on rank 0.")
+    if max_steps is not None and first >= max_steps:  # a resumed run that had already finished
+        model.eval()
+        return result
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    result = FitResult()
+    objective = _objective(model, loss_fn, ranks)
+    device = next(iter(params)).device if params else torch.device("cpu")
+    precision = (lambda: autocast_for(device)) if bf16 else contextlib.nullcontext
+    dropout_rng = _dropout_rng(model, generator)
     best = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
@@ -265,32 +388,38 @@ def fit(
         for i, batch in enumerate(batches()):
             if max_steps_per_epoch is not None and i >= max_steps_per_epoch:
                 break
-            loss = loss_fn(batch, generator)
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"{stage} training diverged at step {result.steps + 1} (loss {float(loss.detach())}); lower lr."
-                )
+            with dropout_rng(), precision():
+                loss = objective(batch, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            late = max_seconds is not None and time.perf_counter() - start > max_seconds
+            value, late = _agree(loss, late, ranks)
+            if not math.isfinite(value):
+                raise RuntimeError(f"{stage} training diverged at step {result.steps + 1} (loss {value}); lower lr.")
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             result.steps += 1
-            if after_step is not None:
-                after_step(result.steps)
-            value = float(loss.detach())
             result.losses.append(value)
             size = _batch_len(batch)
             total, count = total + value * size, count + size
-            if progress is not None and max_steps is not None:
-                progress(stage, result.steps, max_steps)
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            if late:
                 result.out_of_time = True
                 logger.info("%s training stopped by max_seconds after %d steps", stage, result.steps)
+            if after_step is not None:
+                after_step(result.steps)
+            if progress is not None and max_steps is not None:
+                bound = (
+                    result.steps
+                    if late
+                    else _expected_steps(result.steps, first, time.perf_counter() - start, max_steps, max_seconds)
+                )
+                progress(stage, result.steps, bound)
             if result.out_of_time or (max_steps is not None and result.steps >= max_steps):
                 break
         result.epochs = epoch + 1
-        train_loss = total / max(count, 1)
+        # a continued run is in step mode, where every batch has the same size: the plain mean is the weighted one
+        train_loss = math.fsum(result.losses) / len(result.losses) if first and result.losses else total / max(count, 1)
         val_loss = _evaluate(model, loss_fn, validation(), generator) if validation is not None else train_loss
         result.train_loss.append(train_loss)
         result.val_loss.append(val_loss)
@@ -314,7 +443,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result.seconds = time.perf_counter() - start
+    result.seconds += time.perf_counter() - start
     return result
 
 
@@ -355,6 +484,38 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+#: TrainConfig fields that bound a run instead of shaping it: a resumed run may change them
+_RUN_BOUNDS = ("steps", "max_seconds", "save_every", "bf16")
+
+CheckpointPath = str | os.PathLike[str]
+"""Where a trainer keeps its resume checkpoint (:func:`medxai.training.checkpoint.resume_path`)."""
+
+
+def _restore(
+    path: CheckpointPath,
+    what: str,
+    identity: Mapping[str, Any],
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> FitResult:
+    """Load a resume checkpoint into the modules, optimiser and generator; the record to continue."""
+    state = load_train_state(path, what=what, identity=identity)
+    for key, module in modules.items():
+        if key not in state["modules"]:
+            raise ValueError(f"checkpoint {str(path)!r} holds no {key!r} state for the {what}; start without --resume.")
+        load_state_checked(module, state["modules"][key], str(path), what=f"{what} ({key})")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise ValueError(
+            f"the optimiser state in {str(path)!r} does not fit the {what} ({err}); start without --resume."
+        ) from err
+    generator.set_state(state["generator"])
+    logger.info("%s: resumed from %s at step %d", what, path, state["step"])
+    return FitResult(steps=int(state["step"]), losses=list(state["losses"]), seconds=float(state["seconds"]))
+
+
 def train_loop(
     model: nn.Module,
     n: int,
@@ -366,30 +527,95 @@ def train_loop(
     save: Callable[[int], None] | None = None,
     progress: ProgressFn | None = None,
     what: str = "model",
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
+    ranks: Ranks | None = None,
+    extra_state: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """:func:`fit` with a :class:`TrainConfig`: Adam on random mini-batches of ``n`` samples.
 
-    ``loss_fn(idx, generator)`` computes the loss of the mini-batch ``idx`` (indices into ``n``
-    samples); ``params`` defaults to the model's trainable parameters; ``after_step`` runs after
-    each optimiser step (e.g. an EMA update); ``save(step)`` every ``cfg.save_every`` steps;
-    ``progress(what, step, cfg.steps)``. Returns the history (steps, seconds, mean loss of the
-    first and last tenth, all losses).
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place; its device is where the loss runs.
+    n : int
+        Number of training samples; batches are index tensors ``(batch_size,)`` into them.
+    cfg : TrainConfig
+    loss_fn : callable
+        ``loss_fn(idx, generator)``: the loss of the mini-batch ``idx``, every random draw taken from
+        ``generator``. Under several ``ranks`` ``idx`` is the global batch and the loss is the mean
+        over this rank's share ``idx[ranks.part(len(idx))]``.
+    params : list of nn.Parameter, optional
+        What Adam trains (default: the model's trainable parameters).
+    after_step : callable, optional
+        After each optimiser step (e.g. an EMA update).
+    save : callable, optional
+        ``save(step)`` every ``cfg.save_every`` steps (rank 0 only).
+    progress : ProgressFn, optional
+        ``progress(what, step, total)`` (see :func:`fit`).
+    what : str
+        The model's name in progress, logs, errors and checkpoints.
+    checkpoint : path, optional
+        The resume checkpoint: written (rank 0 only, atomically) every ``cfg.save_every`` steps and
+        when the run ends, if ``cfg.save_every > 0``.
+    resume : bool
+        Continue from ``checkpoint`` (which must exist, hold this model and share the settings
+        that shape the run; ``steps``, ``max_seconds``, ``save_every`` and ``bf16`` may differ).
+    ranks : Ranks, optional
+        torchrun data parallelism (see :func:`fit`); the batch size must split evenly over the ranks.
+    extra_state : mapping of str to nn.Module, optional
+        More state that the checkpoint keeps and a resume restores (e.g. ``{"ema": ...}``).
+
+    Returns
+    -------
+    dict
+        ``steps``, ``seconds``, mean loss of the first and last tenth (``loss_first``, ``loss_last``),
+        ``losses`` (every step), and ``resumed_from`` (the checkpoint's step) when resumed.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch_size = min(cfg.batch_size, n)
+    if ranks is not None:
+        ranks.part(batch_size)  # refuses a batch that does not split evenly
+    writer = ranks is None or ranks.writer
+    identity = {"n": n, **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_BOUNDS}}
+    modules = {"model": model, **(extra_state or {})}
+    record = FitResult()
+    if resume:
+        if checkpoint is None:
+            raise TypeError("resume=True needs checkpoint, the file to resume from.")
+        record = _restore(checkpoint, what, identity, modules, opt, gen)
+    first, before, t0 = record.steps, record.seconds, time.perf_counter()
+
+    def write_checkpoint(step: int) -> None:
+        assert checkpoint is not None
+        save_train_state(
+            checkpoint,
+            what=what,
+            identity=identity,
+            step=step,
+            losses=record.losses,
+            seconds=before + time.perf_counter() - t0,
+            modules=modules,
+            optimizer=opt,
+            generator=gen,
+        )
 
     def each_step(step: int) -> None:
         if after_step is not None:
             after_step()
-        if save is not None and cfg.save_every and step % cfg.save_every == 0:
-            save(step)
+        if cfg.save_every and step % cfg.save_every == 0 and writer:
+            if checkpoint is not None:
+                write_checkpoint(step)
+            if save is not None:
+                save(step)
 
     run = fit(
         model,
         loss_fn,
-        lambda: random_batches(n, min(cfg.batch_size, n), gen),
+        lambda: random_batches(n, batch_size, gen),
         opt,
         generator=gen,
         max_steps=cfg.steps,
@@ -398,16 +624,24 @@ def train_loop(
         after_step=each_step,
         progress=progress,
         stage=what,
+        result=record,
+        ranks=ranks,
+        bf16=cfg.bf16,
     )
+    if checkpoint is not None and cfg.save_every and writer and run.steps > first and run.steps % cfg.save_every:
+        write_checkpoint(run.steps)  # where the run ended (time budget, steps): a later resume continues here
     losses = run.losses
     k = max(1, len(losses) // 10)
-    return {
+    hist: dict[str, Any] = {
         "steps": run.steps,
         "seconds": run.seconds,
         "loss_first": sum(losses[:k]) / k if losses else math.nan,
         "loss_last": sum(losses[-k:]) / k if losses else math.nan,
         "losses": losses,
     }
+    if resume:
+        hist["resumed_from"] = first
+    return hist
 
 
 def train_with_ema(
@@ -420,12 +654,17 @@ def train_with_ema(
     save: Callable[[int], None] | None = None,
     progress: ProgressFn | None = None,
     what: str = "model",
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """:func:`train_loop` that keeps an EMA (:func:`ema_model`, ``cfg.ema_decay``) of the sub-module
     ``averaged`` (which holds every trained parameter) and ends with the EMA weights in it.
 
     ``save(step)`` is called every ``cfg.save_every`` steps and once at the end, each time with the
-    EMA weights loaded (the live weights are put back afterwards during training).
+    EMA weights loaded (the live weights are put back afterwards during training), on rank 0 only.
+    The resume checkpoint (``checkpoint``, ``resume``, ``ranks``: see :func:`train_loop`) holds the
+    live weights and the EMA.
     """
     ema = ema_model(averaged, cfg.ema_decay)
 
@@ -449,10 +688,14 @@ def train_with_ema(
         save=save_ema,
         progress=progress,
         what=what,
+        checkpoint=checkpoint,
+        resume=resume,
+        ranks=ranks,
+        extra_state={"ema": ema},
     )
     averaged.load_state_dict(ema.module.state_dict())
     model.eval()
-    if save is not None:
+    if save is not None and (ranks is None or ranks.writer):
         save(hist["steps"])
     return hist
 
@@ -510,6 +753,11 @@ def fit_classifier(
     return recalibrate_batchnorm(model, x)
 
 
+def _share(ranks: Ranks | None, n: int) -> slice:
+    """This rank's slice of a global batch of ``n`` (all of it in one process)."""
+    return slice(None) if ranks is None else ranks.part(n)
+
+
 def train_teacher(
     model: nn.Module,
     stacks: torch.Tensor,
@@ -517,8 +765,17 @@ def train_teacher(
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
     class_weights: torch.Tensor | None = None,
+    *,
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Cross-entropy training of a classifier on stacks ``(N, C, S, S)`` and labels ``(N,)`` (int)."""
+    """Cross-entropy training of a classifier on stacks ``(N, C, S, S)`` and labels ``(N,)`` (int).
+
+    ``checkpoint``, ``resume`` and ``ranks`` as in :func:`train_loop`. Under several ranks each
+    rank's loss is its share of the global batch's class-weighted mean, so the ranks' averaged
+    gradient is the one-process gradient (BatchNorm layers still see only their rank's share).
+    """
     if stacks.shape[0] != labels.shape[0]:
         raise ValueError(f"stacks has {stacks.shape[0]} cases but labels has {labels.shape[0]}.")
     dev = _device(model)
@@ -526,14 +783,21 @@ def train_teacher(
     if class_weights is None:  # balance rare classes
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float().clamp_min(1)
         class_weights = counts.sum() / (counts * len(counts))
+    weight = class_weights.to(dev)
+    world = 1 if ranks is None else ranks.world_size
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = stacks[idx].to(dev)
+        share = _share(ranks, len(idx))
+        x = stacks[idx[share]].to(dev)
         if torch.rand((), generator=gen) < 0.5:  # left-right flip augmentation
             x = x.flip(-1)
-        return F.cross_entropy(model(x), labels[idx].to(dev), weight=class_weights.to(dev))
+        y = labels[idx].to(dev)
+        # the weighted mean over the global batch, split into the ranks' shares (DDP averages them)
+        return F.cross_entropy(model(x), y[share], weight=weight, reduction="sum") / weight[y].sum() * world
 
-    hist = train_loop(model, stacks.shape[0], cfg, loss_fn, progress=progress, what="teacher")
+    hist = train_loop(
+        model, stacks.shape[0], cfg, loss_fn, progress=progress, what="teacher", checkpoint=checkpoint, resume=resume, ranks=ranks
+    )
     recalibrate_batchnorm(model, stacks)
     with torch.no_grad():
         pred = torch.cat([model(c.to(dev)).argmax(1).cpu() for c in stacks.split(64)])
@@ -547,11 +811,17 @@ def train_autoencoder(
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
     save: Callable[[int], None] | None = None,
+    *,
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`~medxai.diffusion.DiffusionAutoencoder` on ``images`` ``(N, n, S, S)`` in [0, 1].
 
     Every slice is one training image (a stack of n slices gives n images). Ends with the EMA
-    weights in ``ae.net``.
+    weights in ``ae.net``. ``checkpoint``, ``resume`` and ``ranks`` as in :func:`train_loop`: every
+    rank draws the noise of the whole global batch and uses its share, so N ranks follow the loss
+    curve of one process.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (N, n_slices, S, S), got {tuple(images.shape)}.")
@@ -559,9 +829,23 @@ def train_autoencoder(
     dev = _device(ae)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return ae.training_loss(flat[idx].to(dev), gen)
+        share = _share(ranks, len(idx))
+        t, noise = ae.training_noise((len(idx), *flat.shape[1:]), gen)
+        return ae.training_loss(flat[idx[share]].to(dev), noise=(t[share], noise[share]))
 
-    return train_with_ema(ae, ae.net, flat.shape[0], cfg, loss_fn, save=save, progress=progress, what="autoencoder")
+    return train_with_ema(
+        ae,
+        ae.net,
+        flat.shape[0],
+        cfg,
+        loss_fn,
+        save=save,
+        progress=progress,
+        what="autoencoder",
+        checkpoint=checkpoint,
+        resume=resume,
+        ranks=ranks,
+    )
 
 
 @torch.no_grad()
@@ -583,8 +867,11 @@ def train_agent(
     teacher_features: torch.Tensor | None,
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
+    *,
+    checkpoint: CheckpointPath | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Distil the teacher into the agent.
+    """Distil the teacher into the agent (on the agent's device; ``checkpoint``, ``resume``: :func:`train_loop`).
 
     Parameters
     ----------
@@ -598,6 +885,9 @@ def train_agent(
     """
     if latents.shape[0] != teacher_logits.shape[0]:
         raise ValueError(f"latents has {latents.shape[0]} rows but teacher_logits has {teacher_logits.shape[0]}.")
+    dev = _device(agent)  # the tables are small: all on the agent's device
+    latents, teacher_logits = latents.to(dev), teacher_logits.to(dev)
+    teacher_features = None if teacher_features is None else teacher_features.to(dev)
     agent.set_latent_stats(latents)
     z_n = agent.normalise(latents)
     use_features = teacher_features is not None and agent.frozen_head
@@ -613,7 +903,17 @@ def train_agent(
         return F.l1_loss(agent(z_n[idx]), teacher_logits[idx])
 
     params = [p for p in agent.parameters() if p.requires_grad]
-    hist = train_loop(agent, latents.shape[0], cfg, loss_fn, params=params, progress=progress, what="agent")
+    hist = train_loop(
+        agent,
+        latents.shape[0],
+        cfg,
+        loss_fn,
+        params=params,
+        progress=progress,
+        what="agent",
+        checkpoint=checkpoint,
+        resume=resume,
+    )
     with torch.no_grad():
         hist["agreement_train"] = agreement(agent(z_n), teacher_logits)
     hist["mode"] = "features" if use_features else "logits"

@@ -11,12 +11,16 @@ __all__ = ["progress_bars"]
 
 
 @contextlib.contextmanager
-def progress_bars() -> Iterator[ProgressFn]:
-    """Yield ``progress(stage, done, total)``: one bar per stage, on stderr, removed at the end."""
+def progress_bars(eta: bool = False) -> Iterator[ProgressFn]:
+    """Yield ``progress(stage, done, total)``: one bar per stage, on stderr, removed at the end; ``eta``
+    adds the estimated time left (for stages whose units take similar time, such as cases)."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    count = TextColumn("{task.completed}/{task.total}")
+    columns: list[ProgressColumn] = [TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn()]
+    if eta:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, int] = {}
 

@@ -5,6 +5,10 @@ the working directory). Each part is written to its ``<section>.path`` in the co
 config file (``configs/ct_prognosis.yaml`` writes to ``runs/ct_prognosis/`` of the repository, whatever
 the working directory). ``medxai train all --config configs/ct_prognosis.yaml`` trains everything at
 the CPU default.
+
+``--device auto|cpu|cuda`` picks where to train; ``--resume`` continues a part from
+``<path stem>.resume.pt``. ``torchrun --nproc-per-node N -m pipelines train teacher|autoencoder``
+trains with DistributedDataParallel (rank 0 shows progress and writes).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import Any
 import typer
 
 from pipelines.commands._groups import get_train_app
-from pipelines.commands._options import trust_code_option
+from pipelines.commands._options import device_option, resume_option, trust_code_option
 
 _CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help="CT prognosis config.")
 _DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
 _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides training.*.max_seconds).")
 _TRUST = trust_code_option("the teacher class_path / evaluate MONAI bundle expressions")
+_DEVICE = device_option()
+_RESUME = resume_option("<path stem>.resume.pt beside the part's weights")
 
 
 def evaluate_ct(cfg: Any, n_cases: int | None = None, progress: Any = None, trust_code: bool = False) -> dict[str, Any]:
@@ -69,13 +75,27 @@ def evaluate_ct(cfg: Any, n_cases: int | None = None, progress: Any = None, trus
     }
 
 
-def _run(stages: list[str], config: Path, data: Path | None, minutes: float | None, trust_code: bool = False) -> dict[str, Any]:
+def _run(
+    stages: list[str],
+    config: Path,
+    data: Path | None,
+    minutes: float | None,
+    trust_code: bool = False,
+    device: str = "auto",
+    resume: bool = False,
+) -> dict[str, Any]:
     from rich.console import Console
     from rich.markup import escape
 
     from medxai.training import ct
+    from medxai.training.runtime import resolve_device, single_process, torchrun_ranks
     from pipelines.commands._progress import progress_bars
 
+    ranks = torchrun_ranks()
+    resolve_device(device, ranks)  # a bad --device fails before any data are made
+    for stage in stages:  # before anything trains: 'all' would stop at the agent after hours
+        if stage not in ("teacher", "autoencoder"):
+            single_process(stage, ranks)
     cfg = ct.load_ct_config(config)
     seconds = None if minutes is None else 60.0 * minutes
     funcs: dict[str, Callable[..., dict[str, Any]]] = {
@@ -85,15 +105,19 @@ def _run(stages: list[str], config: Path, data: Path | None, minutes: float | No
     }
     console = Console(highlight=False)
     results: dict[str, Any] = {}
-    with progress_bars() as progress:
+    with progress_bars(eta=True) as bars:
+        progress = bars if ranks.writer else None  # under torchrun one bar, rank 0's
         for stage in stages:
             if stage == "evaluate":
                 results[stage] = evaluate_ct(cfg, progress=progress, trust_code=trust_code)
             else:
                 # the autoencoder loads no model class, so it takes no trust_code
                 trust = {} if stage == "autoencoder" else {"trust_code": trust_code}
-                results[stage] = funcs[stage](cfg, progress=progress, npz=data, max_seconds=seconds, **trust)
-            console.print(f"[bold]{stage}[/]: {escape(json.dumps(results[stage], default=str))}")
+                results[stage] = funcs[stage](
+                    cfg, progress=progress, npz=data, max_seconds=seconds, device=device, resume=resume, **trust
+                )
+            if ranks.writer:
+                console.print(f"[bold]{stage}[/]: {escape(json.dumps(results[stage], default=str))}")
     return results
 
 
@@ -102,22 +126,38 @@ def register(app: typer.Typer) -> None:
 
     @train.command("teacher")
     def teacher_cmd(
-        config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES, trust_code: bool = _TRUST
+        config: Path = _CONFIG,
+        data: Path | None = _DATA,
+        minutes: float | None = _MINUTES,
+        trust_code: bool = _TRUST,
+        device: str = _DEVICE,
+        resume: bool = _RESUME,
     ) -> None:
-        """Train the black-box teacher classifier (kind class_path) on four-slice stacks."""
-        _run(["teacher"], config, data, minutes, trust_code)
+        """Train the black-box teacher classifier (kind class_path) on four-slice stacks (torchrun: DDP)."""
+        _run(["teacher"], config, data, minutes, trust_code, device, resume)
 
     @train.command("autoencoder")
-    def autoencoder_cmd(config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES) -> None:
-        """Train the diffusion autoencoder on every slice of the stacks (EMA weights saved)."""
-        _run(["autoencoder"], config, data, minutes)
+    def autoencoder_cmd(
+        config: Path = _CONFIG,
+        data: Path | None = _DATA,
+        minutes: float | None = _MINUTES,
+        device: str = _DEVICE,
+        resume: bool = _RESUME,
+    ) -> None:
+        """Train the diffusion autoencoder on every slice of the stacks (EMA weights saved; torchrun: DDP)."""
+        _run(["autoencoder"], config, data, minutes, device=device, resume=resume)
 
     @train.command("agent")
     def agent_cmd(
-        config: Path = _CONFIG, data: Path | None = _DATA, minutes: float | None = _MINUTES, trust_code: bool = _TRUST
+        config: Path = _CONFIG,
+        data: Path | None = _DATA,
+        minutes: float | None = _MINUTES,
+        trust_code: bool = _TRUST,
+        device: str = _DEVICE,
+        resume: bool = _RESUME,
     ) -> None:
         """Distil the teacher into the two-layer linear agent on DiffAE latents."""
-        _run(["agent"], config, data, minutes, trust_code)
+        _run(["agent"], config, data, minutes, trust_code, device, resume)
 
     @train.command("all")
     def all_cmd(
@@ -125,14 +165,16 @@ def register(app: typer.Typer) -> None:
         data: Path | None = _DATA,
         evaluate: bool = typer.Option(True, help="Evaluate on the held-out cohort afterwards."),
         trust_code: bool = _TRUST,
+        device: str = _DEVICE,
     ) -> None:
-        """Teacher, autoencoder and agent in one go (CPU default), then the held-out metrics."""
+        """Teacher, autoencoder and agent in one go (CPU default), then the held-out metrics (resume: part by part)."""
         _run(
             ["teacher", "autoencoder", "agent"] + (["evaluate"] if evaluate and data is None else []),
             config,
             data,
             None,
             trust_code,
+            device,
         )
 
     @train.command("evaluate")

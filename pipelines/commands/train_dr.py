@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.commands._options import trust_code_option
+from pipelines.commands._options import device_option, resume_option, trust_code_option
 from pipelines.train_dr import train_diffusion, train_dr_classifier
 
 from ._groups import get_train_app
@@ -29,10 +29,12 @@ def register(app: typer.Typer) -> None:
         n: int | None = typer.Option(None, "--n", help="Number of phantom images (default: data.n of the config)."),
         seconds: float | None = typer.Option(None, "--seconds", help="Wall-clock budget (overrides training.max_seconds)."),
         steps: int | None = typer.Option(None, "--steps", help="Maximum steps (overrides training.steps)."),
-        init: Path | None = typer.Option(None, "--init", help="Continue from these DDPM weights (same architecture)."),
+        init: Path | None = typer.Option(None, "--init", help="Start from these DDPM weights (same architecture)."),
+        device: str = device_option(),
+        resume: bool = resume_option("<out stem>.resume.pt"),
     ) -> None:
         """Train the unconditional fundus diffusion model (DDPM) that DVCE denoises with."""
-        hist = train_diffusion(config, out, data=data, n=n, seconds=seconds, steps=steps, init=init)
+        hist = train_diffusion(config, out, data=data, n=n, seconds=seconds, steps=steps, init=init, device=device, resume=resume)
         typer.echo(
             f"wrote {out} ({hist['steps']} steps in {hist['seconds']:.0f} s, "
             f"loss {hist['loss_first']:.4f} -> {hist['loss_last']:.4f})"
@@ -50,10 +52,21 @@ def register(app: typer.Typer) -> None:
         seconds: float | None = typer.Option(None, "--seconds", help="Wall-clock budget."),
         steps: int | None = typer.Option(None, "--steps", help="Maximum steps."),
         trust_code: bool = trust_code_option("the classifier's class_path"),
+        device: str = device_option(),
+        resume: bool = resume_option("<weights stem>.resume.pt"),
     ) -> None:
         """Train the DR classifier (the black box) or, with --robust, the robust classifier DVCE guides with."""
         hist = train_dr_classifier(
-            config, out, robust=robust, data=data, n=n, seconds=seconds, steps=steps, trust_code=trust_code
+            config,
+            out,
+            robust=robust,
+            data=data,
+            n=n,
+            seconds=seconds,
+            steps=steps,
+            trust_code=trust_code,
+            device=device,
+            resume=resume,
         )
         val = hist.get("validation") or {}
         extra = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, float))

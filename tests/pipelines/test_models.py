@@ -49,6 +49,11 @@ def test_ct_black_box_is_the_shipped_teacher(ct_cfg: Config) -> None:
     assert ct_cfg.resolved_weights["teacher"] == {
         "path": str(pretrained_dir() / "ct" / "teacher.safetensors"),
         "pretrained": True,
+        # what the load found: the provenance of every explanation (docs/byo_classifier.md)
+        "kind": "class_path",
+        "input_shape": [4, 64, 64],
+        "num_classes": 2,
+        "mode": "features",
     }
 
 
@@ -59,6 +64,7 @@ def test_diffexplainer_models_build_the_method(ct_cfg: Config) -> None:
     assert type(models["autoencoder"]).__name__ == "DiffusionAutoencoder" and not models["autoencoder"].training
     assert type(models["agent"]).__name__ == "Agent" and not models["agent"].training
     assert {"autoencoder", "agent"} <= set(ct_cfg.resolved_weights)
+    assert ct_cfg.resolved_weights["agent"]["mode"] == "features"  # distilled on the teacher's features, frozen head
     settings = method_settings(ct_cfg, spec)
     assert settings.step_sizes == (0.4, 0.8, 1.2, 1.6) and settings.encode_steps == 20
     explainer = spec.build(load_black_box(ct_cfg), settings, models, seed=0)
@@ -147,7 +153,7 @@ def test_own_black_box_beside_shipped_models_is_warned_about(tmp_path: Path, cap
     shutil.copy(pretrained_dir() / "ct" / "teacher.safetensors", own)
     cfg = load_config(path)
     load_black_box(cfg)
-    assert cfg.resolved_weights["teacher"] == {"path": str(own), "pretrained": False}
+    assert {k: cfg.resolved_weights["teacher"][k] for k in ("path", "pretrained")} == {"path": str(own), "pretrained": False}
     with caplog.at_level("WARNING", logger="pipelines.models"):
         load_method_models(cfg, get_method("nn_explainer", CT_STACK))
     assert "nn_explainer_network are the shipped ones" in caplog.text

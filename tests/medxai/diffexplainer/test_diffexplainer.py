@@ -129,9 +129,12 @@ def test_agent_recovers_linear_teacher_features() -> None:
 
 def test_agent_logits_only_when_no_features(caplog) -> None:
     teacher = torch.jit.script(RegionTeacher().eval())
+    # features of a TorchScript teacher cannot be read: asking for them is an error, not a quiet fallback
+    with pytest.raises(ValueError, match=r"teacher\.classifier_layer is 'head'.*TorchScript.*remove teacher\.classifier_layer"):
+        TeacherFeatures(teacher, "head")
     with caplog.at_level(logging.WARNING):
-        tf = TeacherFeatures(teacher, "head")
-    assert not tf.has_features and "logits only" in caplog.text
+        tf = TeacherFeatures(teacher, None)
+    assert not tf.has_features and tf.mode == "logits" and "logits only" in caplog.text and "TorchScript" in caplog.text
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(500, 8, generator=gen)
     logits = torch.stack([z[:, 0] - z[:, 1], z[:, 1] - z[:, 0]], 1)
