@@ -109,6 +109,14 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ct.digin.peak_rss_gib": ("<=", 2.0),
     "fundus.uvce.target_rate": (">=", 0.90),
     "fundus.uvce.l1_outside_lesions": ("<=", 0.02),
+    "cohort.fibrosis.expected_rank": ("<=", 1),
+    "cohort.fibrosis.expected_q": ("<", 0.05),
+    "cohort.emphysema.expected_rank": ("<=", 1),
+    "cohort.emphysema.expected_q": ("<", 0.05),
+    "cohort.shortcut.expected_rank": ("<=", 1),
+    "cohort.fundus.expected_rank": ("<=", 1),
+    "cohort.fundus.expected_q": ("<", 0.05),
+    "cohort.report_seconds": ("<=", 120.0),
 }
 
 #: faithfulness rules (METHODS.md section 9) applied to EVERY method a run measured, so the report shows
@@ -204,6 +212,13 @@ class BenchSettings:
     digin_cohort_n: int = 40
     digin_top_units: int = 3
     digin_vis_starts: int = 2
+    #: the cohort report's known-answer scenarios (pipelines.bench_cohort): patients per scenario, the
+    #: held-out seed of each, bootstrap resamples
+    cohort_n: int = 100
+    cohort_seeds: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"fibrosis": 7007, "emphysema": 7008, "shortcut": 7009, "fundus": 7010}
+    )
+    cohort_resamples: int = 2000
     train_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
     train_n: Mapping[str, int] = dataclasses.field(default_factory=dict)
     base_dir: str = "."
@@ -1417,8 +1432,8 @@ def run_bench(
         Where the models are cached (loaded if present, trained otherwise); default ``out/models``.
     config : path, optional
         Bench config (default ``configs/bench.yaml``).
-    only : {"ct", "fundus"}, optional
-        Run one half.
+    only : {"ct", "fundus", "cohort"}, optional
+        Run one half, or only the cohort report's scenarios.
     pretrained : bool
         Start the model cache with the shipped phantom models (``medxai/pretrained``) instead of
         training teacher, autoencoder, agent, DDPM and classifiers (the rest is still trained).
@@ -1431,8 +1446,8 @@ def run_bench(
     from medxai.trust import trusts_code
     from pipelines.report import write_report
 
-    if only not in (None, "ct", "fundus"):
-        raise ValueError(f"--only must be 'ct' or 'fundus', got {only!r}.")
+    if only not in (None, "ct", "fundus", "cohort"):
+        raise ValueError(f"--only must be 'ct', 'fundus' or 'cohort', got {only!r}.")
     settings = load_bench_settings(config, quick)
     unknown = sorted(set(settings.methods) - set(method_names()))
     if unknown:
@@ -1468,6 +1483,10 @@ def run_bench(
     if only in (None, "fundus"):
         results["fundus"] = _fundus_section(models, settings, figs, progress, clock, catalogue)
         results["fundus"]["uvce"] = digin_fundus(models, settings, progress, clock)
+    if only in (None, "cohort"):
+        from pipelines.bench_cohort import cohort_section
+
+        results["cohort"] = cohort_section(models, settings, out_dir, progress, clock)
     results.update(
         {
             "seconds": round(time.perf_counter() - t0, 1),

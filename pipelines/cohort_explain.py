@@ -34,7 +34,17 @@ import numpy as np
 
 from pipelines.errors import StepError
 
-__all__ = ["CohortExplainResult", "OUT_COLUMNS", "collect_cases", "explain_cohort"]
+__all__ = [
+    "CohortExplainResult",
+    "FOV_MASK_FILE",
+    "LUNG_MASK_FILE",
+    "OUT_COLUMNS",
+    "RUN_FILE",
+    "collect_cases",
+    "explain_cohort",
+    "write_case_files",
+    "write_run_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +55,13 @@ OUT_COLUMNS: tuple[str, ...] = (
     "heatmap_share_in_lungs", "output", "seconds",
 )  # fmt: skip
 
+
+#: per case: the stack's lung mask, uint8 ``lung_mask`` (C, S, S) (what medxai cohort report reads)
+LUNG_MASK_FILE = "lung_mask.npz"
+#: per fundus case: the field of view, uint8 ``fov_mask`` (S, S)
+FOV_MASK_FILE = "fov_mask.npz"
+#: OUT/run.json: the method, target class and stack settings of the run (window, slice fractions)
+RUN_FILE = "run.json"
 
 #: the columns of the cohort's cases.csv carried into every output row and provenance
 _IDS = ("id", "label", "split", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "source")
@@ -90,20 +107,38 @@ def _select(rows: Sequence[dict[str, str]], split: str, ids: Sequence[str] | Non
     return [r for r in ok if r.get("split") == split]
 
 
-def _check_stack(cohort: Path, cfg: Any) -> None:
-    """The cohort's stacks must be what the config's models take (slices, size, window)."""
-    from medxai.training.ct import stack_config
+def write_run_json(
+    out: Path,
+    *,
+    method: str,
+    target: int,
+    stack: dict[str, Any],
+    cohort: str = "",
+    config: str = "",
+    input_kind: str = "ct_stack",
+) -> None:
+    """``OUT/run.json``: the input kind (``ct_stack`` / ``fundus``), method, target class and stack settings
+    of an explain run (atomic; every shard writes the same content)."""
+    from pipelines.cohort_store import write_json
+    from pipelines.provenance import package_versions
 
-    meta_path = cohort / "cohort.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    built = meta.get("stack")
-    want = json.loads(json.dumps(dataclasses.asdict(stack_config(cfg))))
-    if built is not None and built != want:
-        diff = sorted(k for k in set(built) | set(want) if built.get(k) != want.get(k))
-        raise ValueError(
-            f"{meta_path}: the cohort's stacks were made with other stack settings than {cfg.source} ({', '.join(diff)}: "
-            f"{[built.get(k) for k in diff]} vs {[want.get(k) for k in diff]}); rebuild the cohort with this config."
-        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / RUN_FILE,
+        {"input": input_kind, "method": method, "target_class": target, "cohort": cohort, "config": config,
+         "stack": stack, "versions": package_versions()},
+    )  # fmt: skip
+
+
+def write_case_files(folder: Path, mask: np.ndarray, row: dict[str, Any], *, fov: bool = False) -> None:
+    """Beside a case's explanation: its lung mask (``fov``: a fundus field of view, ``fov_mask.npz``) so
+    that medxai cohort report needs nothing but OUT/, and ``row.json`` (its OUT/cases.csv row; written
+    last, it marks the case as finished)."""
+    if fov:
+        np.savez_compressed(folder / FOV_MASK_FILE, fov_mask=np.asarray(mask, np.uint8))
+    else:
+        np.savez_compressed(folder / LUNG_MASK_FILE, lung_mask=np.asarray(mask, np.uint8))
+    (folder / "row.json").write_text(json.dumps(row, default=float), encoding="utf-8")
 
 
 def _row(case: dict[str, str], exp: Any, target: int, folder: Path, lungs: np.ndarray, seconds: float) -> dict[str, Any]:
@@ -198,8 +233,10 @@ def explain_cohort(
 
     from atomicfs import atomic_dir
     from medxai.registry import CT_STACK, get_method
+    from medxai.training.ct import stack_config
     from pipelines import models as job_models
     from pipelines.cohort import read_cases
+    from pipelines.cohort_data import check_stack
     from pipelines.cohort_store import CohortStore
     from pipelines.explain import load_job_config
     from pipelines.shard import current_shard
@@ -217,7 +254,7 @@ def explain_cohort(
         settings = job_models.method_settings(cfg, spec)
         target = int(job_models.target_class(cfg))
         rows = read_cases(root)
-        _check_stack(root, cfg)
+        check_stack(root, cfg)
         selected = _select(rows, split, ids)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
         raise StepError("config", str(e)) from e
@@ -236,6 +273,10 @@ def explain_cohort(
         except (ValueError, TypeError, KeyError, OSError) as e:
             raise StepError("load models", str(e)) from e
         store = CohortStore.open(root)
+        write_run_json(
+            out_dir, method=spec.name, target=target, stack=dataclasses.asdict(stack_config(cfg)),
+            cohort=str(root.resolve()), config=str(Path(str(cfg.source)).resolve()),
+        )  # fmt: skip
         for n, case in enumerate(todo):
             started = time.perf_counter()
             folder = out_dir / "cases" / _safe_id(case["id"])
@@ -257,7 +298,7 @@ def explain_cohort(
                     else:
                         exp.save(tmp, query=x.numpy(), provenance=prov)
                     row = _row(case, exp, target, folder, lungs, time.perf_counter() - started)
-                    (tmp / "row.json").write_text(json.dumps(row, default=float), encoding="utf-8")
+                    write_case_files(tmp, data["lung_mask"], row)
                 (out_dir / "failed" / f"{_safe_id(case['id'])}.json").unlink(missing_ok=True)
                 explained.append(case["id"])
             except Exception as e:  # noqa: BLE001 -- one case's failure is recorded and the rest go on

@@ -20,7 +20,7 @@ Rules
    torchvision), ``medxai`` or ``pipelines``.
 2. ``medxai`` never imports ``dicom_io`` or ``pipelines``.
 3. ``atomicfs`` imports only the standard library.
-4. The building blocks of ``medxai`` (networks, training, diffusion, transforms, metrics, phantoms)
+4. The building blocks of ``medxai`` (networks, training, diffusion, transforms, metrics, phantoms, biomarkers)
    never import ``medxai.explainers``: explainers sit on top of them.
 5. ``pipelines.bench`` never imports the CLI layer (``pipelines.cli``, ``pipelines.commands``).
 6. No import cycle among the modules of ``medxai`` (nor of the other three packages): each strongly
@@ -60,6 +60,7 @@ MEDXAI_BUILDING_BLOCKS = (
     "medxai.transforms",
     "medxai.metrics",
     "medxai.phantoms",
+    "medxai.biomarkers",
 )
 CLI_LAYER = ("pipelines.cli", "pipelines.commands")
 # what every method shares; method-specific modules live with their kind (networks.agent, ...)

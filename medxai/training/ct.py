@@ -3,7 +3,13 @@
 Used by ``medxai train teacher|autoencoder|agent|all``; the explain jobs load their models through
 ``pipelines.models`` (training never imports explainers). Training data are four-slice stacks made on
 the fly from phantom cohorts (:mod:`medxai.phantoms`, cached as ``<run_dir>/data_<split>.npz``) or
-read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and ``labels`` ``(N,)``.
+read from an npz with ``stacks`` ``(N, 4, S, S)`` in [0, 1] and ``labels`` ``(N,)``, or handed over as
+:class:`StackSplits` (a cohort store read by ``pipelines.cohort_data``: train / validation / test).
+
+Held-out data (the agent's agreement, the autoencoder's reconstruction reference, the teacher's
+held-out AUROC) come from a split that training never sees: the phantoms' ``test`` cohort, or a
+cohort's ``validation`` split (its ``test`` split is left for ``medxai cohort explain``). An npz has no
+held-out split, and the results say so.
 
 Paths come from the config (relative to the config file, :meth:`medxai.config.Config.path`):
 trainers write to ``<section>.path``; loaders read :meth:`~medxai.config.Config.weights`, which falls
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +44,10 @@ __all__ = [
     "load_ct_config",
     "stack_config",
     "phantom_stacks",
+    "StackSplits",
+    "DataArg",
     "load_data",
+    "held_out_data",
     "autoencoder_config",
     "new_autoencoder",
     "load_autoencoder_from_config",
@@ -47,10 +58,36 @@ __all__ = [
     "diffexplainer_steps",
     "train_teacher_from_config",
     "train_autoencoder_from_config",
+    "train_config",
     "train_agent_from_config",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackSplits:
+    """Training data already read into arrays, one entry per split.
+
+    Attributes
+    ----------
+    splits : mapping
+        split name (``train``, ``validation``, ``test``) -> arrays: ``stacks`` float32 ``(N, C, S, S)``
+        in [0, 1], ``labels`` int64 ``(N,)`` and optionally ``lungs`` uint8 ``(N, C, S, S)``.
+    source : str
+        Where they came from (for messages and results).
+    held_out : str
+        The split used for held-out figures during training (never trained on).
+    """
+
+    splits: Mapping[str, Mapping[str, np.ndarray]]
+    source: str
+    held_out: str = "validation"
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: what the CT trainers take as data: None (the config's phantoms or data.npz), an npz path, or arrays
+DataArg = str | Path | StackSplits | None
 
 
 def load_ct_config(path: str | Path) -> Config:
@@ -118,10 +155,14 @@ def phantom_stacks(n: int, seed: int, cfg: Config, progress: Progress | None = N
     }
 
 
-def load_data(
-    cfg: Config, split: str = "train", progress: Progress | None = None, npz: str | Path | None = None
-) -> dict[str, np.ndarray]:
-    """Training (``split="train"``) or held-out (``"test"``) stacks from the npz or phantoms (cached)."""
+def load_data(cfg: Config, split: str = "train", progress: Progress | None = None, npz: DataArg = None) -> dict[str, np.ndarray]:
+    """Training (``split="train"``) or held-out (``"test"``) stacks from the npz or phantoms (cached);
+    with ``npz`` a :class:`StackSplits`, that split of it (``ValueError`` if it has no such split)."""
+    if isinstance(npz, StackSplits):
+        got = npz.splits.get(split)
+        if got is None or len(got["stacks"]) == 0:
+            raise ValueError(f"{npz.source} has no case in split {split!r} (splits: {', '.join(sorted(npz.splits))}).")
+        return dict(got)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     # --data (npz) is relative to the working directory; data.npz to the config file
@@ -164,6 +205,26 @@ def load_data(
     np.savez_compressed(tmp, key=key, **data)
     tmp.replace(cache)
     return data
+
+
+def held_out_data(cfg: Config, progress: Progress | None, data: DataArg) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The held-out stacks for figures measured during training, and what they are.
+
+    Phantoms: the ``test`` cohort; :class:`StackSplits`: its ``held_out`` split; an npz: none (it has
+    no split, so no held-out figure is claimed). Returns ``(None, why)`` when there are none.
+    """
+    if isinstance(data, StackSplits):
+        got = data.splits.get(data.held_out)
+        if got is None or len(got["stacks"]) == 0:
+            return None, f"{data.source} has no case in its {data.held_out!r} split"
+        return dict(got), f"{data.held_out} split of {data.source}"
+    if data is not None or cfg.get("data.source", "phantom") == "npz":
+        return None, "an npz has no held-out split"
+    try:
+        return load_data(cfg, "test", progress, None), "held-out phantom cohort"
+    except Exception as err:  # noqa: BLE001 - held-out data are optional here
+        logger.info("no held-out data (%s)", err)
+        return None, f"no held-out data ({err})"
 
 
 # ---------------------------------------------------------------------------------------- parts
@@ -281,7 +342,7 @@ def diffexplainer_steps(cfg: Config) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------- training
-def _train_cfg(section: dict[str, Any], source: str, field: str, max_seconds: float | None = None) -> Any:
+def train_config(section: dict[str, Any], source: str, field: str, max_seconds: float | None = None) -> Any:
     """The :class:`~medxai.training.trainers.TrainConfig` of a config section; ``max_seconds`` (--minutes) overrides."""
     from medxai.training.trainers import TrainConfig
 
@@ -293,7 +354,7 @@ def _train_cfg(section: dict[str, Any], source: str, field: str, max_seconds: fl
         raise ConfigError(f"{source}: field '{field}' is invalid: {err}") from err
 
 
-def _train_data(cfg: Config, ranks: Ranks, progress: Progress | None, npz: str | Path | None) -> dict[str, np.ndarray]:
+def _train_data(cfg: Config, ranks: Ranks, progress: Progress | None, npz: DataArg) -> dict[str, np.ndarray]:
     """The training stacks; under torchrun rank 0 first, so that only it writes the phantom cache."""
     from medxai.training.runtime import rank_zero_first
 
@@ -304,7 +365,7 @@ def _train_data(cfg: Config, ranks: Ranks, progress: Progress | None, npz: str |
 def train_teacher_from_config(
     cfg: Config,
     progress: Progress | None = None,
-    npz: str | Path | None = None,
+    npz: DataArg = None,
     max_seconds: float | None = None,
     trust_code: bool = False,
     *,
@@ -322,7 +383,7 @@ def train_teacher_from_config(
     ranks = torchrun_ranks()
     dev = resolve_device(device, ranks)
     model = new_teacher(cfg, trust_code)  # before the data: a refused class_path fails at once
-    tcfg = _train_cfg(cfg.section("training.teacher", {}), cfg.source, "training.teacher", max_seconds)
+    tcfg = train_config(cfg.section("training.teacher", {}), cfg.source, "training.teacher", max_seconds)
     path = cfg.path("teacher.path")
     with distributed(dev, ranks):
         data = _train_data(cfg, ranks, progress, npz)
@@ -336,16 +397,41 @@ def train_teacher_from_config(
             resume=resume,
             ranks=ranks,
         )
-    if ranks.writer:
-        meta = {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist)}
-        save_weights(path, model.cpu().state_dict(), meta)
-    return {"path": str(path), **_short(hist)}
+    if not ranks.writer:
+        return {"path": str(path), **_short(hist)}
+    model.cpu()
+    held = _teacher_held_out(model, cfg, progress, npz)
+    meta = {"kind": "teacher", "class_path": cfg.get("teacher.class_path"), "history": _short(hist), **held}
+    save_weights(path, model.state_dict(), meta)
+    return {"path": str(path), **_short(hist), **held}
+
+
+def _teacher_held_out(model: torch.nn.Module, cfg: Config, progress: Progress | None, data: DataArg) -> dict[str, Any]:
+    """The trained teacher's AUROC and accuracy on the held-out split (``held_out`` says which, or why none)."""
+    from medxai.metrics import pixel_auroc
+
+    test, what = held_out_data(cfg, progress, data)
+    out: dict[str, Any] = {"held_out": what}
+    if test is None:
+        return out
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(np.asarray(test["stacks"], np.float32))
+        logits = torch.cat([model(x[i : i + 64]) for i in range(0, len(x), 64)])
+    model.train(was)
+    y = np.asarray(test["labels"]).astype(np.int64)
+    p = torch.softmax(logits.float(), 1)[:, -1].numpy()
+    out["held_out_cases"] = len(y)
+    out["accuracy_held_out"] = float((logits.argmax(1).numpy() == y).mean())
+    out["auroc_held_out"] = float(pixel_auroc(p, y.astype(bool))) if 0 < y.sum() < len(y) else None
+    return out
 
 
 def train_autoencoder_from_config(
     cfg: Config,
     progress: Progress | None = None,
-    npz: str | Path | None = None,
+    npz: DataArg = None,
     max_seconds: float | None = None,
     *,
     device: str = "auto",
@@ -364,7 +450,7 @@ def train_autoencoder_from_config(
     ranks = torchrun_ranks()
     dev = resolve_device(device, ranks)
     ae_cfg = autoencoder_config(cfg)
-    tcfg = _train_cfg(ae_cfg.section("training"), ae_cfg.source, "training", max_seconds)
+    tcfg = train_config(ae_cfg.section("training"), ae_cfg.source, "training", max_seconds)
     ae = new_autoencoder(cfg).to(dev)
     path = cfg.path("autoencoder.path")
 
@@ -397,7 +483,7 @@ def train_autoencoder_from_config(
 
 
 def _recon_reference(
-    cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: str | Path | None
+    cfg: Config, ae: Any, train: dict[str, np.ndarray], progress: Progress | None, npz: DataArg
 ) -> tuple[Any, Any]:
     """Reconstruction-error statistics at the explainer's steps, and the reference codes (encoder only),
     on the same held-out stacks (medxai explain's input checks)."""
@@ -405,11 +491,7 @@ def _recon_reference(
     from medxai.metrics.reconstruction import reconstruction_reference
 
     max_cases = 64  # enough for mean and sd, and a bounded cost after training
-    try:
-        test = None if npz else load_data(cfg, "test", progress, None)
-    except Exception as err:  # noqa: BLE001 - held-out data are optional here
-        logger.info("no held-out data for the reconstruction reference (%s)", err)
-        test = None
+    test, _ = held_out_data(cfg, progress, npz)
     if test is not None:
         stacks, what = test["stacks"][:max_cases], "held-out cases"
     else:  # no held-out split: the last training cases, which slightly underestimates the error
@@ -436,7 +518,7 @@ def _teacher_outputs(
 def train_agent_from_config(
     cfg: Config,
     progress: Progress | None = None,
-    npz: str | Path | None = None,
+    npz: DataArg = None,
     max_seconds: float | None = None,
     trust_code: bool = False,
     *,
@@ -455,7 +537,7 @@ def train_agent_from_config(
 
     single_process("agent")
     dev = resolve_device(device)
-    tcfg = _train_cfg(cfg.section("training.agent", {}), cfg.source, "training.agent", max_seconds)
+    tcfg = train_config(cfg.section("training.agent", {}), cfg.source, "training.agent", max_seconds)
     data = load_data(cfg, "train", progress, npz)
     stacks = torch.from_numpy(data["stacks"])
     tf, logits, feats = _teacher_outputs(cfg, stacks, trust_code)
@@ -478,16 +560,14 @@ def train_agent_from_config(
     )
     agent.cpu()
     result = {**_short(hist)}
-    try:  # held-out agreement
-        test = load_data(cfg, "test", progress, None) if not npz else None
-    except Exception as err:  # noqa: BLE001 - held-out data are optional here
-        logger.info("no held-out data for the agent (%s)", err)
-        test = None
+    test, what = held_out_data(cfg, progress, npz)
+    result["held_out"] = what
     if test is not None:
         ts = torch.from_numpy(test["stacks"])
-        _, tlog, _ = _teacher_outputs(cfg, ts)
+        _, tlog, _ = _teacher_outputs(cfg, ts, trust_code)
         with torch.no_grad():
             result["agreement_test"] = agreement(agent(agent.normalise(compute_latents(ae, ts))), tlog)
+        result["held_out_cases"] = len(ts)
     save_agent(agent, path, {"history": result})
     return {"path": str(path), **result}
 

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
             None, "--models", help="Model cache: models found there are loaded, missing ones trained there (default OUT/models)."
         ),
         config: Path | None = typer.Option(None, "--config", "-c", help="Bench config (default configs/bench.yaml)."),
-        only: str | None = typer.Option(None, "--only", help="Run one half: ct or fundus."),
+        only: str | None = typer.Option(
+            None, "--only", help="Run one part: ct, fundus or cohort (the cohort report's scenarios)."
+        ),
         pretrained: bool = typer.Option(
             False, "--pretrained", help="Start from the shipped phantom models instead of training the big ones (see README)."
         ),

@@ -1,7 +1,9 @@
 """``medxai train teacher|autoencoder|agent|all|evaluate``: the DiffExplainer parts for CT prognosis.
 
-Data: phantom cohorts made on the fly (config section ``data``) or ``--data stacks.npz`` (relative to
-the working directory). Each part is written to its ``<section>.path`` in the config, relative to the
+Data: phantom cohorts made on the fly (config section ``data``), ``--data stacks.npz`` (relative to
+the working directory), or ``--data COHORT/``, a folder written by ``medxai cohort build``: training
+uses its train split, the held-out figures its validation split, and its test split is left alone
+(:mod:`pipelines.cohort_data`). Each part is written to its ``<section>.path`` in the config, relative to the
 config file (``configs/ct_prognosis.yaml`` writes to ``runs/ct_prognosis/`` of the repository, whatever
 the working directory). ``medxai train all --config configs/ct_prognosis.yaml`` trains everything at
 the CPU default.
@@ -14,6 +16,7 @@ trains with DistributedDataParallel (rank 0 shows progress and writes).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +27,15 @@ import typer
 from pipelines.commands._groups import get_train_app
 from pipelines.commands._options import device_option, resume_option, trust_code_option
 
+logger = logging.getLogger(__name__)
+
 _CONFIG = typer.Option(Path("configs/ct_prognosis.yaml"), "--config", "-c", help="CT prognosis config.")
-_DATA = typer.Option(None, "--data", help="npz with 'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: phantoms.")
+_DATA = typer.Option(
+    None,
+    "--data",
+    help="A cohort folder (medxai cohort build: train split to train, validation split held out) or an npz with "
+    "'stacks' (N, 4, S, S) in [0, 1] and 'labels' (N,); default: the config's phantoms.",
+)
 _MINUTES = typer.Option(None, "--minutes", help="Wall-clock budget (overrides training.*.max_seconds).")
 _TRUST = trust_code_option("the teacher class_path / evaluate MONAI bundle expressions")
 _DEVICE = device_option()
@@ -75,6 +85,20 @@ def evaluate_ct(cfg: Any, n_cases: int | None = None, progress: Any = None, trus
     }
 
 
+def _data_source(data: Path | None, cfg: Any) -> Any:
+    """``--data`` as the trainers take it: None, an npz path, or a cohort's splits (read once here)."""
+    from pipelines.cohort_data import cohort_training_data, is_cohort
+
+    if data is None or not data.is_dir():
+        return data
+    if not is_cohort(data):
+        raise ValueError(f"--data '{data}' is a folder but not a cohort (no cases.csv); build one with medxai cohort build.")
+    source = cohort_training_data(data, cfg)
+    parts = ", ".join(f"{k}: {v['cases']} ({v['positive']} positive)" for k, v in source.info["splits"].items())
+    logger.info("training data: %s; %s", source.source, parts)
+    return source
+
+
 def _run(
     stages: list[str],
     config: Path,
@@ -97,6 +121,7 @@ def _run(
         if stage not in ("teacher", "autoencoder"):
             single_process(stage, ranks)
     cfg = ct.load_ct_config(config)
+    source = _data_source(data, cfg)
     seconds = None if minutes is None else 60.0 * minutes
     funcs: dict[str, Callable[..., dict[str, Any]]] = {
         "teacher": ct.train_teacher_from_config,
@@ -114,7 +139,7 @@ def _run(
                 # the autoencoder loads no model class, so it takes no trust_code
                 trust = {} if stage == "autoencoder" else {"trust_code": trust_code}
                 results[stage] = funcs[stage](
-                    cfg, progress=progress, npz=data, max_seconds=seconds, device=device, resume=resume, **trust
+                    cfg, progress=progress, npz=source, max_seconds=seconds, device=device, resume=resume, **trust
                 )
             if ranks.writer:
                 console.print(f"[bold]{stage}[/]: {escape(json.dumps(results[stage], default=str))}")

@@ -103,6 +103,14 @@ def test_results_follow_the_documented_schema(bench: Path) -> None:
     assert _in(dg["disagreement_rate"], 0, 1) and _in(dg["neuron_cf_direction_rate"], 0, 1)
     assert len(dg["neuron_visualisation"]["units"]) == 2 and "ct.digin.shortcut_marker_mass_ratio" in r["targets"]
     assert _in(fu["uvce"]["target_rate"], 0, 1) and _in(fu["uvce"]["l1_outside_lesions"], 0, 1)
+    # the cohort report's scenarios: each report written and scored against its planted answer
+    co = r["cohort"]
+    for name in ("fibrosis", "emphysema", "shortcut", "fundus"):
+        assert 3 <= co[name]["n_cases"] <= r["config"]["bench"]["cohort_n"], name
+        assert isinstance(co[name]["expected_rank"], int) and co[name]["expected_rank"] >= 1, name
+        assert _in(co[name]["expected_q"], 0, 1) and isinstance(co[name]["flagged_shortcut"], bool), name
+        assert (bench / co[name]["report"]).is_file()
+    assert _in(co["report_seconds"], 0, 600) and "cohort.fibrosis.expected_rank" in r["targets"]
     assert r["methods"]["dvce"]["counterfactual"] is True and r["methods"]["gradcam++"]["summary"]
     assert {"torch", "monai", "medxai"} <= set(r["versions"])
     assert r["config"]["bench"]["ct_test_n"] > 0 and r["config"]["ct"]["run_dir"].endswith("ct")

@@ -163,6 +163,21 @@ def test_counterfactual_columns_and_dicom(cohort: Path, tmp_path: Path) -> None:
     assert (case / "dicom" / "PM.dcm").is_file() and list((case / "dicom" / "SC_overlay").glob("*.dcm"))
 
 
+def test_every_case_explained_then_reported(cohort: Path, tmp_path: Path) -> None:
+    """The chain a study runs: cohort explain (DiffExplainer, tiny settings) -> cohort report, from OUT/ alone."""
+    from pipelines.cohort_explain import explain_cohort
+
+    tiny = {"diffexplainer.step_sizes": [0.8], "diffexplainer.encode_steps": 2, "diffexplainer.decode_steps": 2}
+    explain_cohort(cohort, CONFIG, tmp_path / "o", method="diffexplainer", split="all", overrides=tiny)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["method"] == "diffexplainer" and run["stack"]["fractions"] == [0.2, 0.4, 0.6, 0.8]
+    assert len(list((tmp_path / "o" / "cases").glob("*/lung_mask.npz"))) == 6
+    assert main(["cohort", "report", str(tmp_path / "o"), "-o", str(tmp_path / "r"), "--resamples", "200"]) == 0
+    meta = json.loads((tmp_path / "r" / "settings.json").read_text())
+    assert len(meta["cases_used"]) == 6 and meta["cases_left_out"] == []
+    assert (tmp_path / "r" / "figures" / "population_toward.png").is_file()
+
+
 def test_bad_inputs_exit_2_naming_the_problem(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
