@@ -23,8 +23,9 @@ against what the phantom planted:
   referable crops are explained (DVCE toward "healthy" has nothing to remove from a healthy one), so
   the outcome AUROC of this scenario is undefined and no shortcut is checked.
 
-Keys (``cohort.<scenario>.``): ``expected_rank`` (rank of the planted row in the report's ranking,
-toward the target; the worse of region and feature where both are planted), ``expected_q`` (its
+Keys (``cohort.<scenario>.``): ``expected_rank`` (rank of the planted row in the report's ranking of
+its primary direction -- ``span``, toward minus away, for DiffExplainer; ``toward`` for DVCE -- the
+worse of region and feature where both are planted), ``expected_q`` (its
 q-value, the larger of the two), ``flagged_shortcut`` and the rows behind them; ``cohort.report_seconds``:
 the report of the ``fibrosis`` scenario (``cohort_n`` patients) from its folder, start to end.
 """
@@ -83,7 +84,7 @@ def _explain_to_folder(
 
 def _feature(analysis: Any, key: str) -> Any:
     region, feature = key.split("/")
-    return next(r for r in analysis.features if r.region == region and r.feature == feature and r.direction == "toward")
+    return next(r for r in analysis.features if r.region == region and r.feature == feature and r.direction == analysis.primary)
 
 
 def _score(name: str, analysis: Any) -> dict[str, Any]:
@@ -103,11 +104,13 @@ def _score(name: str, analysis: Any) -> dict[str, Any]:
         # a planted feature changed the wrong way is not found: its rank does not count
         ranks.append(row.rank if row.wants == plan["wants"] else len(analysis.features))
         qs.append(row.q)
-    zones = [r for r in analysis.regions if r.direction == "toward" and r.inside_lungs]
-    out["top_region"] = next((r.region for r in analysis.regions if r.direction == "toward" and r.rank == 1), None)
+    primary = analysis.primary
+    out["direction"] = primary
+    zones = [r for r in analysis.regions if r.direction == primary and r.inside_lungs]
+    out["top_region"] = next((r.region for r in analysis.regions if r.direction == primary and r.rank == 1), None)
     out["top_lung_zone"] = zones[0].region if zones else None
     out["basal_predominant"] = bool(zones and zones[0].region.startswith("lower"))
-    top_feats = [r for r in analysis.features if r.direction == "toward"][:5]
+    top_feats = [r for r in analysis.features if r.direction == primary][:5]
     out["top_features"] = [f"{r.region}/{r.feature} ({r.wants}, q {r.q:.2g})" for r in top_feats]
     out["shortcut_candidates"] = list(analysis.shortcut_candidates)
     outside_candidates = [c for c in analysis.shortcut_candidates if c.split("/")[0] in ("chest_wall", "mediastinum")]
@@ -198,7 +201,7 @@ def _fundus_scenario(models: Any, s: Any, folder: Path, clock: Any) -> dict[str,
         "bright_lesion_count": {"rank": bright.rank, "q": bright.q, "wants": bright.wants, "median_change": bright.median_change},
         "vessel_contrast": {"rank": vessels.rank, "q": vessels.q, "wants": vessels.wants, "median_change": vessels.median_change},
         "vessels_unchanged": bool(not vessels.q < a.settings.alpha),
-        "top_features": [f"{r.region}/{r.feature} ({r.wants}, q {r.q:.2g})" for r in a.features if r.direction == "toward"][:5],
+        "top_features": [f"{r.region}/{r.feature} ({r.wants}, q {r.q:.2g})" for r in a.features if r.direction == a.primary][:5],
         "expected_rank": int(max(ranks)),
         "expected_q": float(max(red.q, bright.q)),
         "flagged_shortcut": bool(a.shortcut_candidates),

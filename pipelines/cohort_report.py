@@ -82,10 +82,25 @@ def _mask(folder: Path, case_id: str, run: dict[str, Any], index: dict[str, int]
     return CohortStore.open(run["cohort"]).read(index[case_id])["lung_mask"] > 0
 
 
-def read_explained_cases(out: str | os.PathLike[str], run: dict[str, Any], left_out: list[tuple[str, str]]) -> Iterator[Any]:
-    """Yield a :class:`medxai.biomarkers.analysis.CaseImages` per finished case folder of ``out``
-    (sorted by id); a case that cannot be used is appended to ``left_out`` with its reason."""
-    from medxai.biomarkers.analysis import CaseImages
+def _target_probabilities(folder: Path, n_steps: int) -> list[float] | None:
+    """The black box's probability of the target at each step of the case's sweep (explanation.json), or None."""
+    meta = folder / "explanation.json"
+    if not meta.is_file():
+        return None
+    d = json.loads(meta.read_text(encoding="utf-8"))
+    probs, target = (d.get("sweep") or {}).get("probabilities"), d.get("target_class")
+    if not isinstance(probs, list) or len(probs) != n_steps or not isinstance(target, int):
+        return None
+    return [float(p[target]) for p in probs]
+
+
+def read_explained_cases(
+    out: str | os.PathLike[str], run: dict[str, Any], left_out: list[tuple[str, str]], step_rule: str = "flip"
+) -> Iterator[Any]:
+    """Yield a :class:`medxai.biomarkers.analysis.CaseImages` per finished case folder of ``out`` (sorted
+    by id), its counterfactuals picked from the sweep by ``step_rule`` (:func:`medxai.biomarkers.analysis.choose_steps`);
+    a case that cannot be used is appended to ``left_out`` with its reason."""
+    from medxai.biomarkers.analysis import CaseImages, choose_steps
 
     root = Path(out)
     index: dict[str, int] = {}
@@ -111,14 +126,15 @@ def read_explained_cases(out: str | os.PathLike[str], run: dict[str, Any], left_
                 origin = np.asarray(z["origin"], np.float32) if "origin" in z.files else None
             if query is None:
                 raise ValueError("counterfactuals.npz holds no query")
-            if steps.max() <= 0:
+            it, ia = choose_steps(steps.tolist(), _target_probabilities(folder, len(steps)), step_rule)
+            if it is None:
                 raise ValueError(f"no step toward the target class (steps {steps.tolist()})")
-            toward = images[int(np.argmax(steps))]
-            away = images[int(np.argmin(steps))] if steps.min() < 0 else None
             label = row.get("label")
             lab = int(float(label)) if label not in (None, "") else None
-            yield CaseImages(cid, lab, query, origin if origin is not None else query, toward, away,
-                             _mask(folder, cid, run, index))  # fmt: skip
+            yield CaseImages(
+                cid, lab, query, origin if origin is not None else query, images[it], None if ia is None else images[ia],
+                _mask(folder, cid, run, index), float(steps[it]), float("nan") if ia is None else float(steps[ia]),
+            )  # fmt: skip
         except (ValueError, KeyError, OSError) as e:
             left_out.append((cid, str(e)))
             logger.warning("case %s left out of the report: %s", cid, e)
@@ -131,6 +147,7 @@ def write_cohort_report(
     alpha: float = 0.05,
     n_resamples: int = 2000,
     seed: int = 0,
+    step_rule: str = "flip",
     overwrite: bool = False,
     progress: Any = None,
 ) -> ReportResult:
@@ -158,6 +175,7 @@ def write_cohort_report(
     kind = "fundus" if run.get("input") == "fundus" else "ct"
     settings = ReportSettings(
         kind=kind,
+        step_rule=step_rule,
         window=(level - width / 2.0, level + width / 2.0),
         fractions=tuple(float(f) for f in stack.get("fractions", (0.2, 0.4, 0.6, 0.8))),
         body_hu=float(stack.get("body_threshold", -500.0)),
@@ -172,7 +190,7 @@ def write_cohort_report(
         if progress is not None:
             progress("cases", done, n_total)
 
-    analysis = analyse_cohort(read_explained_cases(src, run, left_out), settings, step)
+    analysis = analyse_cohort(read_explained_cases(src, run, left_out, step_rule), settings, step)
     failed = sorted(p.stem for p in (src / "failed").glob("*.json")) if (src / "failed").is_dir() else []
     with atomic_dir(dst, replace=overwrite) as tmp:
         (tmp / "figures").mkdir()

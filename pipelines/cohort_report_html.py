@@ -25,6 +25,16 @@ img{max-width:100%;border:1px solid #ddd;margin:.3em 0}.note{color:#555;font-siz
 """
 
 
+#: what each direction compares (figure titles, headings)
+_TITLES = {
+    "toward": "toward the target: counterfactual - base",
+    "away": "away from the target: counterfactual - base",
+    "span": "span: counterfactual toward - counterfactual away",
+}
+#: one colour per direction in every plot
+_COLOURS = {"toward": "#c62828", "away": "#1565c0", "span": "#6a1b9a"}
+
+
 def _figure(size: tuple[float, float]) -> Any:
     from matplotlib.figure import Figure
 
@@ -59,7 +69,7 @@ def _maps_figure(m: Any, alpha: float, fractions: Sequence[float], path: Path) -
         ax2.axis("off")
     fig.colorbar(im, ax=axes[0, :].tolist(), label=f"mean change, HU (q < {alpha:g})", shrink=0.9)
     fig.colorbar(im2, ax=axes[1, :].tolist(), label="share of patients, same sign", shrink=0.9)
-    fig.suptitle(f"{m.direction} the target: counterfactual - base, {m.n} patients", fontsize=10)
+    fig.suptitle(f"{_TITLES[m.direction]}, {m.n} patients", fontsize=10)
     return _save(fig, path)
 
 
@@ -67,11 +77,11 @@ def _regions_figure(rows: Sequence[Any], path: Path, unit: str) -> str:
     regions = list(dict.fromkeys(r.region for r in rows))
     fig = _figure((7.0, 0.35 * len(regions) + 1.4))
     ax = fig.subplots()
-    for k, (direction, colour) in enumerate((("toward", "#c62828"), ("away", "#1565c0"))):
+    for k, (direction, colour) in enumerate(_COLOURS.items()):
         sel = {r.region: r for r in rows if r.direction == direction}
         if not sel:
             continue
-        ys = [i + (0.15 if k else -0.15) for i, reg in enumerate(regions) if reg in sel]
+        ys = [i + 0.22 * (k - 1) for i, reg in enumerate(regions) if reg in sel]
         rs = [sel[reg] for reg in regions if reg in sel]
         x = np.array([r.mean_change for r in rs])
         err = np.array([[r.mean_change - r.ci_low for r in rs], [r.ci_high - r.mean_change for r in rs]])
@@ -88,7 +98,7 @@ def _regions_figure(rows: Sequence[Any], path: Path, unit: str) -> str:
 def _volcano_figure(rows: Sequence[Any], alpha: float, path: Path) -> str:
     fig = _figure((7.0, 4.5))
     ax = fig.subplots()
-    for direction, colour in (("toward", "#c62828"), ("away", "#1565c0")):
+    for direction, colour in _COLOURS.items():
         rs = [r for r in rows if r.direction == direction and math.isfinite(r.dz) and math.isfinite(r.q)]
         if not rs:
             continue
@@ -104,8 +114,8 @@ def _volcano_figure(rows: Sequence[Any], alpha: float, path: Path) -> str:
     return _save(fig, path)
 
 
-def _forest_figure(rows: Sequence[Any], path: Path, top: int = 15) -> str:
-    rs = [r for r in rows if r.direction == "toward" and math.isfinite(r.dz)][:top]
+def _forest_figure(rows: Sequence[Any], path: Path, direction: str, top: int = 15) -> str:
+    rs = [r for r in rows if r.direction == direction and math.isfinite(r.dz)][:top]
     fig = _figure((7.0, 0.32 * max(len(rs), 1) + 1.4))
     ax = fig.subplots()
     ys = np.arange(len(rs))
@@ -115,7 +125,7 @@ def _forest_figure(rows: Sequence[Any], path: Path, top: int = 15) -> str:
     ax.axvline(0, color="#888", lw=0.8)
     ax.set_yticks(ys, [f"{r.rank}. {r.region}/{r.feature}" for r in rs])
     ax.invert_yaxis()
-    ax.set_xlabel("d_z toward the target (95 % bootstrap interval)")
+    ax.set_xlabel(f"d_z, {_TITLES[direction]} (95 % bootstrap interval)")
     return _save(fig, path)
 
 
@@ -154,6 +164,16 @@ _READ = """
 (the base: DiffExplainer's reconstruction; the query itself for methods without one) and
 counterfactuals moved <i>toward</i> the target class and <i>away</i> from it. Every change here is
 counterfactual minus base, so what the autoencoder fails to reproduce is not counted as a change.</li>
+<li><b>Which counterfactual.</b> By default (<code>--step flip</code>) each patient's counterfactual
+toward the target is the smallest step of the sweep at which the black box decides the target, and
+the one away from it the smallest step at which it decides otherwise: the least change that makes
+the model decide otherwise (<code>--step largest</code> takes the farthest steps). The step used per
+patient is in <code>case_values.csv</code> (<code>step/toward</code>, <code>step/away</code>).</li>
+<li><b>Span.</b> Where the method moves both ways (DiffExplainer) the <i>span</i> compares the two
+counterfactuals directly (toward minus away): the whole move from one decision to the other, as in
+DiffExplainer's own difference map. What the generator does to every decoded image alike (a shift of
+the body's grey level, say) cancels in it, so the summary, the ranking the shortcut check reads and
+the bench use the span; methods with one direction (DVCE) use toward.</li>
 <li><b>Population maps.</b> Top row: the mean change in HU over the mean patient, drawn only where
 the pixel-wise one-sample t-test survives Benjamini-Hochberg FDR at the level shown; red = the model
 wants higher attenuation there, blue = lower. Bottom row: the share of patients whose change has the
@@ -201,16 +221,17 @@ def write_html(folder: Path, analysis: Any, meta: Mapping[str, Any]) -> None:
     maps_html = []
     for d, m in analysis.maps.items():
         src = _maps_figure(m, alpha, st.fractions, figs / f"population_{d}.png")
-        maps_html.append(f"<h3>{html.escape(d)} the target</h3><img src='{src}' alt='population map {d}'>")
+        maps_html.append(f"<h3>{html.escape(_TITLES[d])}</h3><img src='{src}' alt='population map {d}'>")
     regions_src = _regions_figure(analysis.regions, figs / "regions.png", st.change_unit)
     if not maps_html:
         maps_html.append("<p class='note'>No population map: " + html.escape("; ".join(analysis.notes)) + ".</p>")
     volcano_src = _volcano_figure(analysis.features, alpha, figs / "volcano.png")
-    forest_src = _forest_figure(analysis.features, figs / "forest.png")
+    primary = analysis.primary
+    forest_src = _forest_figure(analysis.features, figs / "forest.png", primary)
 
-    toward = [r for r in analysis.features if r.direction == "toward"]
-    more = [r for r in toward if r.wants == "more"][:8]
-    less = [r for r in toward if r.wants == "less"][:8]
+    ranked = [r for r in analysis.features if r.direction == primary]
+    more = [r for r in ranked if r.wants == "more"][:8]
+    less = [r for r in ranked if r.wants == "less"][:8]
 
     def names(rs: Sequence[Any]) -> str:
         return ", ".join(f"{html.escape(r.region)}/{html.escape(r.feature)} (d_z {r.dz:+.2f}, q {_f(r.q)})" for r in rs) or "none"
@@ -229,7 +250,7 @@ def write_html(folder: Path, analysis: Any, meta: Mapping[str, Any]) -> None:
                    ("ci_high", "CI high"), ("dz", "d_z"), ("share_same_sign", "same sign"),
                    ("mean_abs_change", "mean |change|"), ("p", "p"), ("q", "q")]  # fmt: skip
     feature_cols = [("rank", "rank"), ("region", "region"), ("feature", "feature"), ("direction", "direction"),
-                    ("unit", "unit"), ("n", "n"), ("base_mean", "base"), ("counterfactual_mean", "cf"),
+                    ("unit", "unit"), ("n", "n"), ("reference_mean", "reference"), ("counterfactual_mean", "cf"),
                     ("median_change", "median change"), ("ci_low", "CI low"), ("ci_high", "CI high"),
                     ("dz", "d_z"), ("dz_low", "d_z low"), ("dz_high", "d_z high"), ("p", "p"), ("q", "q"),
                     ("wants", "wants"), ("auroc", "AUROC outcome"), ("auroc_low", "low"), ("auroc_high", "high"),
@@ -245,7 +266,8 @@ method <b>{html.escape(str(run.get("method", "?")))}</b>, target class {html.esc
 FDR level {alpha:g}. Left out: {len(left_out)}; failed in explain: {len(meta.get("cases_failed_in_explain", []))}
 (reasons in <code>settings.json</code>).</p>
 <h2>Summary</h2>
-<p><b>Toward the target the model wants more of:</b> {names(more)}.</p>
+<p>Ranked by the {html.escape(_TITLES[primary])} ({"both sides of the sweep" if primary == "span" else "one side"}).</p>
+<p><b>For the target the model wants more of:</b> {names(more)}.</p>
 <p><b>... and less of:</b> {names(less)}.</p>
 {"".join(flags)}
 {"".join(f"<p class='note'>{html.escape(n)}</p>" for n in analysis.notes)}

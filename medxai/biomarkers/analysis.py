@@ -45,10 +45,22 @@ __all__ = [
     "FeatureRow",
     "CohortAnalysis",
     "analyse_cohort",
+    "choose_steps",
+    "primary_direction",
+    "CONTRASTS",
+    "STEP_RULES",
 ]
 
-#: ``toward``: the counterfactual toward the target class; ``away``: away from it
-DIRECTIONS: tuple[str, ...] = ("toward", "away")
+#: how the counterfactual of each direction is picked from a case's sweep (:func:`choose_steps`)
+STEP_RULES: tuple[str, ...] = ("flip", "largest")
+
+#: the contrasts of a case: ``toward`` (the counterfactual toward the target class minus the base),
+#: ``away`` (the one away from it minus the base) and ``span`` (toward minus away: the whole move from
+#: one decision to the other along the model's direction, as DiffExplainer's own difference map; what
+#: the generator does to every decoded latent alike cancels in it). ``span`` needs both sides.
+DIRECTIONS: tuple[str, ...] = ("toward", "away", "span")
+#: the two images each contrast compares: (counterfactual, reference)
+CONTRASTS: dict[str, tuple[str, str]] = {"toward": ("toward", "base"), "away": ("away", "base"), "span": ("toward", "away")}
 #: the regions whose features are tested (CT); zones get their mean change in the region table
 CT_FEATURE_REGIONS: tuple[str, ...] = ("lungs", *OUTSIDE)
 CT_TABLE_REGIONS: tuple[str, ...] = (*LUNG_ZONES, *OUTSIDE)
@@ -80,6 +92,36 @@ class CaseImages:
     toward: np.ndarray
     away: np.ndarray | None
     mask: np.ndarray
+    toward_step: float = float("nan")
+    away_step: float = float("nan")
+
+
+def primary_direction(directions: Sequence[str]) -> str:
+    """``span`` if among ``directions``, else ``toward``."""
+    return "span" if "span" in directions else "toward"
+
+
+def choose_steps(steps: Sequence[float], p_target: Sequence[float] | None, rule: str = "flip") -> tuple[int | None, int | None]:
+    """Indices of the counterfactual toward and away from the target in a sweep of signed ``steps``.
+
+    ``flip`` (the minimal counterfactual): toward, the smallest positive step at which the black box's
+    probability of the target is >= 0.5; away, the smallest negative step (in magnitude) at which it is
+    < 0.5; a side where no step gets there takes its largest step. ``largest``: the largest step of each
+    side (what the method draws farthest). Without probabilities ``flip`` falls back to ``largest``.
+    A side without steps gives None.
+    """
+    if rule not in STEP_RULES:
+        raise ValueError(f"rule must be one of {STEP_RULES}, got {rule!r}.")
+    st = np.asarray(steps, np.float64)
+    pos = [int(i) for i in np.argsort(st) if st[i] > 0]  # ascending: smallest first
+    neg = [int(i) for i in np.argsort(-st) if st[i] < 0]  # -0.4 before -1.6
+    toward = pos[-1] if pos else None
+    away = neg[-1] if neg else None
+    if rule == "flip" and p_target is not None:
+        p = np.asarray(p_target, np.float64)
+        toward = next((i for i in pos if p[i] >= 0.5), toward)
+        away = next((i for i in neg if p[i] < 0.5), away)
+    return toward, away
 
 
 #: what :func:`analyse_cohort` takes: any iterable of cases (a generator keeps memory flat)
@@ -94,6 +136,9 @@ class ReportSettings:
     ----------
     kind : {"ct", "fundus"}
         What the images are (module docstring).
+    step_rule : {"flip", "largest"}
+        How each case's counterfactuals were picked from its sweep (:func:`choose_steps`; applied by
+        whoever makes the :class:`CaseImages`, recorded here).
     window : tuple of float
         ``(lo, hi)`` HU of the stack's [0, 1] range (CT).
     fractions : tuple of float
@@ -109,11 +154,13 @@ class ReportSettings:
     top_k : int
         How many top-ranked significant features are checked against the outcome for a shortcut.
     shortcut_margin : float
-        A top feature is a shortcut candidate when its outcome AUROC's 95 % interval holds 0.5 and
-        ``|AUROC - 0.5| < shortcut_margin``: the model changes it, yet it does not tell the outcome.
+        A top feature (of the primary direction: ``span``, else ``toward``) is a shortcut candidate
+        when its outcome AUROC's 95 % interval holds 0.5 and ``|AUROC - 0.5| < shortcut_margin``: the
+        model changes it, yet it does not tell the outcome.
     """
 
     kind: str = "ct"
+    step_rule: str = "flip"
     window: tuple[float, float] = (-1350.0, 150.0)
     fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     body_hu: float = -500.0
@@ -206,6 +253,10 @@ class RegionRow:
 class FeatureRow:
     """The paired change of one feature in one region (a row of ``features.csv``).
 
+    ``reference_mean`` / ``counterfactual_mean``: the feature's mean over cases on the two images the
+    direction compares (:data:`CONTRASTS`: base and counterfactual; for ``span`` the counterfactual
+    away from and toward the target).
+
     ``wants``: ``more`` / ``less`` when ``q < alpha`` (the sign of the median change), else
     ``unchanged``. ``auroc`` (+ interval): the feature measured on the query against the outcome.
     """
@@ -215,7 +266,7 @@ class FeatureRow:
     unit: str
     direction: str
     n: int
-    base_mean: float
+    reference_mean: float
     counterfactual_mean: float
     mean_change: float
     median_change: float
@@ -251,10 +302,10 @@ class CohortAnalysis:
         ``(N,)`` per-case numbers behind every row: ``<region>/<feature>/<image>`` for image in
         ``query``, ``base``, ``toward``, ``away`` and ``region_change/<region>/<direction>``.
     shortcut_candidates : tuple of str
-        ``<region>/<feature>`` of the top features flagged as shortcut candidates.
+        ``<region>/<feature>`` of the top features (primary direction) flagged as shortcut candidates.
     top_region_outside_lungs : bool
-        The top-ranked region toward the target lies outside the lungs (the model changes the body,
-        not the lungs, first).
+        The top-ranked region of the primary direction lies outside the lungs (the model changes the
+        body, not the lungs, first).
     settings : ReportSettings
     """
 
@@ -270,9 +321,16 @@ class CohortAnalysis:
     settings: ReportSettings
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def rank_of(self, table: str, key: str, direction: str = "toward") -> tuple[int, float]:
-        """``(rank, q)`` of a row: ``table`` is ``regions`` (key: region) or ``features`` (key:
-        ``region/feature``); ``(0, nan)`` when absent."""
+    @property
+    def primary(self) -> str:
+        """The direction the summary, the shortcut check and the bench read: ``span`` where the method has
+        both sides, else ``toward``."""
+        return primary_direction([r.direction for r in self.features])
+
+    def rank_of(self, table: str, key: str, direction: str | None = None) -> tuple[int, float]:
+        """``(rank, q)`` of a row in ``direction`` (default :attr:`primary`): ``table`` is ``regions`` (key:
+        region) or ``features`` (key: ``region/feature``); ``(0, nan)`` when absent."""
+        direction = direction or self.primary
         rows: Sequence[RegionRow | FeatureRow] = self.regions if table == "regions" else self.features
         for r in rows:
             name = r.region if isinstance(r, RegionRow) else f"{r.region}/{r.feature}"
@@ -379,6 +437,7 @@ def analyse_cohort(
         ids.append(case.id)
         labels.append(-1 if case.label is None else int(case.label))
         numbers, changes, backdrop = measure(case, st)
+        numbers["step/toward"], numbers["step/away"] = case.toward_step, case.away_step
         for key, v in numbers.items():
             values.setdefault(key, [float("nan")] * (len(ids) - 1)).append(v)
         for col in values.values():  # keys this case did not produce (no away step) stay aligned
@@ -402,7 +461,8 @@ def analyse_cohort(
     region_rows = _region_rows(arr, directions, st)
     feature_rows = _feature_rows(arr, directions, y, st)
     candidates = tuple(f"{r.region}/{r.feature}" for r in feature_rows if r.shortcut_candidate)
-    top = next((r for r in region_rows if r.direction == "toward" and r.rank == 1), None)
+    primary = primary_direction(directions)
+    top = next((r for r in region_rows if r.direction == primary and r.rank == 1), None)
     notes = []
     if "away" not in directions:
         notes.append("the method gives one direction only (toward the target); no 'away' rows")
@@ -443,7 +503,7 @@ def _ct_case(case: CaseImages, st: ReportSettings) -> _Measured:
         for image, x in hu.items():
             for k, v in ct_features(x, regions[region], st.window).items():
                 numbers[f"{region}/{k}/{image}"] = v
-    changes = {d: hu[d] - hu["base"] for d in DIRECTIONS if d in hu}
+    changes = {d: hu[a] - hu[b] for d, (a, b) in CONTRASTS.items() if a in hu and b in hu}
     _region_numbers(numbers, changes, regions, CT_TABLE_REGIONS)
     return numbers, changes, hu["query"]
 
@@ -460,7 +520,7 @@ def _fundus_case(case: CaseImages, st: ReportSettings) -> _Measured:
         for k, v in det.features(x, ref).items():
             numbers[f"fov/{k}/{image}"] = v
     regions = det.masks(case.query, det.reference(case.query, fov))
-    changes = {d: 255.0 * (images[d][1] - case.base[1]) for d in DIRECTIONS if d in images}
+    changes = {d: 255.0 * (images[a][1] - images[b][1]) for d, (a, b) in CONTRASTS.items() if a in images and b in images}
     _region_numbers(numbers, changes, regions, FUNDUS_REGIONS)
     return numbers, changes, None
 
@@ -508,7 +568,8 @@ def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.n
     for direction in directions:
         for region in st.feature_regions:
             for feat in st.features:
-                base, cf = arr[f"{region}/{feat}/base"], arr[f"{region}/{feat}/{direction}"]
+                cf_image, ref_image = CONTRASTS[direction]
+                base, cf = arr[f"{region}/{feat}/{ref_image}"], arr[f"{region}/{feat}/{cf_image}"]
                 t = paired_test(cf - base, seed=st.seed, n_resamples=st.n_resamples)
                 rows.append(
                     FeatureRow(
@@ -543,7 +604,7 @@ def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.n
         if r.q < st.alpha:
             a, lo, hi = auroc_with_ci(arr[f"{r.region}/{r.feature}/query"][known], y[known], seed=st.seed)
             cand = (
-                r.direction == "toward"
+                r.direction == primary_direction(directions)
                 and r.rank <= st.top_k
                 and math.isfinite(a)
                 and lo <= 0.5 <= hi

@@ -87,7 +87,8 @@ def test_analysis_ranks_the_planted_region_and_flags_the_shortcut() -> None:
     haa = next(r for r in a.features if (r.region, r.feature, r.direction) == ("lungs", "haa_pct", "toward"))
     assert haa.wants == "more" and haa.q < 0.05 and not haa.shortcut_candidate
     assert haa.auroc > 0.9  # the outcome's feature tells the outcome
-    dense = next(r for r in a.features if (r.region, r.feature, r.direction) == ("chest_wall", "dense_pct", "toward"))
+    assert a.primary == "span"  # both sides: the shortcut check reads toward minus away
+    dense = next(r for r in a.features if (r.region, r.feature, r.direction) == ("chest_wall", "dense_pct", "span"))
     assert dense.wants == "more" and dense.q < 0.05
     assert dense.shortcut_candidate and "chest_wall/dense_pct" in a.shortcut_candidates
     assert abs(dense.auroc - 0.5) < 0.1
@@ -135,3 +136,17 @@ def test_fundus_lesions_removed_by_the_counterfactual_fall_and_vessels_stay() ->
     red_region = next(r for r in a.regions if r.region == "red_lesions")
     assert red_region.mean_change > 0  # dark lesions gone: brighter there
     assert all(r.direction == "toward" for r in a.regions)  # one direction only
+
+
+def test_choose_steps_takes_the_minimal_flip_or_the_largest() -> None:
+    from medxai.biomarkers.analysis import choose_steps
+
+    steps = [-1.6, -0.8, -0.4, 0.4, 0.8, 1.6]
+    p = [0.01, 0.2, 0.6, 0.7, 0.9, 0.99]  # the target's probability at each step
+    assert choose_steps(steps, p, "flip") == (3, 1)  # toward: +0.4; away: -0.8, the first below 0.5
+    assert choose_steps(steps, p, "largest") == (5, 0)
+    assert choose_steps(steps, None, "flip") == (5, 0)  # no probabilities: the largest
+    assert choose_steps(steps, [0.9] * 6, "flip") == (3, 0)  # away never gets below 0.5: its largest step
+    assert choose_steps([1.0], [0.2], "flip") == (0, None)  # one direction (DVCE), no flip: that step
+    with pytest.raises(ValueError, match="rule"):
+        choose_steps(steps, p, "nearest")
