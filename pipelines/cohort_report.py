@@ -190,7 +190,13 @@ def write_cohort_report(
         if progress is not None:
             progress("cases", done, n_total)
 
-    analysis = analyse_cohort(read_explained_cases(src, run, left_out, step_rule), settings, step)
+    try:
+        analysis = analyse_cohort(read_explained_cases(src, run, left_out, step_rule), settings, step)
+    except ValueError as e:
+        if left_out:  # say why the cases could not be used (e.g. a method without counterfactuals)
+            cid, why = left_out[0]
+            raise ValueError(f"'{src}': {e} {len(left_out)} case(s) were left out, e.g. {cid}: {why}") from e
+        raise
     failed = sorted(p.stem for p in (src / "failed").glob("*.json")) if (src / "failed").is_dir() else []
     with atomic_dir(dst, replace=overwrite) as tmp:
         (tmp / "figures").mkdir()

@@ -125,7 +125,7 @@ def _forest_figure(rows: Sequence[Any], path: Path, direction: str, top: int = 1
     ax.axvline(0, color="#888", lw=0.8)
     ax.set_yticks(ys, [f"{r.rank}. {r.region}/{r.feature}" for r in rs])
     ax.invert_yaxis()
-    ax.set_xlabel(f"d_z, {_TITLES[direction]} (95 % bootstrap interval)")
+    ax.set_xlabel(f"d_z of the {direction} contrast (95 % bootstrap interval)")
     return _save(fig, path)
 
 

@@ -401,7 +401,7 @@ def _replace(row: Any, **kw: Any) -> Any:
 def analyse_cohort(
     cases: CohortCases, settings: ReportSettings | None = None, progress: Callable[[int], None] | None = None
 ) -> CohortAnalysis:
-    """Analyse a CT cohort's counterfactuals (see the module docstring).
+    """Analyse a cohort's counterfactuals, CT or fundus by ``settings.kind`` (see the module docstring).
 
     Parameters
     ----------

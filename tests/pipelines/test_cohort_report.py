@@ -115,6 +115,15 @@ def test_bad_input_exits_2_naming_the_folder(
     err = capsys.readouterr().err
     assert "nothing" in err and "cohort explain" in err
     assert not (tmp_path / "r").exists()  # nothing half-written
+    # a method without counterfactuals (an attribution map): every case left out, and the reason said
+    rise = tmp_path / "rise"
+    for i in range(4):
+        (rise / "cases" / f"c{i}").mkdir(parents=True)
+        (rise / "cases" / f"c{i}" / "row.json").write_text(json.dumps({"id": f"c{i}", "label": "0"}))
+    (rise / "run.json").write_text(json.dumps({"method": "rise", "target_class": 1, "stack": {}}))
+    assert main(["cohort", "report", str(rise), "-o", str(tmp_path / "r2")]) == EXIT_BAD_INPUT
+    err = " ".join(capsys.readouterr().err.split())
+    assert "at least 3" in err and "no counterfactuals.npz" in err and not (tmp_path / "r2").exists()
 
 
 def test_fundus_output_gives_lesion_rows_and_no_map(tmp_path: Path) -> None:
