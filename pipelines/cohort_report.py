@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.cohort_explain import FOV_MASK_FILE, LUNG_MASK_FILE, RUN_FILE
+from pipelines.provenance import json_safe
 
 __all__ = ["ReportResult", "write_cohort_report", "read_explained_cases"]
 
@@ -224,23 +225,11 @@ def write_cohort_report(
             "top_region_outside_lungs": analysis.top_region_outside_lungs,
             "notes": list(analysis.notes),
         }
-        (tmp / "settings.json").write_text(json.dumps(_safe(meta), indent=2) + "\n", encoding="utf-8")
+        (tmp / "settings.json").write_text(json.dumps(json_safe(meta), indent=2) + "\n", encoding="utf-8")
         from pipelines.cohort_report_html import write_html
 
         write_html(tmp, analysis, meta)
     return ReportResult(dst, analysis.n_cases, tuple(left_out), analysis, time.perf_counter() - t0)
-
-
-def _safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_safe(x) for x in v]
-    if isinstance(v, np.generic):
-        return _safe(v.item())
-    return v
 
 
 def _write_rows(path: Path, rows: Sequence[Any]) -> None:

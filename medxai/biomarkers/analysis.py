@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from medxai.biomarkers.features import CT_FEATURES, FEATURE_UNITS, ct_features, to_hu
 from medxai.biomarkers.fundus import FUNDUS_FEATURES, FUNDUS_REGIONS, FUNDUS_UNITS, LesionDetector
 from medxai.biomarkers.regions import LUNG_ZONES, OUTSIDE, ct_regions
-from medxai.biomarkers.stats import auroc_with_ci, bh_q, paired_test
+from medxai.biomarkers.stats import PairedTest, auroc_with_ci, bh_q, paired_test
 
 __all__ = [
     "DIRECTIONS",
@@ -388,14 +388,8 @@ def _row_order(rows: list[Any]) -> list[Any]:
     out, rank = [], dict.fromkeys(DIRECTIONS, 0)
     for r in ordered:
         rank[r.direction] += 1
-        out.append(_replace(r, rank=rank[r.direction]))
+        out.append(replace(r, rank=rank[r.direction]))
     return out
-
-
-def _replace(row: Any, **kw: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(row, **kw)
 
 
 def analyse_cohort(
@@ -519,7 +513,8 @@ def _fundus_case(case: CaseImages, st: ReportSettings) -> _Measured:
     for image, x in images.items():
         for k, v in det.features(x, ref).items():
             numbers[f"fov/{k}/{image}"] = v
-    regions = det.masks(case.query, det.reference(case.query, fov))
+    # regions are the lesions of the patient's own image (DVCE: the query is the base, its thresholds are ref)
+    regions = det.masks(case.query, ref if case.base is case.query else det.reference(case.query, fov))
     changes = {d: 255.0 * (images[a][1] - images[b][1]) for d, (a, b) in CONTRASTS.items() if a in images and b in images}
     _region_numbers(numbers, changes, regions, FUNDUS_REGIONS)
     return numbers, changes, None
@@ -536,31 +531,31 @@ def _region_numbers(
             numbers[f"region_abs_change/{region}/{direction}"] = float(np.abs(d[m]).mean()) if m.any() else float("nan")
 
 
+def _change_fields(t: PairedTest) -> dict[str, Any]:
+    """The fields a :class:`RegionRow` and a :class:`FeatureRow` take from the paired test of their change."""
+    return {
+        "n": t.n, "mean_change": t.mean, "median_change": t.median, "ci_low": t.ci_low, "ci_high": t.ci_high,
+        "dz": t.dz, "dz_low": t.dz_low, "dz_high": t.dz_high, "share_same_sign": t.share_same_sign, "p": t.p,
+    }  # fmt: skip
+
+
 def _region_rows(arr: dict[str, np.ndarray], directions: Sequence[str], st: ReportSettings) -> list[RegionRow]:
     rows = []
     for direction in directions:
         for region in st.table_regions:
             t = paired_test(arr[f"region_change/{region}/{direction}"], seed=st.seed, n_resamples=st.n_resamples)
+            abs_change = float(np.nanmean(arr[f"region_abs_change/{region}/{direction}"]))
             rows.append(
                 RegionRow(
-                    region,
-                    region not in OUTSIDE,
-                    direction,
-                    t.n,
-                    t.mean,
-                    t.median,
-                    t.ci_low,
-                    t.ci_high,
-                    t.dz,
-                    t.dz_low,
-                    t.dz_high,
-                    t.share_same_sign,
-                    float(np.nanmean(arr[f"region_abs_change/{region}/{direction}"])),
-                    t.p,
+                    region=region,
+                    inside_lungs=region not in OUTSIDE,
+                    direction=direction,
+                    mean_abs_change=abs_change,
+                    **_change_fields(t),
                 )  # fmt: skip
             )
     q = bh_q(np.array([r.p for r in rows]))
-    return _row_order([_replace(r, q=float(qi)) for r, qi in zip(rows, q)])
+    return _row_order([replace(r, q=float(qi)) for r, qi in zip(rows, q)])
 
 
 def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.ndarray, st: ReportSettings) -> list[FeatureRow]:
@@ -573,22 +568,13 @@ def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.n
                 t = paired_test(cf - base, seed=st.seed, n_resamples=st.n_resamples)
                 rows.append(
                     FeatureRow(
-                        region,
-                        feat,
-                        st.units[feat],
-                        direction,
-                        t.n,
-                        float(np.nanmean(base)),
-                        float(np.nanmean(cf)),
-                        t.mean,
-                        t.median,
-                        t.ci_low,
-                        t.ci_high,
-                        t.dz,
-                        t.dz_low,
-                        t.dz_high,
-                        t.share_same_sign,
-                        t.p,
+                        region=region,
+                        feature=feat,
+                        unit=st.units[feat],
+                        direction=direction,
+                        reference_mean=float(np.nanmean(base)),
+                        counterfactual_mean=float(np.nanmean(cf)),
+                        **_change_fields(t),
                     )  # fmt: skip
                 )
     q = bh_q(np.array([r.p for r in rows]))
@@ -596,7 +582,7 @@ def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.n
     known = y >= 0
     for r, qi in zip(rows, q):
         wants = "unchanged" if not (qi < st.alpha) else ("more" if r.median_change > 0 else "less")
-        out.append(_replace(r, q=float(qi), wants=wants))
+        out.append(replace(r, q=float(qi), wants=wants))
     out = _row_order(out)
     # the outcome association of the top features (and of every significant one, for the table)
     final = []
@@ -610,6 +596,6 @@ def _feature_rows(arr: dict[str, np.ndarray], directions: Sequence[str], y: np.n
                 and lo <= 0.5 <= hi
                 and abs(a - 0.5) < st.shortcut_margin
             )
-            r = _replace(r, auroc=a, auroc_low=lo, auroc_high=hi, shortcut_candidate=bool(cand))
+            r = replace(r, auroc=a, auroc_low=lo, auroc_high=hi, shortcut_candidate=bool(cand))
         final.append(r)
     return final
