@@ -78,6 +78,8 @@ class StackSplits:
         Where they came from (for messages and results).
     held_out : str
         The split used for held-out figures during training (never trained on).
+    info : mapping
+        What the reader wants said about the data (a cohort: its path, cases and positives per split).
     """
 
     splits: Mapping[str, Mapping[str, np.ndarray]]
